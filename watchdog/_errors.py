@@ -1,0 +1,52 @@
+"""Exceptions of the public API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["PolicyError", "PolicyProblem"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyProblem:
+    """One thing wrong with a policy file, located the way compilers locate errors."""
+
+    file: str
+    line: int  # 1-based; 0 when the problem is the file itself (missing, unreadable)
+    column: int  # 1-based
+    path: str  # field path such as ``policies[2].wall_time.max_seconds``; "" for the document
+    message: str  # what was expected and what was found
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+class PolicyError(ValueError):
+    """Raised for an invalid policy file or directory; lists every problem found.
+
+    ``str(error)`` is one ``file:line:col: path: message`` line per problem. The first
+    problem's location is also on the exception as ``file``, ``line``, ``column`` and ``path``.
+    """
+
+    def __init__(self, problems: Sequence[PolicyProblem]) -> None:
+        if not problems:
+            msg = "PolicyError needs at least one problem"
+            raise ValueError(msg)
+        self.problems: tuple[PolicyProblem, ...] = tuple(problems)
+        first = self.problems[0]
+        self.file = first.file
+        self.line = first.line
+        self.column = first.column
+        self.path = first.path
+        super().__init__("\n".join(str(p) for p in self.problems))

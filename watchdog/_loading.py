@@ -1,0 +1,740 @@
+"""Policy files v1: YAML in, a ``PolicySet`` out, or a ``PolicyError`` naming every problem.
+
+The YAML is composed into nodes (not loaded into plain values) so each problem can name the
+line and column it stands at. Validation goes on past the first problem, the way a compiler
+does, so one run of ``watchdog check`` shows everything there is to fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn, TypeVar, cast
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from ._errors import PolicyError, PolicyProblem
+from ._policies import (
+    KINDS,
+    RATE_OF,
+    Kind,
+    Loop,
+    Match,
+    Mode,
+    Policy,
+    PolicySet,
+    Rate,
+    StepCount,
+    TokenBudget,
+    WallTime,
+)
+from ._state import Price
+
+__all__ = ["POLICY_SUFFIXES", "load_policies", "load_policy_text"]
+
+POLICY_SUFFIXES = (".yaml", ".yml")
+SUPPORTED_VERSIONS = (1,)
+MODES: tuple[Mode, ...] = ("enforce", "audit")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+TOP_KEYS = ("version", "defaults", "policies")
+DEFAULT_KEYS = ("mode", "grace_seconds", "warn_at")
+POLICY_KEYS = ("name", "description", "match", "cleanup_node", *DEFAULT_KEYS)
+MATCH_KEYS = ("graph", "tags", "metadata")
+KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "wall_time": ("max_seconds", "idle_seconds", "node_seconds"),
+    "step_count": ("max_steps", "max_node_runs"),
+    "loop": ("window", "max_repeats", "max_tool_repeats", "max_cycle_repeats"),
+    "token_budget": (
+        "max_total_tokens",
+        "max_input_tokens",
+        "max_output_tokens",
+        "max_cost_usd",
+        "prices",
+    ),
+    "rate": ("max_events", "per_seconds", "of"),
+}
+PRICE_KEYS = ("input_per_mtok", "output_per_mtok")
+DEFAULT_LOOP_WINDOW = 50
+
+T = TypeVar("T")
+
+
+class _Invalid(Exception):
+    """Unwinds one field's validation after its problem was recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    key: Node
+    value: Node
+
+
+def load_policies(path: str | os.PathLike[str]) -> PolicySet:
+    """Load a policy file, or every ``*.yaml``/``*.yml`` file directly inside a directory.
+
+    A directory's files are merged in name order. Hidden files are skipped, so a Kubernetes
+    ConfigMap mount (with its ``..data`` links) loads as the files it holds.
+    """
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(
+            p
+            for p in root.iterdir()
+            if p.suffix in POLICY_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        )
+        if not files:
+            suffixes = ", ".join(f"*{s}" for s in POLICY_SUFFIXES)
+            _fail(str(root), f"no policy files ({suffixes}) in this directory")
+    else:
+        files = [root]
+    readers = []
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            _fail(str(file), "no such file")
+        except UnicodeDecodeError as exc:
+            _fail(str(file), f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+        except OSError as exc:
+            _fail(str(file), f"cannot read it: {exc.strerror or exc}")
+        readers.append(_FileReader(str(file), text))
+    return _merge(readers)
+
+
+def load_policy_text(text: str, file: str = "<string>") -> PolicySet:
+    """Load policies from YAML text; ``file`` names it in error messages."""
+    return _merge([_FileReader(file, text)])
+
+
+def _fail(file: str, message: str) -> NoReturn:
+    raise PolicyError([PolicyProblem(file, 0, 0, "", message)])
+
+
+def _merge(readers: list[_FileReader]) -> PolicySet:
+    problems: list[PolicyProblem] = []
+    policies: list[Policy] = []
+    first_use: dict[str, str] = {}
+    for reader in readers:
+        for read in reader.read():
+            name = read.policy.name
+            line, column = _position(read.name_node)
+            if name in first_use:
+                reader.problem(
+                    read.name_node,
+                    f"{read.path}.name",
+                    f"policy name {name!r} is already used at {first_use[name]}; "
+                    "expected a unique name",
+                )
+                continue
+            first_use[name] = f"{reader.file}:{line}:{column}"
+            policies.append(read.policy)
+        problems.extend(sorted(reader.problems, key=lambda p: (p.line, p.column)))
+    if problems:
+        raise PolicyError(problems)
+    return PolicySet(tuple(policies), tuple(r.file for r in readers))
+
+
+def _position(node: Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _describe(node: Node, value: object = None) -> str:
+    """What a node holds, for "got ..." in messages."""
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, int | float):
+        return f"{value!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadPolicy:
+    policy: Policy
+    name_node: Node  # where the name stands, for duplicate-name messages
+    path: str
+
+
+class _FileReader:
+    """Validates one file's nodes, recording problems instead of stopping at the first."""
+
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.source = text
+        self.problems: list[PolicyProblem] = []
+        self._constructor = SafeConstructor()
+        self._positions: list[tuple[str, Node]] = []
+
+    # -- recording problems ------------------------------------------------------------
+
+    def problem(self, node: Node, path: str, message: str) -> None:
+        line, column = _position(node)
+        self.problems.append(PolicyProblem(self.file, line, column, path, message))
+
+    def invalid(self, node: Node, path: str, message: str) -> NoReturn:
+        self.problem(node, path, message)
+        raise _Invalid
+
+    def _field(self, read: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """``read(*args, **kwargs)``, one field's validation; None when it recorded a problem."""
+        try:
+            return read(*args, **kwargs)
+        except _Invalid:
+            return None
+
+    # -- YAML structure ------------------------------------------------------------------
+
+    def _compose(self) -> Node | None:
+        try:
+            return yaml.compose(self.source, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            what = exc.problem or exc.context or "invalid YAML"
+            self.problems.append(PolicyProblem(self.file, line, column, "", f"YAML: {what}"))
+        except yaml.YAMLError as exc:
+            # The reader's errors (bad characters) carry a character offset, not a mark.
+            offset = getattr(exc, "position", 0)
+            line = self.source.count("\n", 0, offset) + 1
+            column = offset - (self.source.rfind("\n", 0, offset) + 1) + 1
+            self.problems.append(PolicyProblem(self.file, line, column, "", f"YAML: {exc}"))
+        return None
+
+    def scalar(self, node: Node, path: str) -> object:
+        if not isinstance(node, ScalarNode):
+            self.invalid(node, path, f"expected a single value, got {_describe(node)}")
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            problem = getattr(exc, "problem", None) or str(exc)
+            self.invalid(node, path, f"cannot read this value: {problem}")
+
+    def key(self, node: Node, path: str, what: str = "a string key") -> str | None:
+        """A mapping key as a string, or None after recording why it is not one."""
+        try:
+            value = self.scalar(node, path)
+        except _Invalid:
+            return None
+        if isinstance(value, str):
+            return value
+        self.problem(node, path, f"expected {what}, got {_describe(node, value)}")
+        return None
+
+    def mapping(
+        self, node: Node, path: str, keys: tuple[str, ...], expected: str
+    ) -> dict[str, _Entry]:
+        """The entries of a mapping node: string keys, no duplicates, only known keys."""
+        if not isinstance(node, MappingNode):
+            value = self.scalar(node, path) if isinstance(node, ScalarNode) else None
+            self.invalid(node, path, f"expected {expected}, got {_describe(node, value)}")
+        entries: dict[str, _Entry] = {}
+        for key_node, value_node in self._entries(node, path, set()):
+            key = self.key(key_node, path)
+            if key is None:
+                continue
+            key_path = f"{path}.{key}" if path else key
+            if key in entries:
+                line, column = _position(entries[key].key)
+                self.problem(
+                    key_node,
+                    key_path,
+                    f"duplicate key {key!r}; it is already set at line {line}, column {column}",
+                )
+                continue
+            if key not in keys:
+                self.problem(
+                    key_node,
+                    key_path,
+                    f"unknown key {key!r}{_suggest(key, keys)}; expected one of {', '.join(keys)}",
+                )
+                continue
+            entries[key] = _Entry(key_node, value_node)
+        return entries
+
+    def _entries(self, node: MappingNode, path: str, seen: set[int]) -> Iterator[tuple[Node, Node]]:
+        """A mapping's own entries, then those merged in with ``<<`` that it does not set."""
+        seen.add(id(node))
+        merged: list[MappingNode] = []
+        own: set[object] = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+                for source in sources:
+                    if not isinstance(source, MappingNode):
+                        self.problem(source, path, f"'<<' merges mappings, got {_describe(source)}")
+                    elif id(source) not in seen:
+                        merged.append(source)
+                continue
+            own.add(key_node.value if isinstance(key_node, ScalarNode) else id(key_node))
+            yield key_node, value_node
+        for source in merged:
+            for key_node, value_node in self._entries(source, path, seen):
+                if isinstance(key_node, ScalarNode) and key_node.value not in own:
+                    own.add(key_node.value)
+                    yield key_node, value_node
+
+    # -- typed values ------------------------------------------------------------------
+
+    def number(
+        self, node: Node, path: str, *, minimum: float = 0, allow_zero: bool = False
+    ) -> float:
+        value = self.scalar(node, path)
+        expected = "a number of 0 or more" if allow_zero else "a number greater than 0"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.invalid(node, path, f"expected {expected}, got {_describe(node, value)}")
+        if not math.isfinite(value):
+            self.invalid(node, path, f"expected {expected}, got {_describe(node, value)}")
+        if value < minimum or (value == minimum and not allow_zero):
+            self.invalid(node, path, f"expected {expected}, got {_describe(node, value)}")
+        return value
+
+    def whole(self, node: Node, path: str) -> int:
+        value = self.scalar(node, path)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            self.invalid(
+                node, path, f"expected a whole number greater than 0, got {_describe(node, value)}"
+            )
+        return value
+
+    def text(self, node: Node, path: str, what: str = "a string") -> str:
+        value = self.scalar(node, path)
+        if not isinstance(value, str) or not value.strip():
+            self.invalid(node, path, f"expected {what}, got {_describe(node, value)}")
+        return value
+
+    def choice(self, node: Node, path: str, choices: tuple[str, ...]) -> str:
+        value = self.scalar(node, path)
+        if not isinstance(value, str) or value not in choices:
+            hint = _suggest(value, choices) if isinstance(value, str) else ""
+            self.invalid(
+                node,
+                path,
+                f"expected one of {', '.join(choices)}, got {_describe(node, value)}{hint}",
+            )
+        return value
+
+    def strings(self, node: Node, path: str, what: str) -> tuple[str, ...]:
+        """A string or a list of strings."""
+        if isinstance(node, ScalarNode):
+            return (self.text(node, path, what),)
+        if not isinstance(node, SequenceNode):
+            self.invalid(node, path, f"expected {what} or a list of them, got {_describe(node)}")
+        items = [
+            self._field(self.text, item, f"{path}[{i}]", what) for i, item in enumerate(node.value)
+        ]
+        if any(item is None for item in items):
+            raise _Invalid
+        return tuple(cast(list[str], items))
+
+    def null(self, node: Node) -> bool:
+        return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+    # -- the document --------------------------------------------------------------------
+
+    def read(self) -> list[_ReadPolicy]:
+        read: list[_ReadPolicy] = []
+        root = self._compose()
+        if root is None:
+            if not self.problems:
+                self.problems.append(
+                    PolicyProblem(
+                        self.file,
+                        1,
+                        1,
+                        "",
+                        "the file is empty; expected a mapping with 'version: 1' and 'policies'",
+                    )
+                )
+            return read
+        top = self._field(
+            self.mapping, root, "", TOP_KEYS, "a mapping with 'version' and 'policies'"
+        )
+        if top is None:
+            return read
+        self._version(root, top)
+        defaults = self._defaults(top.get("defaults"))
+        entry = top.get("policies")
+        if entry is None:
+            self.problem(
+                root, "policies", "missing required key 'policies'; expected a list of policies"
+            )
+            return read
+        if not isinstance(entry.value, SequenceNode):
+            self.problem(
+                entry.value,
+                "policies",
+                f"expected a list of policies, got {_describe(entry.value)}",
+            )
+            return read
+        for index, node in enumerate(entry.value.value):
+            path = f"policies[{index}]"
+            result = self._field(self._policy, node, path, defaults)
+            if result is not None:
+                read.append(_ReadPolicy(*result, path))
+        return read
+
+    def _version(self, root: Node, top: dict[str, _Entry]) -> None:
+        entry = top.get("version")
+        if entry is None:
+            self.problem(root, "version", "missing required key 'version'; expected version: 1")
+            return
+        value = self._field(self.scalar, entry.value, "version")
+        if value is None and self.problems:
+            return
+        if isinstance(value, bool) or value not in SUPPORTED_VERSIONS:
+            supported = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
+            self.problem(
+                entry.value,
+                "version",
+                f"unsupported version {_describe(entry.value, value)}; expected {supported}",
+            )
+
+    def _defaults(self, entry: _Entry | None) -> dict[str, Any]:
+        defaults: dict[str, Any] = {"mode": "enforce", "grace_seconds": 5.0, "warn_at": 0.8}
+        if entry is None:
+            return defaults
+        fields = self._field(
+            self.mapping, entry.value, "defaults", DEFAULT_KEYS, "a mapping of defaults"
+        )
+        if fields is not None:
+            defaults.update(self._options(fields, "defaults"))
+        return defaults
+
+    def _options(self, fields: dict[str, _Entry], path: str) -> dict[str, Any]:
+        """mode, grace_seconds and warn_at, where set and valid."""
+        options: dict[str, Any] = {}
+        if "mode" in fields:
+            mode = self._field(self.choice, fields["mode"].value, f"{path}.mode", MODES)
+            if mode is not None:
+                options["mode"] = mode
+        if "grace_seconds" in fields:
+            grace = self._field(
+                self.number, fields["grace_seconds"].value, f"{path}.grace_seconds", allow_zero=True
+            )
+            if grace is not None:
+                options["grace_seconds"] = float(grace)
+        if "warn_at" in fields:
+            node = fields["warn_at"].value
+            if self.null(node):
+                options["warn_at"] = None
+            else:
+                warn_at = self._field(self._fraction, node, f"{path}.warn_at")
+                if warn_at is not None:
+                    options["warn_at"] = warn_at
+        return options
+
+    def _fraction(self, node: Node, path: str) -> float:
+        value = self.scalar(node, path)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+            self.invalid(
+                node,
+                path,
+                f"expected a fraction between 0 and 1 (such as 0.8), or null to turn warnings "
+                f"off, got {_describe(node, value)}",
+            )
+        return float(value)
+
+    def _policy(self, node: Node, path: str, defaults: dict[str, Any]) -> tuple[Policy, Node]:
+        keys = (*POLICY_KEYS, *KINDS)
+        fields = self.mapping(node, path, keys, "a policy mapping with a name and one kind")
+        problems_before = len(self.problems)
+        kinds = [k for k in fields if k in KINDS]
+        name_entry = fields.get("name")
+        name = None
+        if name_entry is None:
+            self.problem(
+                node, f"{path}.name", "missing required key 'name'; expected a unique policy name"
+            )
+        else:
+            name = self._field(self._name, name_entry.value, f"{path}.name")
+        if not kinds:
+            self.problem(
+                node,
+                path,
+                f"no policy kind; expected exactly one of {', '.join(KINDS)}",
+            )
+        for extra in kinds[1:]:
+            self.problem(
+                fields[extra].key,
+                f"{path}.{extra}",
+                f"a policy has exactly one kind, and this one already has {kinds[0]}; "
+                "expected a separate policy for each kind",
+            )
+        options = dict(defaults)
+        options.update(self._options(fields, path))
+        match = self._field(self._match, fields.get("match"), f"{path}.match")
+        cleanup_node = description = None
+        if "cleanup_node" in fields:
+            cleanup_node = self._field(
+                self.text, fields["cleanup_node"].value, f"{path}.cleanup_node", "a node name"
+            )
+        if "description" in fields:
+            description = self._field(self.text, fields["description"].value, f"{path}.description")
+        kind = None
+        if kinds:
+            kind_name = kinds[0]
+            kind = self._field(
+                self._kind, kind_name, fields[kind_name].value, f"{path}.{kind_name}"
+            )
+        if len(self.problems) > problems_before or name is None or kind is None or match is None:
+            raise _Invalid
+        line, _ = _position(node)
+        policy = Policy(
+            name=name,
+            kind=kind,
+            match=match,
+            cleanup_node=cleanup_node,
+            description=description,
+            file=self.file,
+            line=line,
+            **options,
+        )
+        assert name_entry is not None
+        return policy, name_entry.value
+
+    def _name(self, node: Node, path: str) -> str:
+        name = self.text(node, path, "a policy name")
+        if not NAME_PATTERN.fullmatch(name):
+            self.invalid(
+                node,
+                path,
+                f"expected a name of letters, digits and _ . : - (at most 64, it is a metric "
+                f"label), got {name!r}",
+            )
+        return name
+
+    def _match(self, entry: _Entry | None, path: str) -> Match:
+        if entry is None:
+            return Match()
+        fields = self.mapping(entry.value, path, MATCH_KEYS, "a mapping of graph, tags, metadata")
+        graphs = tags = None
+        metadata: dict[str, object] | None = {}
+        if "graph" in fields:
+            graphs = self._field(
+                self.strings, fields["graph"].value, f"{path}.graph", "a graph name glob"
+            )
+        if "tags" in fields:
+            tags = self._field(self.strings, fields["tags"].value, f"{path}.tags", "a tag")
+        if "metadata" in fields:
+            metadata = self._field(self._metadata, fields["metadata"].value, f"{path}.metadata")
+        if (
+            ("graph" in fields and graphs is None)
+            or ("tags" in fields and tags is None)
+            or metadata is None
+        ):
+            raise _Invalid
+        return Match(graphs=graphs or (), tags=frozenset(tags or ()), metadata=metadata)
+
+    def _metadata(self, node: Node, path: str) -> dict[str, object]:
+        if not isinstance(node, MappingNode):
+            self.invalid(
+                node, path, f"expected a mapping of metadata keys to values, got {_describe(node)}"
+            )
+        metadata: dict[str, object] = {}
+        failed = False
+        for key_node, value_node in self._entries(node, path, set()):
+            key = self.key(key_node, path)
+            if key is None:
+                failed = True
+                continue
+            key_path = f"{path}.{key}"
+            if key in metadata:
+                self.problem(key_node, key_path, f"duplicate key {key!r}")
+                failed = True
+                continue
+            try:
+                value = self.scalar(value_node, key_path)
+            except _Invalid:
+                failed = True
+                continue
+            if not isinstance(value, str | int | float | bool):
+                self.problem(
+                    value_node,
+                    key_path,
+                    "expected a string, number or boolean to match exactly, got "
+                    f"{_describe(value_node, value)}",
+                )
+                failed = True
+                continue
+            metadata[key] = value
+        if failed:
+            raise _Invalid
+        return metadata
+
+    # -- kinds ---------------------------------------------------------------------------
+
+    def _kind(self, kind: str, node: Node, path: str) -> Kind:
+        keys = KIND_KEYS[kind]
+        example = f"{{{keys[0]}: ...}}"
+        fields = self.mapping(node, path, keys, f"a mapping of {kind} limits such as {example}")
+        before = len(self.problems)
+        values: dict[str, Any] = {}
+        for key, entry in fields.items():
+            if self.null(entry.value) and key not in ("prices", "of"):
+                continue  # null leaves an optional limit unset
+            reader = self._KIND_FIELDS[key]
+            value = self._field(reader, self, entry.value, f"{path}.{key}")
+            if value is not None:
+                values[key] = value
+        if len(self.problems) > before:
+            raise _Invalid
+        build = getattr(self, f"_build_{kind}")
+        return cast(Kind, build(node, path, fields, values))
+
+    def _prices(self, node: Node, path: str) -> dict[str, Price]:
+        if not isinstance(node, MappingNode):
+            self.invalid(
+                node, path, f"expected a mapping of model name to prices, got {_describe(node)}"
+            )
+        prices: dict[str, Price] = {}
+        failed = False
+        for key_node, value_node in self._entries(node, path, set()):
+            model = self.key(key_node, path, "a model name")
+            if model is None:
+                failed = True
+                continue
+            model_path = f"{path}[{model!r}]"
+            if model in prices:
+                self.problem(key_node, model_path, f"duplicate model {model!r}")
+                failed = True
+                continue
+            price = self._field(self._price, value_node, model_path)
+            if price is None:
+                failed = True
+                continue
+            prices[model] = price
+        if failed:
+            raise _Invalid
+        return prices
+
+    def _price(self, node: Node, path: str) -> Price:
+        fields = self.mapping(
+            node, path, PRICE_KEYS, "a mapping {input_per_mtok: ..., output_per_mtok: ...}"
+        )
+        for key in PRICE_KEYS:
+            if key not in fields:
+                self.problem(
+                    node,
+                    f"{path}.{key}",
+                    f"missing required key {key!r}; expected US dollars per million tokens",
+                )
+        amounts = {
+            key: self._field(self.number, entry.value, f"{path}.{key}", allow_zero=True)
+            for key, entry in fields.items()
+        }
+        input_price, output_price = (amounts.get(key) for key in PRICE_KEYS)
+        if input_price is None or output_price is None:
+            raise _Invalid
+        return Price(float(input_price), float(output_price))
+
+    def _no_limit(self, node: Node, path: str, kind: str, limits: tuple[str, ...]) -> NoReturn:
+        self.invalid(
+            node, path, f"{kind} sets no limit; expected at least one of {', '.join(limits)}"
+        )
+
+    def _build_wall_time(
+        self, node: Node, path: str, fields: dict[str, _Entry], values: dict[str, Any]
+    ) -> Kind:
+        if not values:
+            self._no_limit(node, path, "wall_time", KIND_KEYS["wall_time"])
+        return WallTime(**{k: float(v) for k, v in values.items()})
+
+    def _build_step_count(
+        self, node: Node, path: str, fields: dict[str, _Entry], values: dict[str, Any]
+    ) -> Kind:
+        if not values:
+            self._no_limit(node, path, "step_count", KIND_KEYS["step_count"])
+        return StepCount(**values)
+
+    def _build_loop(
+        self, node: Node, path: str, fields: dict[str, _Entry], values: dict[str, Any]
+    ) -> Kind:
+        window = values.pop("window", DEFAULT_LOOP_WINDOW)
+        if not values:
+            self._no_limit(node, path, "loop", KIND_KEYS["loop"][1:])
+        for key in ("max_repeats", "max_tool_repeats"):
+            # A repeat can only be seen when window holds limit + 1 runs.
+            if key in values and values[key] >= window:
+                where = fields["window"].value if "window" in fields else fields[key].value
+                self.invalid(
+                    where,
+                    f"{path}.window" if "window" in fields else f"{path}.{key}",
+                    f"window {window} cannot hold {values[key] + 1} runs, so {key}: "
+                    f"{values[key]} could never fire; expected a window larger than {key}",
+                )
+        return Loop(window=window, **values)
+
+    def _build_token_budget(
+        self, node: Node, path: str, fields: dict[str, _Entry], values: dict[str, Any]
+    ) -> Kind:
+        prices = values.pop("prices", {})
+        if not values:
+            self._no_limit(node, path, "token_budget", KIND_KEYS["token_budget"][:-1])
+        if "max_cost_usd" in values and "default" not in prices:
+            where = fields["prices"] if "prices" in fields else fields["max_cost_usd"]
+            self.invalid(
+                where.value if "prices" in fields else where.key,
+                f"{path}.prices",
+                "max_cost_usd is set but prices has no 'default' entry, so a model missing "
+                "from prices would run free; expected a default price "
+                "{input_per_mtok: ..., output_per_mtok: ...}",
+            )
+        return TokenBudget(prices=prices, **values)
+
+    def _build_rate(
+        self, node: Node, path: str, fields: dict[str, _Entry], values: dict[str, Any]
+    ) -> Kind:
+        missing = [k for k in KIND_KEYS["rate"] if k not in values]
+        if missing:
+            self.invalid(
+                node,
+                f"{path}.{missing[0]}",
+                f"missing required key {missing[0]!r}; rate needs max_events, per_seconds and "
+                f"of ({', '.join(RATE_OF)})",
+            )
+        return Rate(
+            max_events=values["max_events"],
+            per_seconds=float(values["per_seconds"]),
+            of=values["of"],
+        )
+
+    _KIND_FIELDS: ClassVar[dict[str, Callable[[_FileReader, Node, str], object]]] = {
+        "max_seconds": number,
+        "idle_seconds": number,
+        "node_seconds": number,
+        "max_steps": whole,
+        "max_node_runs": whole,
+        "window": whole,
+        "max_repeats": whole,
+        "max_tool_repeats": whole,
+        "max_cycle_repeats": whole,
+        "max_total_tokens": whole,
+        "max_input_tokens": whole,
+        "max_output_tokens": whole,
+        "max_cost_usd": number,
+        "prices": _prices,
+        "max_events": whole,
+        "per_seconds": number,
+        "of": lambda self, node, path: self.choice(node, path, RATE_OF),
+    }

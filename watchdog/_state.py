@@ -1,0 +1,225 @@
+"""Per-run state: counters and the bounded windows the limits read.
+
+Everything here is sized by the policies, never by the run's length: a run of a million
+steps holds the same memory as a run of ten.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Protocol
+
+__all__ = [
+    "CostMeter",
+    "CycleTracker",
+    "EventWindow",
+    "Price",
+    "RepeatWindow",
+    "RunState",
+    "Tracker",
+    "TrackerSpec",
+]
+
+MAX_CYCLE_PERIOD = 4
+
+
+class Tracker(Protocol):
+    """Marker for the stateful windows kept in ``RunState.trackers``."""
+
+
+class TrackerSpec(Protocol):
+    """A hashable description of a tracker; equal specs share one tracker per run."""
+
+    def create(self) -> Tracker: ...
+
+
+class RepeatWindow:
+    """Counts of each key among the last ``size`` keys pushed, in O(1) per push."""
+
+    __slots__ = ("_counts", "_keys", "last_count", "last_key", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._keys: deque[Hashable] = deque()
+        self._counts: dict[Hashable, int] = {}
+        self.last_key: Hashable = None
+        self.last_count = 0
+
+    def push(self, key: Hashable) -> None:
+        keys, counts = self._keys, self._counts
+        if len(keys) == self.size:
+            oldest = keys.popleft()
+            left = counts[oldest] - 1
+            if left:
+                counts[oldest] = left
+            else:
+                del counts[oldest]
+        keys.append(key)
+        count = counts.get(key, 0) + 1
+        counts[key] = count
+        self.last_key = key
+        self.last_count = count
+
+
+class CycleTracker:
+    """How many times in a row the latest node cycle of period 1 to 4 has repeated.
+
+    For each period ``p`` it keeps how many consecutive node runs equalled the run ``p``
+    before them; ``1 + matches // p`` complete cycles then stand at the end of the sequence.
+    """
+
+    __slots__ = ("_matches", "_recent", "cycle", "repeats")
+
+    def __init__(self) -> None:
+        self._recent: deque[str] = deque(maxlen=MAX_CYCLE_PERIOD)
+        self._matches = [0] * (MAX_CYCLE_PERIOD + 1)
+        self.repeats = 0
+        self.cycle: tuple[str, ...] = ()
+
+    def push(self, name: str) -> None:
+        recent, matches = self._recent, self._matches
+        seen = len(recent)
+        best, best_period = 1, 1
+        for period in range(1, MAX_CYCLE_PERIOD + 1):
+            if period <= seen and recent[-period] == name:
+                matches[period] += 1
+                repeats = 1 + matches[period] // period
+                if repeats > best:
+                    best, best_period = repeats, period
+            else:
+                matches[period] = 0
+        recent.append(name)
+        self.repeats = best
+        self.cycle = tuple(recent)[-best_period:]
+
+
+class EventWindow:
+    """Events in the sliding window ``(now - per_seconds, now]``.
+
+    Counting windows keep at most ``capacity`` timestamps (the limit plus one is all a
+    check needs); amount windows (tokens) keep one entry per event inside the window.
+    """
+
+    __slots__ = ("_amounts", "_times", "per_seconds", "total")
+
+    def __init__(self, per_seconds: float, capacity: int | None) -> None:
+        self.per_seconds = per_seconds
+        self._times: deque[float] = deque(maxlen=capacity)
+        self._amounts: deque[int] | None = None if capacity else deque()
+        self.total = 0
+
+    def push(self, now: float, amount: int = 1) -> None:
+        self._times.append(now)
+        if self._amounts is not None:
+            self._amounts.append(amount)
+            self.total += amount
+
+    def observe(self, now: float) -> int:
+        """The sum of events (or amounts) still inside the window at ``now``."""
+        times, amounts = self._times, self._amounts
+        horizon = now - self.per_seconds
+        while times and times[0] <= horizon:
+            times.popleft()
+            if amounts is not None:
+                self.total -= amounts.popleft()
+        return len(times) if amounts is None else self.total
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """US dollars per million tokens."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+
+
+class CostMeter:
+    """Running cost of a run under one price table.
+
+    Exact model names win over glob patterns, which are tried in file order, then ``default``.
+    Lookups are cached: a run meets a handful of model names.
+    """
+
+    __slots__ = ("_cache", "_patterns", "_prices", "total_usd")
+
+    def __init__(self, prices: Mapping[str, Price]) -> None:
+        self._prices = prices
+        self._patterns = [name for name in prices if any(c in name for c in "*?[")]
+        self._cache: dict[str, Price | None] = {}
+        self.total_usd = 0.0
+
+    def price_of(self, model: str) -> Price | None:
+        try:
+            return self._cache[model]
+        except KeyError:
+            pass
+        price = self._prices.get(model)
+        if price is None:
+            pattern = next((p for p in self._patterns if fnmatchcase(model, p)), None)
+            price = self._prices[pattern] if pattern else self._prices.get("default")
+        self._cache[model] = price
+        return price
+
+    def add(self, model: str, input_tokens: int, output_tokens: int) -> None:
+        price = self.price_of(model)
+        if price is not None:
+            self.total_usd += price.cost(input_tokens, output_tokens)
+
+
+class RunState:
+    """What the limits of every policy kind read: one object per run.
+
+    ``now`` is the clock reading of the event being checked; the engine sets it, so each
+    limit is a pure function of this object.
+    """
+
+    __slots__ = (
+        "input_tokens",
+        "last_progress",
+        "llm_calls",
+        "node",
+        "node_runs",
+        "now",
+        "open_nodes",
+        "output_tokens",
+        "started_at",
+        "steps",
+        "tool",
+        "tool_calls",
+        "total_tokens",
+        "trackers",
+    )
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self.now = started_at
+        self.last_progress = started_at
+        self.steps = 0
+        self.node_runs = 0
+        self.llm_calls = 0
+        self.tool_calls = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.total_tokens = 0
+        # key -> (node name, start time), in start order, so the first is the oldest
+        self.open_nodes: dict[Hashable, tuple[str, float]] = {}
+        self.node: str | None = None  # the node that started last
+        self.tool: str | None = None  # the tool that was called last
+        self.trackers: dict[TrackerSpec, Tracker] = {}
+
+    @property
+    def elapsed(self) -> float:
+        return self.now - self.started_at
+
+    @property
+    def idle(self) -> float:
+        return self.now - self.last_progress
+
+    def oldest_open_node(self) -> tuple[str, float] | None:
+        return next(iter(self.open_nodes.values()), None)
