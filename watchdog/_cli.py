@@ -1,0 +1,114 @@
+"""The ``watchdog`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._errors import PolicyError, PolicyProblem
+from ._loading import load_policies
+from ._policies import Policy
+
+__all__ = ["main"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSummary:
+    file: str
+    policies: tuple[Policy, ...]
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(dict.fromkeys(p.kind.name for p in self.policies))
+
+    @property
+    def graphs(self) -> list[str]:
+        """The graph globs the file's policies match; ``*`` when one matches every graph."""
+        if any(not p.match.graphs for p in self.policies):
+            return ["*"]
+        return list(dict.fromkeys(g for p in self.policies for g in p.match.graphs))
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "file": self.file,
+            "policies": len(self.policies),
+            "kinds": self.kinds,
+            "graphs": self.graphs,
+            "audit": [p.name for p in self.policies if p.mode == "audit"],
+        }
+
+    def __str__(self) -> str:
+        count = len(self.policies)
+        noun = "policy" if count == 1 else "policies"
+        kinds = f" ({', '.join(self.kinds)})" if self.kinds else ""
+        graphs = f"; graphs: {', '.join(self.graphs)}" if self.policies else ""
+        audit = sum(p.mode == "audit" for p in self.policies)
+        audit_note = f"; {audit} in audit mode" if audit else ""
+        return f"{self.file}: ok, {count} {noun}{kinds}{graphs}{audit_note}"
+
+
+def check(paths: Sequence[str]) -> tuple[list[FileSummary], list[PolicyProblem]]:
+    """Validate each path (a file or a directory); summaries of the good files, and problems."""
+    summaries: list[FileSummary] = []
+    problems: list[PolicyProblem] = []
+    for path in paths:
+        try:
+            policy_set = load_policies(path)
+        except PolicyError as exc:
+            problems.extend(exc.problems)
+            continue
+        for file in policy_set.files:
+            mine = tuple(p for p in policy_set.policies if p.file == file)
+            summaries.append(FileSummary(file, mine))
+    return summaries, problems
+
+
+def _check_command(args: argparse.Namespace) -> int:
+    summaries, problems = check(args.paths)
+    if args.json:
+        report = {
+            "ok": not problems,
+            "files": [s.as_dict() for s in summaries],
+            "errors": [p.as_dict() for p in problems],
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        for summary in summaries:
+            print(summary)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            count = len(problems)
+            print(f"{count} error{'s' if count > 1 else ''}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="watchdog",
+        description="A policy-driven watchdog that cancels runaway LangGraph runs.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check_parser = commands.add_parser(
+        "check",
+        help="validate policy files",
+        description="Validate policy files and directories. Prints each problem as "
+        "file:line:col: message; exits 0 when all are valid, 1 when not.",
+    )
+    check_parser.add_argument("paths", nargs="+", metavar="PATH", help="a policy file or directory")
+    check_parser.add_argument("--json", action="store_true", help="print one JSON report")
+    check_parser.set_defaults(run=_check_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    status: int = args.run(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
