@@ -26,10 +26,8 @@ class FileSummary:
 
     @property
     def graphs(self) -> list[str]:
-        """The graph globs the file's policies match; ``*`` when one matches every graph."""
-        if any(not p.match.graphs for p in self.policies):
-            return ["*"]
-        return list(dict.fromkeys(g for p in self.policies for g in p.match.graphs))
+        """The graph globs the file's policies match; ``*`` for a policy with no graph glob."""
+        return list(dict.fromkeys(g for p in self.policies for g in p.match.graphs or ("*",)))
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -45,9 +43,11 @@ class FileSummary:
         noun = "policy" if count == 1 else "policies"
         kinds = f" ({', '.join(self.kinds)})" if self.kinds else ""
         graphs = f"; graphs: {', '.join(self.graphs)}" if self.policies else ""
+        scoped = sum(bool(p.match.tags or p.match.metadata) for p in self.policies)
+        scoped_note = f"; {scoped} scoped by tags or metadata" if scoped else ""
         audit = sum(p.mode == "audit" for p in self.policies)
         audit_note = f"; {audit} in audit mode" if audit else ""
-        return f"{self.file}: ok, {count} {noun}{kinds}{graphs}{audit_note}"
+        return f"{self.file}: ok, {count} {noun}{kinds}{graphs}{scoped_note}{audit_note}"
 
 
 def check(paths: Sequence[str]) -> tuple[list[FileSummary], list[PolicyProblem]]:

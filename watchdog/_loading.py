@@ -89,7 +89,7 @@ def load_policies(path: str | os.PathLike[str]) -> PolicySet:
         files = sorted(
             p
             for p in root.iterdir()
-            if p.suffix in POLICY_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            if p.suffix.lower() in POLICY_SUFFIXES and not p.name.startswith(".") and p.is_file()
         )
         if not files:
             suffixes = ", ".join(f"*{s}" for s in POLICY_SUFFIXES)
@@ -399,15 +399,16 @@ class _FileReader:
         if entry is None:
             self.problem(root, "version", "missing required key 'version'; expected version: 1")
             return
-        value = self._field(self.scalar, entry.value, "version")
-        if value is None and self.problems:
+        try:
+            value = self.scalar(entry.value, "version")
+        except _Invalid:
             return
         if isinstance(value, bool) or value not in SUPPORTED_VERSIONS:
-            supported = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
+            supported = " or ".join(str(v) for v in SUPPORTED_VERSIONS)
             self.problem(
                 entry.value,
                 "version",
-                f"unsupported version {_describe(entry.value, value)}; expected {supported}",
+                f"expected version {supported}, got {_describe(entry.value, value)}",
             )
 
     def _defaults(self, entry: _Entry | None) -> dict[str, Any]:
@@ -457,8 +458,9 @@ class _FileReader:
 
     def _policy(self, node: Node, path: str, defaults: dict[str, Any]) -> tuple[Policy, Node]:
         keys = (*POLICY_KEYS, *KINDS)
-        fields = self.mapping(node, path, keys, "a policy mapping with a name and one kind")
         problems_before = len(self.problems)
+        fields = self.mapping(node, path, keys, "a policy mapping with a name and one kind")
+        unknown_keys = len(self.problems) > problems_before  # a misspelt kind, perhaps
         kinds = [k for k in fields if k in KINDS]
         name_entry = fields.get("name")
         name = None
@@ -468,7 +470,7 @@ class _FileReader:
             )
         else:
             name = self._field(self._name, name_entry.value, f"{path}.name")
-        if not kinds:
+        if not kinds and not unknown_keys:
             self.problem(
                 node,
                 path,
@@ -587,8 +589,9 @@ class _FileReader:
     def _kind(self, kind: str, node: Node, path: str) -> Kind:
         keys = KIND_KEYS[kind]
         example = f"{{{keys[0]}: ...}}"
-        fields = self.mapping(node, path, keys, f"a mapping of {kind} limits such as {example}")
+        # Problems in the mapping count too: "sets no limit" is noise after a misspelt key.
         before = len(self.problems)
+        fields = self.mapping(node, path, keys, f"a mapping of {kind} limits such as {example}")
         values: dict[str, Any] = {}
         for key, entry in fields.items():
             if self.null(entry.value) and key not in ("prices", "of"):
