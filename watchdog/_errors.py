@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+# Everything str.splitlines() breaks on: a problem must print as exactly one line.
+LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    return LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 __all__ = ["PolicyError", "PolicyProblem"]
 
@@ -17,6 +26,11 @@ class PolicyProblem:
     column: int  # 1-based
     path: str  # field path such as ``policies[2].wall_time.max_seconds``; "" for the document
     message: str  # what was expected and what was found
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "file", one_line(self.file))
+        object.__setattr__(self, "path", one_line(self.path))
+        object.__setattr__(self, "message", one_line(self.message))
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file

@@ -44,6 +44,11 @@ SUPPORTED_VERSIONS = (1,)
 MODES: tuple[Mode, ...] = ("enforce", "audit")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 MERGE_TAG = "tag:yaml.org,2002:merge"
+MAP_TAG = "tag:yaml.org,2002:map"
+SEQ_TAG = "tag:yaml.org,2002:seq"
+NULL_TAG = "tag:yaml.org,2002:null"
+# What PyYAML's constructors raise for a scalar they cannot read (a bad timestamp, say).
+UNREADABLE = (yaml.YAMLError, ValueError, TypeError, OverflowError)
 
 TOP_KEYS = ("version", "defaults", "policies")
 DEFAULT_KEYS = ("mode", "grace_seconds", "warn_at")
@@ -147,12 +152,20 @@ def _position(node: Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _describe(node: Node, value: object = None) -> str:
+_UNREAD = object()
+
+
+def _describe(node: Node, value: object = _UNREAD) -> str:
     """What a node holds, for "got ..." in messages."""
     if isinstance(node, MappingNode):
         return "a mapping"
     if isinstance(node, SequenceNode):
         return "a list"
+    if value is _UNREAD:
+        try:
+            value = SafeConstructor().construct_object(node, deep=True)
+        except UNREADABLE:
+            return repr(node.value)
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -160,12 +173,26 @@ def _describe(node: Node, value: object = None) -> str:
     if isinstance(value, str):
         return f"the string {value!r}"
     if isinstance(value, int | float):
-        return f"{value!r}"
+        text = repr(value)
+        return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} digits)"
     return f"{type(value).__name__} {value!r}"
 
 
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or None (booleans, text, NaN, infinity, huge integers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    close = close or [c for c in choices if len(word) >= 3 and c.startswith(word)][:1]
     return f" (did you mean {close[0]}?)" if close else ""
 
 
@@ -210,23 +237,46 @@ class _FileReader:
             return yaml.compose(self.source, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
+            what = exc.problem or "invalid YAML"
+            context = exc.context_mark
+            if exc.context and context is not None and context is not mark:
+                # e.g. where an unclosed quote opened, not just where the file ended
+                start = f"line {context.line + 1}, column {context.column + 1}"
+                what = f"{exc.context} at {start}: {what}"
             line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            what = exc.problem or exc.context or "invalid YAML"
-            self.problems.append(PolicyProblem(self.file, line, column, "", f"YAML: {what}"))
-        except yaml.YAMLError as exc:
+            self._yaml_problem(line, column, what)
+        except yaml.reader.ReaderError as exc:
             # The reader's errors (bad characters) carry a character offset, not a mark.
-            offset = getattr(exc, "position", 0)
+            offset = exc.position
             line = self.source.count("\n", 0, offset) + 1
             column = offset - (self.source.rfind("\n", 0, offset) + 1) + 1
-            self.problems.append(PolicyProblem(self.file, line, column, "", f"YAML: {exc}"))
+            self._yaml_problem(line, column, f"unacceptable character #x{exc.character:04x}")
+        except yaml.YAMLError as exc:
+            self._yaml_problem(1, 1, str(exc))
+        except RecursionError:
+            self._yaml_problem(1, 1, "nested too deeply")
         return None
+
+    def _yaml_problem(self, line: int, column: int, what: str) -> None:
+        self.problems.append(PolicyProblem(self.file, line, column, "", f"YAML: {what}"))
+
+    def plain(self, node: Node, path: str) -> None:
+        """Refuse tags on mappings and lists, as yaml.safe_load would (``!!python/...``)."""
+        if isinstance(node, MappingNode):
+            expected: str | None = MAP_TAG
+        else:
+            expected = SEQ_TAG if isinstance(node, SequenceNode) else None
+        if expected is not None and node.tag != expected:
+            self.invalid(node, path, f"unsupported YAML tag {node.tag!r}")
 
     def scalar(self, node: Node, path: str) -> object:
         if not isinstance(node, ScalarNode):
             self.invalid(node, path, f"expected a single value, got {_describe(node)}")
         try:
             return self._constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        except UNREADABLE as exc:
+            # A failed construct leaves the constructor's bookkeeping half done.
+            self._constructor = SafeConstructor()
             problem = getattr(exc, "problem", None) or str(exc)
             self.invalid(node, path, f"cannot read this value: {problem}")
 
@@ -274,6 +324,7 @@ class _FileReader:
 
     def _entries(self, node: MappingNode, path: str, seen: set[int]) -> Iterator[tuple[Node, Node]]:
         """A mapping's own entries, then those merged in with ``<<`` that it does not set."""
+        self.plain(node, path)
         seen.add(id(node))
         merged: list[MappingNode] = []
         own: set[object] = set()
@@ -296,18 +347,13 @@ class _FileReader:
 
     # -- typed values ------------------------------------------------------------------
 
-    def number(
-        self, node: Node, path: str, *, minimum: float = 0, allow_zero: bool = False
-    ) -> float:
+    def number(self, node: Node, path: str, *, allow_zero: bool = False) -> float:
         value = self.scalar(node, path)
         expected = "a number of 0 or more" if allow_zero else "a number greater than 0"
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        number = _finite(value)
+        if number is None or number < 0 or (number == 0 and not allow_zero):
             self.invalid(node, path, f"expected {expected}, got {_describe(node, value)}")
-        if not math.isfinite(value):
-            self.invalid(node, path, f"expected {expected}, got {_describe(node, value)}")
-        if value < minimum or (value == minimum and not allow_zero):
-            self.invalid(node, path, f"expected {expected}, got {_describe(node, value)}")
-        return value
+        return number
 
     def whole(self, node: Node, path: str) -> int:
         value = self.scalar(node, path)
@@ -340,6 +386,7 @@ class _FileReader:
             return (self.text(node, path, what),)
         if not isinstance(node, SequenceNode):
             self.invalid(node, path, f"expected {what} or a list of them, got {_describe(node)}")
+        self.plain(node, path)
         items = [
             self._field(self.text, item, f"{path}[{i}]", what) for i, item in enumerate(node.value)
         ]
@@ -348,14 +395,14 @@ class _FileReader:
         return tuple(cast(list[str], items))
 
     def null(self, node: Node) -> bool:
-        return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+        return isinstance(node, ScalarNode) and node.tag == NULL_TAG
 
     # -- the document --------------------------------------------------------------------
 
     def read(self) -> list[_ReadPolicy]:
         read: list[_ReadPolicy] = []
         root = self._compose()
-        if root is None:
+        if root is None or (isinstance(root, ScalarNode) and root.tag == NULL_TAG):
             if not self.problems:
                 self.problems.append(
                     PolicyProblem(
@@ -387,6 +434,10 @@ class _FileReader:
                 f"expected a list of policies, got {_describe(entry.value)}",
             )
             return read
+        try:
+            self.plain(entry.value, "policies")
+        except _Invalid:
+            return read
         for index, node in enumerate(entry.value.value):
             path = f"policies[{index}]"
             result = self._field(self._policy, node, path, defaults)
@@ -403,7 +454,7 @@ class _FileReader:
             value = self.scalar(entry.value, "version")
         except _Invalid:
             return
-        if isinstance(value, bool) or value not in SUPPORTED_VERSIONS:
+        if type(value) is not int or value not in SUPPORTED_VERSIONS:
             supported = " or ".join(str(v) for v in SUPPORTED_VERSIONS)
             self.problem(
                 entry.value,
