@@ -716,7 +716,7 @@ INVALID = [
             """),
         7,
         18,
-        "policies[0].token_budget.prices['default'].output_per_mtok",
+        "policies[0].token_budget.prices.default.output_per_mtok",
         "missing required key 'output_per_mtok'; expected US dollars per million tokens",
         id="price-missing-output",
     ),

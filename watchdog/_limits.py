@@ -235,15 +235,22 @@ class NodeSeconds(TimeLimit):
 
 
 @dataclass(frozen=True, slots=True)
-class MaxRepeats(Limit):
+class _Repeats(Limit):
+    """Identical entries within the last ``window`` ones: node inputs, or tool arguments."""
+
     window: int
-    kind, key, TRIGGERS = "loop", "max_repeats", Trigger.NODE
+    SPEC: ClassVar[type[NodeRepeatSpec | ToolRepeatSpec]]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tracker", NodeRepeatSpec(self.window))
+        object.__setattr__(self, "tracker", self.SPEC(self.window))
 
     def observe(self, state: RunState) -> float:
         return cast(RepeatWindow, state.trackers[self.tracker]).last_count  # type: ignore[index]
+
+
+@dataclass(frozen=True, slots=True)
+class MaxRepeats(_Repeats):
+    kind, key, TRIGGERS, SPEC = "loop", "max_repeats", Trigger.NODE, NodeRepeatSpec
 
     def describe(self, policy: str, observed: float, state: RunState) -> str:
         return (
@@ -253,15 +260,8 @@ class MaxRepeats(Limit):
 
 
 @dataclass(frozen=True, slots=True)
-class MaxToolRepeats(Limit):
-    window: int
-    kind, key, TRIGGERS = "loop", "max_tool_repeats", Trigger.TOOL
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tracker", ToolRepeatSpec(self.window))
-
-    def observe(self, state: RunState) -> float:
-        return cast(RepeatWindow, state.trackers[self.tracker]).last_count  # type: ignore[index]
+class MaxToolRepeats(_Repeats):
+    kind, key, TRIGGERS, SPEC = "loop", "max_tool_repeats", Trigger.TOOL, ToolRepeatSpec
 
     def describe(self, policy: str, observed: float, state: RunState) -> str:
         return (

@@ -189,6 +189,10 @@ def _finite(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _key_path(path: str, key: str) -> str:
+    return f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r}]"
+
+
 def _suggest(word: str, choices: Iterable[str]) -> str:
     choices = list(choices)
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
@@ -303,7 +307,7 @@ class _FileReader:
             key = self.key(key_node, path)
             if key is None:
                 continue
-            key_path = f"{path}.{key}" if path else key
+            key_path = _key_path(path, key) if path else key
             if key in entries:
                 line, column = _position(entries[key].key)
                 self.problem(
@@ -600,40 +604,50 @@ class _FileReader:
         return Match(graphs=graphs or (), tags=frozenset(tags or ()), metadata=metadata)
 
     def _metadata(self, node: Node, path: str) -> dict[str, object]:
-        if not isinstance(node, MappingNode):
+        return self._table(node, path, "metadata keys to values", "a string key", self._exact)
+
+    def _exact(self, node: Node, path: str) -> object:
+        value = self.scalar(node, path)
+        if not isinstance(value, str | int | float | bool):
             self.invalid(
-                node, path, f"expected a mapping of metadata keys to values, got {_describe(node)}"
+                node,
+                path,
+                "expected a string, number or boolean to match exactly, got "
+                f"{_describe(node, value)}",
             )
-        metadata: dict[str, object] = {}
+        return value
+
+    def _table(
+        self,
+        node: Node,
+        path: str,
+        what: str,
+        key_what: str,
+        read_value: Callable[[Node, str], T],
+    ) -> dict[str, T]:
+        """A mapping of free-form string keys, each value read by ``read_value``."""
+        if not isinstance(node, MappingNode):
+            self.invalid(node, path, f"expected a mapping of {what}, got {_describe(node)}")
+        table: dict[str, T] = {}
         failed = False
         for key_node, value_node in self._entries(node, path, set()):
-            key = self.key(key_node, path)
+            key = self.key(key_node, path, key_what)
             if key is None:
                 failed = True
                 continue
-            key_path = f"{path}.{key}"
-            if key in metadata:
+            key_path = _key_path(path, key)
+            if key in table:
                 self.problem(key_node, key_path, f"duplicate key {key!r}")
                 failed = True
                 continue
-            try:
-                value = self.scalar(value_node, key_path)
-            except _Invalid:
+            value = self._field(read_value, value_node, key_path)
+            if value is None:
                 failed = True
                 continue
-            if not isinstance(value, str | int | float | bool):
-                self.problem(
-                    value_node,
-                    key_path,
-                    "expected a string, number or boolean to match exactly, got "
-                    f"{_describe(value_node, value)}",
-                )
-                failed = True
-                continue
-            metadata[key] = value
+            table[key] = value
         if failed:
             raise _Invalid
-        return metadata
+        return table
 
     # -- kinds ---------------------------------------------------------------------------
 
@@ -657,30 +671,7 @@ class _FileReader:
         return cast(Kind, build(node, path, fields, values))
 
     def _prices(self, node: Node, path: str) -> dict[str, Price]:
-        if not isinstance(node, MappingNode):
-            self.invalid(
-                node, path, f"expected a mapping of model name to prices, got {_describe(node)}"
-            )
-        prices: dict[str, Price] = {}
-        failed = False
-        for key_node, value_node in self._entries(node, path, set()):
-            model = self.key(key_node, path, "a model name")
-            if model is None:
-                failed = True
-                continue
-            model_path = f"{path}[{model!r}]"
-            if model in prices:
-                self.problem(key_node, model_path, f"duplicate model {model!r}")
-                failed = True
-                continue
-            price = self._field(self._price, value_node, model_path)
-            if price is None:
-                failed = True
-                continue
-            prices[model] = price
-        if failed:
-            raise _Invalid
-        return prices
+        return self._table(node, path, "model name to prices", "a model name", self._price)
 
     def _price(self, node: Node, path: str) -> Price:
         fields = self.mapping(
