@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from ._engine import Engine, NearLimit, RunMonitor, Verdict
-from ._errors import PolicyError, PolicyProblem
+from ._errors import PolicyError, PolicyProblem, RunCancelled
 from ._loading import load_policies, load_policy_text
 from ._policies import Loop, Match, Policy, PolicySet, Rate, StepCount, TokenBudget, WallTime
+from ._run import RunInfo
 from ._state import Price, RunState
+from ._supervisor import SupervisedGraph, Supervisor
 
 __all__ = [
     "Engine",
@@ -19,9 +21,13 @@ __all__ = [
     "PolicySet",
     "Price",
     "Rate",
+    "RunCancelled",
+    "RunInfo",
     "RunMonitor",
     "RunState",
     "StepCount",
+    "SupervisedGraph",
+    "Supervisor",
     "TokenBudget",
     "Verdict",
     "WallTime",

@@ -17,7 +17,9 @@ from ._limits import (
     CycleSpec,
     EventWindowSpec,
     Limit,
+    MaxRepeats,
     NodeRepeatSpec,
+    NodeSeconds,
     TimeLimit,
     ToolRepeatSpec,
     Trigger,
@@ -152,6 +154,10 @@ class RunMonitor:
         self._on_tool = on(Trigger.TOOL)
         self._on_timer = on(Trigger.TIMER)
         self._timed = tuple(b for b in self._on_timer if isinstance(b.limit, TimeLimit))
+        # What the caller need not compute when no policy looks at it:
+        self.wants_fingerprints = any(isinstance(b.limit, MaxRepeats) for b in self._on_node)
+        self.has_timers = bool(self._timed)
+        self.times_nodes = any(isinstance(b.limit, NodeSeconds) for b in self._timed)
 
         # Keep the trackers whose spec survives a reload, so windows are not reset.
         old = self.state.trackers

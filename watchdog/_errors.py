@@ -14,7 +14,7 @@ def one_line(text: str) -> str:
     return LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
-__all__ = ["PolicyError", "PolicyProblem"]
+__all__ = ["PolicyError", "PolicyProblem", "RunCancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +64,38 @@ class PolicyError(ValueError):
         self.column = first.column
         self.path = first.path
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class RunCancelled(Exception):
+    """A supervised run was cancelled: by a policy, or by ``Supervisor.cancel``.
+
+    Raised to the caller of invoke/stream instead of a bare ``CancelledError``. The last
+    completed step stays checkpointed (with a checkpointer), so ``invoke(None, config)``
+    resumes from it.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        thread_id: str | None,
+        graph: str,
+        policy: str | None,
+        kind: str,
+        reason: str,
+        observed: float | None,
+        limit: float | None,
+        step: int,
+        phase: str,
+    ) -> None:
+        self.run_id = run_id
+        self.thread_id = thread_id
+        self.graph = graph
+        self.policy = policy  # None for a manual cancel
+        self.kind = kind  # wall_time, step_count, loop, token_budget, rate or manual
+        self.reason = reason
+        self.observed = observed
+        self.limit = limit
+        self.step = step
+        self.phase = phase  # "drained": stopped at a step boundary; "hard": its task cancelled
+        super().__init__(f"run {run_id} of graph {graph!r} cancelled ({kind}): {reason}")

@@ -1,0 +1,235 @@
+"""LangChain callbacks that turn a run's progress into engine events.
+
+The handler is synchronous with ``run_inline = True``: LangChain then calls it directly, in
+async graphs too, instead of handing each event to a thread pool. Nothing in it blocks.
+It raises ``Stop`` from a ``*_start`` callback to keep a cancelled run from starting a node,
+an LLM call or a tool; any other error of its own is logged and counted, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.outputs import LLMResult
+
+from ._fingerprint import fingerprint
+from ._run import Run, Stop
+
+__all__ = ["WatchdogHandler"]
+
+NODE_TAG = "graph:step:"
+MAX_NAMESPACES = 64  # subgraph invocations tracked for step counting; old ones are done
+
+
+class _QuietStops(logging.Filter):
+    """LangChain logs a warning for every exception a handler raises, wanted or not; a Stop
+    is the watchdog doing its job, and the cancel has an event of its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (
+            isinstance(args, tuple)
+            and len(args) == 3
+            and args[0] == "WatchdogHandler"
+            and str(args[2]).startswith("Stop(")
+        )
+
+
+logging.getLogger("langchain_core.callbacks.manager").addFilter(_QuietStops())
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(method: Callable[P, R]) -> Callable[P, R | None]:
+    """Never let a watchdog bug break the run: log, count, go on. ``Stop`` is on purpose."""
+
+    @functools.wraps(method)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        try:
+            return method(*args, **kwargs)
+        except Stop:
+            raise
+        except Exception as exc:
+            handler: WatchdogHandler = args[0]  # type: ignore[assignment]
+            handler.run.internal_error(exc)
+            return None
+
+    return guarded
+
+
+def _usage(response: LLMResult) -> tuple[int, int, int | None]:
+    input_tokens = output_tokens = 0
+    total: int | None = None
+    for generations in response.generations:
+        for generation in generations:
+            usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
+            if usage:
+                input_tokens += usage.get("input_tokens", 0)
+                output_tokens += usage.get("output_tokens", 0)
+                if "total_tokens" in usage:
+                    total = (total or 0) + usage["total_tokens"]
+    return input_tokens, output_tokens, total
+
+
+class WatchdogHandler(BaseCallbackHandler):
+    run_inline = True
+    raise_error = True  # so Stop propagates; _guarded swallows our own errors
+    # LangChain skips these events for this handler altogether.
+    ignore_retriever = True
+    ignore_retry = True
+    ignore_custom_event = True
+    ignore_agent = True
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._step_of: dict[str, object] = {}  # graph namespace -> its current superstep
+        self._models: dict[UUID, str] = {}
+
+    # -- nodes and steps -----------------------------------------------------------------
+
+    @_guarded
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not tags or not any(tag.startswith(NODE_TAG) for tag in tags):
+            return  # not a node: the graph itself, an edge, a runnable inside a node
+        run = self.run
+        if run.stopping:
+            run.unwinding = True
+            raise Stop
+        metadata = metadata or {}
+        name = metadata.get("langgraph_node") or kwargs.get("name") or "?"
+        # A superstep is (graph namespace, step): parallel nodes and Send share one.
+        namespace = str(metadata.get("langgraph_checkpoint_ns", "")).rpartition("|")[0]
+        step = metadata.get("langgraph_step")
+        monitor = run.monitor
+        with run.lock:
+            monitor.state.node = name  # a verdict as the step begins names the node it stops
+            if self._step_of.get(namespace, self) != step:
+                self._step_of.pop(namespace, None)
+                self._step_of[namespace] = step
+                if len(self._step_of) > MAX_NAMESPACES:
+                    del self._step_of[next(iter(self._step_of))]
+                found = monitor.step_started()
+                if found and run.report(found):
+                    run.unwinding = True
+                    raise Stop
+            print_ = fingerprint(inputs) if monitor.wants_fingerprints else None
+            found = monitor.node_started(run_id, name, print_)
+            if found and run.report(found):
+                run.unwinding = True
+                raise Stop
+            if monitor.times_nodes and len(monitor.state.open_nodes) == 1:
+                run.schedule_timers()  # this node's deadline may come first
+
+    @_guarded
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._node_ended(run_id)
+
+    @_guarded
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._node_ended(run_id)
+
+    def _node_ended(self, run_id: UUID) -> None:
+        run = self.run
+        if run_id in run.monitor.state.open_nodes:
+            with run.lock:
+                run.monitor.node_ended(run_id)
+
+    # -- LLM calls -----------------------------------------------------------------------
+
+    @_guarded
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: Any,
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._llm_started(run_id, serialized, metadata)
+
+    @_guarded
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._llm_started(run_id, serialized, metadata)
+
+    def _llm_started(
+        self, run_id: UUID, serialized: dict[str, Any] | None, metadata: dict[str, Any] | None
+    ) -> None:
+        run = self.run
+        if run.stopping:
+            raise Stop
+        model = (metadata or {}).get("ls_model_name") or (serialized or {}).get("name") or "?"
+        self._models[run_id] = model
+        with run.lock:
+            found = run.monitor.llm_started(model)
+            if found and run.report(found):
+                raise Stop
+
+    @_guarded
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        run = self.run
+        model = self._models.pop(run_id, "?")
+        input_tokens, output_tokens, total = _usage(response)
+        with run.lock:
+            found = run.monitor.llm_ended(model, input_tokens, output_tokens, total)
+            stop = bool(found) and run.report(found)
+        run.supervisor.count_tokens(run.graph, input_tokens, output_tokens)
+        if stop:
+            raise Stop  # the answer is paid for, but the node must not act on it
+
+    @_guarded
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._models.pop(run_id, None)
+
+    # -- tools ---------------------------------------------------------------------------
+
+    @_guarded
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any] | None,
+        input_str: str,
+        *,
+        run_id: UUID,
+        **kwargs: Any,
+    ) -> None:
+        run = self.run
+        if run.stopping:
+            raise Stop
+        name = (serialized or {}).get("name") or kwargs.get("name") or "?"
+        with run.lock:
+            found = run.monitor.tool_started(name, input_str)
+            if found and run.report(found):
+                raise Stop
+
+    @_guarded
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with self.run.lock:
+            self.run.monitor.tool_ended()
+
+    @_guarded
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self.run.lock:
+            self.run.monitor.tool_ended()

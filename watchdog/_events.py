@@ -1,0 +1,71 @@
+"""Structured events: one namespaced structlog event per thing that happened, flat keys.
+
+When the application has configured structlog, events go through its configuration. When it
+has not, they are written as JSON lines to standard error, so a watchdog that was just
+attached still leaves a readable trail.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+__all__ = ["NAMESPACE", "add_listener", "emit", "remove_listener"]
+
+NAMESPACE = "watchdog"
+WARNING_EVENTS = frozenset(
+    {"violation", "drain_requested", "hard_cancel", "run_cancelled", "near_limit"}
+)
+ERROR_EVENTS = frozenset({"internal_error", "policy_reload_failed", "cleanup_abandoned"})
+
+Listener = Callable[[dict[str, Any]], None]
+_listeners: list[Listener] = []
+_fallback: Any = None
+
+
+def _logger() -> Any:
+    global _fallback  # noqa: PLW0603 - built once, on first use
+    if structlog.is_configured():
+        return structlog.get_logger(NAMESPACE)
+    if _fallback is None:
+        _fallback = structlog.wrap_logger(
+            structlog.PrintLogger(sys.stderr),
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    return _fallback
+
+
+def emit(name: str, **fields: Any) -> None:
+    """Log ``watchdog.<name>`` with ``fields`` and hand it to listeners (tests, the sidecar)."""
+    event = f"{NAMESPACE}.{name}"
+    for listener in _listeners:
+        listener({"event": event, **fields})
+    logger = _logger()
+    if name in ERROR_EVENTS:
+        logger.error(event, **fields)
+    elif name in WARNING_EVENTS:
+        logger.warning(event, **fields)
+    else:
+        logger.info(event, **fields)
+
+
+def add_listener(listener: Listener) -> None:
+    _listeners.append(listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    _listeners.remove(listener)
+
+
+def reset() -> None:
+    """Forget listeners and the fallback logger (tests call this between tests)."""
+    global _fallback  # noqa: PLW0603
+    _listeners.clear()
+    _fallback = None

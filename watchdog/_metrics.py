@@ -1,0 +1,100 @@
+"""Prometheus metrics. Names and labels are a contract; labels are bounded (no run ids)."""
+
+from __future__ import annotations
+
+import weakref
+from typing import ClassVar
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+STEP_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The watchdog's metrics on one registry.
+
+    A registry refuses a second metric of the same name, so every supervisor on the same
+    registry shares one ``Metrics``: use ``Metrics.on(registry)``.
+    """
+
+    _by_registry: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, Metrics]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry | None = None) -> Metrics:
+        registry = REGISTRY if registry is None else registry
+        metrics = cls._by_registry.get(registry)
+        if metrics is None:
+            metrics = cls._by_registry[registry] = cls(registry)
+        return metrics
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.runs_started = Counter(
+            "watchdog_runs_started", "Supervised runs started.", ["graph"], registry=registry
+        )
+        self.runs_finished = Counter(
+            "watchdog_runs_finished",
+            "Supervised runs finished, by outcome: completed, cancelled or failed.",
+            ["graph", "outcome"],
+            registry=registry,
+        )
+        self.cancellations = Counter(
+            "watchdog_cancellations",
+            "Runs cancelled, by the policy and kind that cancelled them and the phase reached: "
+            "drained (at a step boundary) or hard (task cancelled).",
+            ["graph", "policy", "kind", "phase"],
+            registry=registry,
+        )
+        self.violations = Counter(
+            "watchdog_violations",
+            "Policy violations, in enforce mode and in audit mode (would cancel).",
+            ["graph", "policy", "kind", "mode"],
+            registry=registry,
+        )
+        self.active_runs = Gauge(
+            "watchdog_active_runs", "Supervised runs in progress.", ["graph"], registry=registry
+        )
+        self.run_duration = Histogram(
+            "watchdog_run_duration_seconds",
+            "Wall time of supervised runs.",
+            ["graph", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.run_steps = Histogram(
+            "watchdog_run_steps",
+            "Supersteps per supervised run, subgraphs included.",
+            ["graph", "outcome"],
+            buckets=STEP_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "watchdog_tokens",
+            "Tokens reported by chat models in supervised runs, by type: input or output.",
+            ["graph", "type"],
+            registry=registry,
+        )
+        self.cancel_latency = Histogram(
+            "watchdog_cancel_latency_seconds",
+            "Time from a violation being found to the run being stopped.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.policy_reloads = Counter(
+            "watchdog_policy_reloads",
+            "Policy reloads, by result: ok or failed.",
+            ["result"],
+            registry=registry,
+        )
+        self.internal_errors = Counter(
+            "watchdog_internal_errors",
+            "Errors inside the watchdog itself; each was logged and the run went on.",
+            registry=registry,
+        )

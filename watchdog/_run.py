@@ -1,0 +1,333 @@
+"""One supervised run, and the cancellation pipeline it goes through.
+
+mark once -> drain (stop before the next step) -> hard cancel after grace (async runs)
+-> record (one event, one metric) -> raise ``RunCancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from langgraph.runtime import RunControl
+
+from . import _events
+from ._engine import Finding, NearLimit, RunMonitor, Verdict
+from ._errors import RunCancelled
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+
+__all__ = ["Cause", "Run", "RunInfo", "Stop"]
+
+Status = Literal["running", "cancelling", "completed", "cancelled", "failed"]
+FINAL: frozenset[Status] = frozenset({"completed", "cancelled", "failed"})
+DEFAULT_GRACE_SECONDS = 5.0
+
+
+class Stop(Exception):
+    """Raised from a callback so a cancelled run does not start another node, call or tool."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """Why a run is being cancelled: a policy's verdict, or an operator's request."""
+
+    policy: str | None
+    kind: str
+    reason: str
+    observed: float | None
+    limit: float | None
+    step: int
+    node: str | None
+    grace_seconds: float
+    found_at: float  # on the supervisor's clock
+
+    @classmethod
+    def of(cls, verdict: Verdict, grace_seconds: float, found_at: float) -> Cause:
+        return cls(
+            policy=verdict.policy,
+            kind=verdict.kind,
+            reason=verdict.reason,
+            observed=verdict.observed,
+            limit=verdict.limit,
+            step=verdict.step,
+            node=verdict.node,
+            grace_seconds=grace_seconds,
+            found_at=found_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A live run, as ``Supervisor.runs()`` lists it."""
+
+    run_id: str
+    thread_id: str | None
+    graph: str
+    started_at: datetime
+    steps: int
+    tokens: int
+    status: Status
+
+
+class Run:
+    """A run's monitor, its state in the pipeline, and what is needed to stop it."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        graph: str,
+        *,
+        run_id: uuid.UUID,
+        thread_id: str | None,
+        monitor: RunMonitor,
+        control: RunControl,
+    ) -> None:
+        self.supervisor = supervisor
+        self.graph = graph
+        self.run_id = run_id
+        self.thread_id = thread_id
+        self.monitor = monitor
+        self.control = control
+        self.started_at = datetime.now(UTC)
+        # Sync graphs run parallel nodes in threads; the timer thread checks deadlines.
+        self.lock = threading.RLock()
+        self.status: Status = "running"
+        self.stopping = False  # read on every event: a plain attribute, not a property
+        # Stop was raised where LangGraph starts a node: the run is certainly ending, so a
+        # hard cancel would only race it.
+        self.unwinding = False
+        self.cause: Cause | None = None
+        self.also: list[Cause] = []  # later violations, recorded on the same cancel
+        self.phase: Literal["drained", "hard"] = "drained"
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.task_cancelled = False
+        self.timer_due: float | None = None
+        self.fields = {"run_id": str(run_id), "thread_id": thread_id, "graph": graph}
+
+    def info(self) -> RunInfo:
+        state = self.monitor.state
+        return RunInfo(
+            run_id=str(self.run_id),
+            thread_id=self.thread_id,
+            graph=self.graph,
+            started_at=self.started_at,
+            steps=state.steps,
+            tokens=state.total_tokens,
+            status=self.status,
+        )
+
+    def bind_task(self) -> None:
+        """Remember the task running an async run, so a hung node can be hard-cancelled."""
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+
+    # -- findings and the pipeline -------------------------------------------------------
+
+    def report(self, findings: Sequence[Finding]) -> bool:
+        """Log and count what the monitor found; an enforced verdict cancels the run.
+
+        Returns whether the run must stop now.
+        """
+        metrics = self.supervisor.metrics
+        for finding in findings:
+            fields = {
+                **self.fields,
+                "policy": finding.policy,
+                "kind": finding.kind,
+                "mode": finding.mode,
+                "reason": finding.reason,
+                "observed": finding.observed,
+                "limit": finding.limit,
+                "step": finding.step,
+                "node": finding.node,
+            }
+            if isinstance(finding, NearLimit):
+                _events.emit("near_limit", **fields)
+                continue
+            metrics.violations.labels(self.graph, finding.policy, finding.kind, finding.mode).inc()
+            _events.emit("violation", **fields)
+            if finding.enforced:
+                policy = next(p for p in self.monitor.policies if p.name == finding.policy)
+                self.cancel(Cause.of(finding, policy.grace_seconds, self.monitor.state.now))
+        return self.stopping
+
+    def cancel(self, cause: Cause) -> bool:
+        """Mark the run cancelling, once; True when this call did it."""
+        with self.lock:
+            if self.status != "running":
+                if self.status == "cancelling":
+                    self.also.append(cause)
+                return False
+            self.status = "cancelling"
+            self.stopping = True
+            self.cause = cause
+        self.control.request_drain(cause.reason)
+        _events.emit(
+            "drain_requested",
+            **self.fields,
+            policy=cause.policy,
+            kind=cause.kind,
+            reason=cause.reason,
+            step=cause.step,
+            grace_seconds=cause.grace_seconds,
+        )
+        if self.loop is not None:
+            self.supervisor.scheduler.call_at(
+                cause.found_at + cause.grace_seconds, self._hard_cancel_due
+            )
+        return True
+
+    def _hard_cancel_due(self) -> None:
+        """The grace period is over (timer thread): cancel the run's task in its own loop."""
+        loop = self.loop
+        if self.status != "cancelling" or loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed in between: the run ended
+            loop.call_soon_threadsafe(self._cancel_task)
+
+    def _cancel_task(self) -> None:
+        """In the run's loop: a run that has not stopped by now is hung in a node."""
+        task = self.task
+        if (
+            self.status != "cancelling"
+            or self.unwinding
+            or task is None
+            or task.done()
+            or self.task_cancelled
+        ):
+            return
+        self.task_cancelled = True
+        self.phase = "hard"
+        assert self.cause is not None
+        _events.emit(
+            "hard_cancel",
+            **self.fields,
+            policy=self.cause.policy,
+            kind=self.cause.kind,
+            grace_seconds=self.cause.grace_seconds,
+        )
+        task.cancel(f"watchdog: {self.cause.reason}")
+
+    # -- timers --------------------------------------------------------------------------
+
+    def schedule_timers(self) -> None:
+        due = self.monitor.next_deadline()
+        if due is not None and (self.timer_due is None or due < self.timer_due):
+            self.timer_due = due
+            self.supervisor.scheduler.call_at(due, lambda: self._timers_due(due))
+
+    def _timers_due(self, due: float) -> None:
+        if self.status != "running" or due != self.timer_due:
+            return  # a stale entry: the run ended, or its deadline moved
+        with self.lock:
+            found = self.monitor.check_timers()
+            if found:
+                self.report(found)
+            self.timer_due = None
+            if self.status == "running":
+                self.schedule_timers()
+
+    # -- the end -------------------------------------------------------------------------
+
+    def end(self, error: BaseException | None) -> BaseException | None:
+        """Record how the run ended; returns the exception the caller should see, if any."""
+        if isinstance(error, GeneratorExit):
+            # The caller stopped reading the stream: the run is abandoned mid-way.
+            self.cancel(self._manual("The caller stopped reading the stream."))
+        now = self.supervisor.clock()
+        with self.lock:
+            outcome: Status = (
+                "cancelled"
+                if self.status == "cancelling"
+                else ("completed" if error is None else "failed")
+            )
+            self.status = outcome
+            self.stopping = True
+        self.supervisor.forget(self)
+        state = self.monitor.state
+        elapsed = now - state.started_at
+        metrics = self.supervisor.metrics
+        metrics.active_runs.labels(self.graph).dec()
+        metrics.runs_finished.labels(self.graph, outcome).inc()
+        metrics.run_duration.labels(self.graph, outcome).observe(elapsed)
+        metrics.run_steps.labels(self.graph, outcome).observe(state.steps)
+        summary = {
+            "elapsed_s": round(elapsed, 6),
+            "steps": state.steps,
+            "tokens": state.total_tokens,
+        }
+        if outcome != "cancelled" or self.cause is None:
+            _events.emit(
+                "run_finished",
+                **self.fields,
+                outcome=outcome,
+                error=None if error is None else type(error).__name__,
+                **summary,
+            )
+            return error
+        cause = self.cause
+        metrics.cancellations.labels(self.graph, cause.policy or "", cause.kind, self.phase).inc()
+        metrics.cancel_latency.labels(cause.kind).observe(max(0.0, now - cause.found_at))
+        _events.emit(
+            "run_cancelled",
+            **self.fields,
+            policy=cause.policy,
+            kind=cause.kind,
+            mode="enforce",
+            reason=cause.reason,
+            observed=cause.observed,
+            limit=cause.limit,
+            step=cause.step,
+            node=cause.node,
+            phase=self.phase,
+            also=[c.policy or c.kind for c in self.also],
+            **summary,
+        )
+        _events.emit("run_finished", **self.fields, outcome=outcome, error=None, **summary)
+        if isinstance(error, GeneratorExit):
+            return error
+        if isinstance(error, asyncio.CancelledError) and self.task_cancelled and self.task:
+            self.task.uncancel()
+            if self.task.cancelling():
+                return error  # the caller's own task is being cancelled too: let that win
+        return RunCancelled(
+            run_id=str(self.run_id),
+            thread_id=self.thread_id,
+            graph=self.graph,
+            policy=cause.policy,
+            kind=cause.kind,
+            reason=cause.reason,
+            observed=cause.observed,
+            limit=cause.limit,
+            step=cause.step,
+            phase=self.phase,
+        )
+
+    def _manual(self, reason: str) -> Cause:
+        graces = [p.grace_seconds for p in self.monitor.policies]
+        return Cause(
+            policy=None,
+            kind="manual",
+            reason=reason,
+            observed=None,
+            limit=None,
+            step=self.monitor.state.steps,
+            node=self.monitor.state.node,
+            grace_seconds=min(graces, default=DEFAULT_GRACE_SECONDS),
+            found_at=self.supervisor.clock(),
+        )
+
+    def cancel_manually(self, reason: str) -> bool:
+        return self.cancel(self._manual(reason))
+
+    def internal_error(self, error: BaseException) -> None:
+        self.supervisor.internal_error(error, self)

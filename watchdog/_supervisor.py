@@ -1,0 +1,322 @@
+"""The supervisor: attaches to compiled graphs and watches every run they make."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackManager
+from langchain_core.runnables.config import get_config_list, get_executor_for_config
+from langgraph.runtime import RunControl
+from prometheus_client import CollectorRegistry
+
+from . import _events
+from ._callbacks import WatchdogHandler
+from ._engine import Engine
+from ._loading import load_policies
+from ._metrics import Metrics
+from ._policies import PolicySet
+from ._run import Run, RunInfo
+from ._scheduler import Scheduler
+
+__all__ = ["SupervisedGraph", "Supervisor"]
+
+RunId = str | uuid.UUID
+
+
+def _as_uuid(run_id: object) -> uuid.UUID | None:
+    if isinstance(run_id, uuid.UUID):
+        return run_id
+    if isinstance(run_id, str):
+        try:
+            return uuid.UUID(run_id)
+        except ValueError:
+            return None
+    return None
+
+
+def _with_handler(callbacks: Any, handler: WatchdogHandler) -> Any:
+    """The caller's callbacks, list or manager, with ours added."""
+    if callbacks is None:
+        return [handler]
+    if isinstance(callbacks, BaseCallbackManager):
+        manager = callbacks.copy()
+        manager.add_handler(handler, inherit=True)
+        return manager
+    return [*callbacks, handler]
+
+
+class Supervisor:
+    """Checks policies on every run of the graphs it is attached to, and cancels violators.
+
+    ``registry`` is the prometheus_client registry for the metrics (default: the global
+    one). ``clock`` replaces ``time.monotonic`` for tests; with an injected clock no timer
+    thread runs, and ``check_timers()`` runs what is due.
+    """
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.clock = clock or time.monotonic
+        self.engine = Engine(policies, clock=self.clock)
+        self.metrics = Metrics.on(registry)
+        self.scheduler = Scheduler(self.clock, on_error=self.internal_error)
+        self._real_clock = clock is None
+        self._runs: dict[uuid.UUID, Run] = {}
+        self._runs_lock = threading.Lock()
+        self._token_counters: dict[str, tuple[Any, Any]] = {}
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Supervisor:
+        """A supervisor for the policies in a YAML file or directory; ``PolicyError`` if bad."""
+        policies = load_policies(path)
+        supervisor = cls(policies, registry=registry, clock=clock)
+        supervisor._loaded(policies, str(path))
+        return supervisor
+
+    @property
+    def policies(self) -> PolicySet:
+        return self.engine.policies
+
+    def reload(self, policies: PolicySet, source: str = "") -> None:
+        """Swap in a new policy set; live runs take it up at their next check."""
+        self.engine.reload(policies)
+        self._loaded(policies, source)
+
+    def _loaded(self, policies: PolicySet, source: str) -> None:
+        self.metrics.policy_reloads.labels("ok").inc()
+        _events.emit(
+            "policy_loaded",
+            source=source,
+            files=list(policies.files),
+            policies=[p.name for p in policies.policies],
+        )
+
+    # -- attaching -----------------------------------------------------------------------
+
+    def attach(self, graph: Any, *, name: str) -> SupervisedGraph:
+        """A supervised graph: the compiled graph's API, with every run watched."""
+        return SupervisedGraph(self, graph, name)
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def runs(self) -> list[RunInfo]:
+        with self._runs_lock:
+            live = list(self._runs.values())
+        return [run.info() for run in live]
+
+    def cancel(self, run_id: RunId, reason: str = "cancelled by request") -> bool:
+        """Cancel a live run from any thread or task; True when this call cancelled it."""
+        key = _as_uuid(run_id)
+        run = self._runs.get(key) if key is not None else None
+        return run is not None and run.cancel_manually(reason)
+
+    def check_timers(self) -> int:
+        """Run the timer checks that are due now; for an injected clock."""
+        return self.scheduler.run_due()
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+    def begin(self, graph: str, config: Any, kwargs: dict[str, Any]) -> tuple[Run, Any]:
+        """Register a new run; returns it and the config to run the graph with."""
+        config = dict(config or {})
+        run_id = _as_uuid(config.get("run_id")) or uuid.uuid4()
+        config["run_id"] = run_id
+        thread_id = (config.get("configurable") or {}).get("thread_id")
+        monitor = self.engine.start_run(
+            graph, config.get("tags") or (), config.get("metadata") or {}
+        )
+        control = kwargs.get("control") or RunControl()
+        kwargs["control"] = control
+        run = Run(
+            self,
+            graph,
+            run_id=run_id,
+            thread_id=None if thread_id is None else str(thread_id),
+            monitor=monitor,
+            control=control,
+        )
+        config["callbacks"] = _with_handler(config.get("callbacks"), WatchdogHandler(run))
+        with self._runs_lock:
+            self._runs[run_id] = run
+        self.metrics.runs_started.labels(graph).inc()
+        self.metrics.active_runs.labels(graph).inc()
+        _events.emit("run_started", **run.fields, policies=[p.name for p in monitor.policies])
+        if monitor.has_timers:
+            if self._real_clock:
+                self.scheduler.start()
+            run.schedule_timers()
+        return run, config
+
+    def forget(self, run: Run) -> None:
+        with self._runs_lock:
+            if self._runs.get(run.run_id) is run:
+                del self._runs[run.run_id]
+
+    def count_tokens(self, graph: str, input_tokens: int, output_tokens: int) -> None:
+        counters = self._token_counters.get(graph)
+        if counters is None:
+            tokens = self.metrics.tokens
+            counters = self._token_counters[graph] = (
+                tokens.labels(graph, "input"),
+                tokens.labels(graph, "output"),
+            )
+        if input_tokens:
+            counters[0].inc(input_tokens)
+        if output_tokens:
+            counters[1].inc(output_tokens)
+
+    def internal_error(self, error: BaseException, run: Run | None = None) -> None:
+        """A bug of ours: log it, count it, never let it reach the run."""
+        self.metrics.internal_errors.inc()
+        fields = run.fields if run is not None else {}
+        _events.emit(
+            "internal_error",
+            **fields,
+            error=f"{type(error).__name__}: {error}",
+            traceback="".join(traceback.format_exception(error)),
+        )
+
+
+@contextmanager
+def _supervising(run: Run) -> Iterator[None]:
+    """Turn how the graph call ended into the run's outcome, and what the caller sees."""
+    try:
+        yield
+    except BaseException as error:
+        outcome = run.end(error)
+        if outcome is error:
+            raise
+        raise outcome from None  # type: ignore[misc]
+    outcome = run.end(None)
+    if outcome is not None:
+        raise outcome
+
+
+class SupervisedGraph:
+    """A compiled graph whose runs are supervised; everything else passes through."""
+
+    def __init__(self, supervisor: Supervisor, graph: Any, name: str) -> None:
+        self.supervisor = supervisor
+        self.graph = graph
+        self.name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.graph, attribute)
+
+    def __repr__(self) -> str:
+        return f"SupervisedGraph({self.name!r}, {self.graph!r})"
+
+    def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        run, config = self.supervisor.begin(self.name, config, kwargs)
+        with _supervising(run):
+            return self.graph.invoke(input, config, **kwargs)
+        raise AssertionError  # pragma: no cover - for type checkers: with re-raises
+
+    async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        run, config = self.supervisor.begin(self.name, config, kwargs)
+        run.bind_task()
+        with _supervising(run):
+            return await self.graph.ainvoke(input, config, **kwargs)
+        raise AssertionError  # pragma: no cover
+
+    def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Iterator[Any]:
+        run, config = self.supervisor.begin(self.name, config, kwargs)
+        with _supervising(run):
+            yield from self.graph.stream(input, config, **kwargs)
+
+    async def astream(
+        self,
+        input: Any,
+        config: Any = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[Any]:
+        run, config = self.supervisor.begin(self.name, config, kwargs)
+        run.bind_task()
+        with _supervising(run):
+            stream = self.graph.astream(input, config, **kwargs)
+            try:
+                async for chunk in stream:
+                    yield chunk
+            finally:
+                await stream.aclose()
+
+    async def astream_events(
+        self,
+        input: Any,
+        config: Any = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[Any]:
+        run, config = self.supervisor.begin(self.name, config, kwargs)
+        run.bind_task()
+        with _supervising(run):
+            stream = self.graph.astream_events(input, config, **kwargs)
+            try:
+                async for event in stream:
+                    yield event
+            finally:
+                await stream.aclose()
+
+    def batch(
+        self,
+        inputs: Sequence[Any],
+        config: Any = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+
+        def one(item: Any, item_config: Any) -> Any:
+            try:
+                return self.invoke(item, item_config, **kwargs)
+            except Exception as exc:
+                if return_exceptions:
+                    return exc
+                raise
+
+        with get_executor_for_config(configs[0]) as executor:
+            return list(executor.map(one, inputs, configs))
+
+    async def abatch(
+        self,
+        inputs: Sequence[Any],
+        config: Any = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        limit = configs[0].get("max_concurrency") or len(inputs)
+        gate = asyncio.Semaphore(limit)
+
+        async def one(item: Any, item_config: Any) -> Any:
+            async with gate:
+                return await self.ainvoke(item, item_config, **kwargs)
+
+        return await asyncio.gather(
+            *(one(i, c) for i, c in zip(inputs, configs, strict=True)),
+            return_exceptions=return_exceptions,
+        )
