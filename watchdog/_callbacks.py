@@ -84,7 +84,6 @@ class WatchdogHandler(BaseCallbackHandler):
     ignore_retriever = True
     ignore_retry = True
     ignore_custom_event = True
-    ignore_agent = True
 
     def __init__(self, run: Run) -> None:
         self.run = run

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from . import _events
 from ._state import RunState
 
-__all__ = ["FakeClock", "make_run_state"]
+__all__ = [
+    "FakeChatModel",
+    "FakeClock",
+    "capture_cancellations",
+    "capture_events",
+    "make_run_state",
+    "reset",
+]
 
 
 class FakeClock:
@@ -52,3 +68,70 @@ def make_run_state(
     for key, (name, running) in (open_nodes or {}).items():
         state.open_nodes[key] = (name, elapsed - running)
     return state
+
+
+class FakeChatModel(FakeMessagesListChatModel):
+    """A chat model that answers from a script, reports token usage, and needs no network.
+
+    It cycles through ``responses`` (AI messages, tool calls included) and gives every answer
+    ``usage_metadata`` (``input_tokens``/``output_tokens`` per call unless the scripted
+    message has its own), so token budgets see real numbers. ``bind_tools`` returns the
+    model itself: the script already says which tools to call.
+    """
+
+    model_name: str = "fake-model"
+    input_tokens: int = 100
+    output_tokens: int = 20
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> FakeChatModel:
+        return self
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        scripted = super()._generate(messages, stop, run_manager, **kwargs).generations[0].message
+        # A fresh copy each time: add_messages gives each message an id, in place.
+        answer = scripted.model_copy(update={"id": None}, deep=True)
+        if isinstance(answer, AIMessage) and answer.usage_metadata is None:
+            answer.usage_metadata = UsageMetadata(
+                input_tokens=self.input_tokens,
+                output_tokens=self.output_tokens,
+                total_tokens=self.input_tokens + self.output_tokens,
+            )
+        return ChatResult(generations=[ChatGeneration(message=answer)])
+
+
+@contextmanager
+def capture_events() -> Iterator[list[dict[str, Any]]]:
+    """Collect every watchdog event emitted inside the block, as flat dicts."""
+    events: list[dict[str, Any]] = []
+    _events.add_listener(events.append)
+    try:
+        yield events
+    finally:
+        _events.remove_listener(events.append)
+
+
+@contextmanager
+def capture_cancellations() -> Iterator[list[dict[str, Any]]]:
+    """Collect the ``watchdog.run_cancelled`` events emitted inside the block."""
+    cancellations: list[dict[str, Any]] = []
+
+    def keep(event: dict[str, Any]) -> None:
+        if event["event"] == "watchdog.run_cancelled":
+            cancellations.append(event)
+
+    _events.add_listener(keep)
+    try:
+        yield cancellations
+    finally:
+        _events.remove_listener(keep)
+
+
+def reset() -> None:
+    """Forget the watchdog's global state (event listeners, the fallback logger)."""
+    _events.reset()

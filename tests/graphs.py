@@ -1,0 +1,171 @@
+"""Real compiled LangGraph graphs for the tests; only the LLM is fake."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import textwrap
+from collections.abc import Callable
+from typing import Annotated, Any, TypedDict
+
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.types import Send
+
+from watchdog import PolicySet, load_policy_text
+from watchdog.testing import FakeChatModel, FakeClock
+
+
+def policies(text: str) -> PolicySet:
+    """A policy set from a YAML ``policies:`` list; warnings off, no grace."""
+    body = textwrap.indent(textwrap.dedent(text), "  ")
+    header = "version: 1\ndefaults: {warn_at: null, grace_seconds: 0}\npolicies:\n"
+    return load_policy_text(header + body, "test.yaml")
+
+
+class Counter(TypedDict):
+    count: int
+
+
+class Bodies:
+    """Counts node bodies as they really run."""
+
+    def __init__(self) -> None:
+        self.ran = 0
+
+
+def endless(
+    bodies: Bodies,
+    *,
+    is_async: bool,
+    progress: bool = True,
+    clock: FakeClock | None = None,
+    model: FakeChatModel | None = None,
+    checkpointer: bool = True,
+) -> Any:
+    """The seed's endless loop: ``work`` routes back to itself forever.
+
+    With ``progress=False`` it returns its input unchanged (no progress); a ``clock`` moves
+    one second per body; a ``model`` is called once per body.
+    """
+
+    def body(state: Counter) -> dict[str, int]:
+        bodies.ran += 1
+        if clock is not None:
+            clock.advance(1)
+        if model is not None:
+            model.invoke("go on")
+        return {"count": state["count"] + 1} if progress else {}
+
+    async def async_body(state: Counter) -> dict[str, int]:
+        bodies.ran += 1
+        if clock is not None:
+            clock.advance(1)
+        if model is not None:
+            await model.ainvoke("go on")
+        return {"count": state["count"] + 1} if progress else {}
+
+    builder = StateGraph(Counter)
+    builder.add_node("work", async_body if is_async else body)
+    builder.add_edge(START, "work")
+    builder.add_conditional_edges("work", lambda state: "work")
+    return builder.compile(checkpointer=InMemorySaver() if checkpointer else None)
+
+
+def hanging(*, is_async: bool = True) -> Any:
+    """One node that never returns."""
+
+    async def hang(state: Counter) -> dict[str, int]:
+        await asyncio.Event().wait()
+        return {}
+
+    builder = StateGraph(Counter)
+    builder.add_node("hang", hang)
+    builder.add_edge(START, "hang")
+    builder.add_edge("hang", END)
+    return builder.compile()
+
+
+class Fan(TypedDict):
+    items: Annotated[list[int], operator.add]
+
+
+def fan_out(width: int) -> Any:
+    """``plan`` sends ``width`` parallel ``work`` tasks, which join at ``done``."""
+    builder = StateGraph(Fan)
+    builder.add_node("plan", lambda state: {})
+    builder.add_node("work", lambda item: {"items": [item["n"]]})
+    builder.add_node("done", lambda state: {})
+    builder.add_edge(START, "plan")
+    builder.add_conditional_edges(
+        "plan", lambda state: [Send("work", {"n": i}) for i in range(width)]
+    )
+    builder.add_edge("work", "done")
+    builder.add_edge("done", END)
+    return builder.compile()
+
+
+def with_subgraph(bodies: Bodies, *, inner_steps: int) -> Any:
+    """A root graph whose middle node is a subgraph looping ``inner_steps`` times."""
+
+    def inner(state: Counter) -> dict[str, int]:
+        bodies.ran += 1
+        return {"count": state["count"] + 1}
+
+    sub = StateGraph(Counter)
+    sub.add_node("inner", inner)
+    sub.add_edge(START, "inner")
+    sub.add_conditional_edges("inner", lambda s: END if s["count"] >= inner_steps else "inner")
+    builder = StateGraph(Counter)
+    builder.add_node("before", lambda state: {})
+    builder.add_node("sub", sub.compile())
+    builder.add_node("after", lambda state: {})
+    builder.add_edge(START, "before")
+    builder.add_edge("before", "sub")
+    builder.add_edge("sub", "after")
+    builder.add_edge("after", END)
+    return builder.compile()
+
+
+class Chat(TypedDict):
+    messages: Annotated[list[BaseMessage], add_messages]
+
+
+@tool
+def search(query: str) -> str:
+    """Search the web."""
+    return f"results for {query}"
+
+
+def tool_call(query: str, call_id: str = "call") -> AIMessage:
+    return AIMessage("", tool_calls=[{"name": "search", "args": {"query": query}, "id": call_id}])
+
+
+def react_agent(model: FakeChatModel) -> Any:
+    """A hand-built ReAct agent: agent -> tools -> agent ... until no tool is called."""
+
+    def agent(state: Chat) -> dict[str, list[BaseMessage]]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    builder = StateGraph(Chat)
+    builder.add_node("agent", agent)
+    builder.add_node("tools", ToolNode([search]))
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", tools_condition)
+    builder.add_edge("tools", "agent")
+    return builder.compile()
+
+
+def scripted(
+    *answers: AIMessage, input_tokens: int = 100, output_tokens: int = 20
+) -> FakeChatModel:
+    return FakeChatModel(
+        responses=list(answers), input_tokens=input_tokens, output_tokens=output_tokens
+    )
+
+
+Call = Callable[..., Any]
