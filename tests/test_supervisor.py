@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
+from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
@@ -25,6 +26,7 @@ from tests.graphs import (
     policies,
     react_agent,
     scripted,
+    search,
     tool_call,
     with_subgraph,
 )
@@ -141,6 +143,17 @@ def test_a_react_agent_is_stopped_by_its_token_budget_before_the_next_paid_call(
     assert llm_calls == 9
     (cancelled,) = (e for e in events if e["event"] == "watchdog.run_cancelled")
     assert cancelled["tokens"] == 9 * 120
+
+
+def test_langchains_create_agent_is_stopped_before_the_call_that_breaks_its_budget() -> None:
+    model = scripted(*(tool_call(f"page {i}", f"c{i}") for i in range(100)))
+    agent = create_agent(model, [search])
+    supervisor = Supervisor(policies("- {name: tokens, token_budget: {max_total_tokens: 600}}"))
+    app = supervisor.attach(agent, name="create-agent")
+    with pytest.raises(RunCancelled) as raised:
+        asyncio.run(app.ainvoke({"messages": [("user", "research everything")]}))
+    assert (raised.value.kind, raised.value.observed) == ("token_budget", 720)
+    assert model.i == 6  # the sixth call's usage crossed 600; no seventh call was made
 
 
 def test_a_react_agent_calling_the_same_tool_forever_is_stopped_by_loop() -> None:

@@ -10,12 +10,13 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from http.server import HTTPServer
 from typing import Any
 
 from langchain_core.callbacks import BaseCallbackManager
 from langchain_core.runnables.config import get_config_list, get_executor_for_config
 from langgraph.runtime import RunControl
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, start_http_server
 
 from . import _events
 from ._callbacks import WatchdogHandler
@@ -131,6 +132,14 @@ class Supervisor:
     def check_timers(self) -> int:
         """Run the timer checks that are due now; for an injected clock."""
         return self.scheduler.run_due()
+
+    def serve_metrics(self, port: int = 9464, addr: str = "127.0.0.1") -> HTTPServer:
+        """Serve this supervisor's metrics at ``http://addr:port/metrics`` from a thread.
+
+        Port 0 picks a free port: read it from the returned server's ``server_port``.
+        """
+        server, _ = start_http_server(port, addr=addr, registry=self.metrics.registry)
+        return server
 
     def close(self) -> None:
         self.scheduler.close()
