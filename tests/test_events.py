@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 import pytest
@@ -102,7 +102,7 @@ def test_an_applications_own_structlog_configuration_is_respected(
 ) -> None:
     seen: list[dict[str, Any]] = []
 
-    def keep(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def keep(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         seen.append(dict(event))
         raise structlog.DropEvent
 
