@@ -101,7 +101,30 @@ def _parser() -> argparse.ArgumentParser:
     check_parser.add_argument("paths", nargs="+", metavar="PATH", help="a policy file or directory")
     check_parser.add_argument("--json", action="store_true", help="print one JSON report")
     check_parser.set_defaults(run=_check_command)
+
+    demo_parser = commands.add_parser(
+        "demo",
+        help="supervise runaway agents and a good one, locally",
+        description="Run a set of runaway LangGraph agents (a fake chat model, no network) "
+        "under the watchdog, beside one that behaves, and show which policy stopped which.",
+    )
+    demo_parser.add_argument(
+        "--serve-metrics",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on 127.0.0.1:PORT and keep serving afterwards",
+    )
+    demo_parser.add_argument(
+        "--json", action="store_true", help="print the watchdog's events as JSON lines"
+    )
+    demo_parser.set_defaults(run=_demo_command)
     return parser
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from ._demo import run_demo  # noqa: PLC0415 - langgraph loads only when needed
+
+    return run_demo(serve_metrics=args.serve_metrics, as_json=args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
