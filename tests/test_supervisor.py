@@ -433,3 +433,31 @@ def test_batch_and_abatch_supervise_each_input(clock: FakeClock) -> None:
     async_app = supervisor.attach(endless(Bodies(), is_async=True, checkpointer=False), name="a")
     results = asyncio.run(async_app.abatch([{"count": 0}] * 3, return_exceptions=True))
     assert [type(r) for r in results] == [RunCancelled] * 3
+
+
+def test_astream_events_is_supervised(clock: FakeClock) -> None:
+    supervisor = Supervisor(policies("- {name: steps, step_count: {max_steps: 3}}"), clock=clock)
+    bodies = Bodies()
+    app = supervisor.attach(endless(bodies, is_async=True), name="events")
+
+    async def consume() -> list[str]:
+        return [e["event"] async for e in app.astream_events({"count": 0}, thread(), version="v2")]
+
+    with pytest.raises(RunCancelled):
+        asyncio.run(consume())
+    assert bodies.ran == 3
+
+
+def test_a_stream_the_caller_stops_reading_is_recorded_as_cancelled(clock: FakeClock) -> None:
+    supervisor = Supervisor(policies("- {name: steps, step_count: {max_steps: 50}}"), clock=clock)
+    app = supervisor.attach(endless(Bodies(), is_async=False), name="abandoned")
+    with capture_events() as events:
+        for chunk in app.stream({"count": 0}, thread()):
+            if chunk["work"]["count"] == 2:
+                break
+    (cancelled,) = (e for e in events if e["event"] == "watchdog.run_cancelled")
+    assert (cancelled["kind"], cancelled["reason"]) == (
+        "manual",
+        "The caller stopped reading the stream.",
+    )
+    assert supervisor.runs() == []
