@@ -195,7 +195,7 @@ class WatchdogHandler(BaseCallbackHandler):
         with run.lock:
             found = run.monitor.llm_ended(model, input_tokens, output_tokens, total)
             stop = bool(found) and run.report(found)
-        run.supervisor.count_tokens(run.graph, input_tokens, output_tokens)
+        run.supervisor._count_tokens(run.graph, input_tokens, output_tokens)
         if stop:
             raise Stop  # the answer is paid for, but the node must not act on it
 

@@ -252,7 +252,7 @@ class Run:
             )
             self.status = outcome
             self.stopping = True
-        self.supervisor.forget(self)
+        self.supervisor._forget(self)
         state = self.monitor.state
         elapsed = now - state.started_at
         metrics = self.supervisor.metrics

@@ -144,7 +144,7 @@ class Supervisor:
     def close(self) -> None:
         self.scheduler.close()
 
-    def begin(self, graph: str, config: Any, kwargs: dict[str, Any]) -> tuple[Run, Any]:
+    def _begin(self, graph: str, config: Any, kwargs: dict[str, Any]) -> tuple[Run, Any]:
         """Register a new run; returns it and the config to run the graph with."""
         config = dict(config or {})
         run_id = _as_uuid(config.get("run_id")) or uuid.uuid4()
@@ -175,12 +175,12 @@ class Supervisor:
             run.schedule_timers()
         return run, config
 
-    def forget(self, run: Run) -> None:
+    def _forget(self, run: Run) -> None:
         with self._runs_lock:
             if self._runs.get(run.run_id) is run:
                 del self._runs[run.run_id]
 
-    def count_tokens(self, graph: str, input_tokens: int, output_tokens: int) -> None:
+    def _count_tokens(self, graph: str, input_tokens: int, output_tokens: int) -> None:
         counters = self._token_counters.get(graph)
         if counters is None:
             tokens = self.metrics.tokens
@@ -235,52 +235,44 @@ class SupervisedGraph:
         return f"SupervisedGraph({self.name!r}, {self.graph!r})"
 
     def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
-        run, config = self.supervisor.begin(self.name, config, kwargs)
+        run, config = self.supervisor._begin(self.name, config, kwargs)
         with _supervising(run):
             return self.graph.invoke(input, config, **kwargs)
         raise AssertionError  # pragma: no cover - for type checkers: with re-raises
 
     async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
-        run, config = self.supervisor.begin(self.name, config, kwargs)
+        run, config = self.supervisor._begin(self.name, config, kwargs)
         run.bind_task()
         with _supervising(run):
             return await self.graph.ainvoke(input, config, **kwargs)
         raise AssertionError  # pragma: no cover
 
     def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Iterator[Any]:
-        run, config = self.supervisor.begin(self.name, config, kwargs)
+        run, config = self.supervisor._begin(self.name, config, kwargs)
         with _supervising(run):
             yield from self.graph.stream(input, config, **kwargs)
 
-    async def astream(
-        self,
-        input: Any,
-        config: Any = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[Any]:
-        run, config = self.supervisor.begin(self.name, config, kwargs)
-        run.bind_task()
-        with _supervising(run):
-            stream = self.graph.astream(input, config, **kwargs)
-            try:
-                async for chunk in stream:
-                    yield chunk
-            finally:
-                await stream.aclose()
+    def astream(self, input: Any, config: Any = None, **kwargs: Any) -> AsyncIterator[Any]:
+        return self._stream_async("astream", input, config, kwargs)
 
-    async def astream_events(
+    def astream_events(
         self,
         input: Any,
         config: Any = None,
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
-        run, config = self.supervisor.begin(self.name, config, kwargs)
+        return self._stream_async("astream_events", input, config, kwargs)
+
+    async def _stream_async(
+        self, method: str, input: Any, config: Any, kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        run, config = self.supervisor._begin(self.name, config, kwargs)
         run.bind_task()
         with _supervising(run):
-            stream = self.graph.astream_events(input, config, **kwargs)
+            stream = getattr(self.graph, method)(input, config, **kwargs)
             try:
-                async for event in stream:
-                    yield event
+                async for item in stream:
+                    yield item
             finally:
                 await stream.aclose()
 
