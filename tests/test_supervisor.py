@@ -461,3 +461,34 @@ def test_a_stream_the_caller_stops_reading_is_recorded_as_cancelled(clock: FakeC
         "The caller stopped reading the stream.",
     )
     assert supervisor.runs() == []
+
+
+def test_a_node_that_catches_the_hard_cancel_leaves_the_callers_task_uncancelled() -> None:
+    caught: list[str] = []
+
+    async def stubborn(state: Counter) -> dict[str, int]:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            caught.append("cancel")  # and carry on, as the cleanup-after-cancel user does
+        return {"count": 1}
+
+    builder = StateGraph(Counter)
+    builder.add_node("stubborn", stubborn)
+    builder.add_edge(START, "stubborn")
+    supervisor = Supervisor(policies("- {name: wall, wall_time: {max_seconds: 0.02}}"))
+    app = supervisor.attach(builder.compile(), name="stubborn")
+
+    async def scenario() -> int:
+        with pytest.raises(RunCancelled) as raised:
+            await app.ainvoke({"count": 0})
+        assert raised.value.phase == "hard"
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    try:
+        assert asyncio.run(scenario()) == 0
+    finally:
+        supervisor.close()
+    assert caught == ["cancel"]

@@ -293,12 +293,14 @@ class Run:
             **summary,
         )
         _events.emit("run_finished", **self.fields, outcome=outcome, error=None, **summary)
+        if self.task_cancelled and self.task is not None:
+            # Take back our cancel request, caught by a node or not, so the caller's task is
+            # left as it was; a cancel of its own still counts and wins.
+            external = self.task.uncancel() > 0
+            if external and isinstance(error, asyncio.CancelledError):
+                return error
         if isinstance(error, GeneratorExit):
             return error
-        if isinstance(error, asyncio.CancelledError) and self.task_cancelled and self.task:
-            self.task.uncancel()
-            if self.task.cancelling():
-                return error  # the caller's own task is being cancelled too: let that win
         return RunCancelled(
             run_id=str(self.run_id),
             thread_id=self.thread_id,
