@@ -217,6 +217,33 @@ class Run:
         )
         task.cancel(f"watchdog: {self.cause.reason}")
 
+    # -- the cleanup node ------------------------------------------------------------------
+
+    def cleanup_node(self) -> str | None:
+        """The node a cancelled run goes to before it ends, if its policy names one."""
+        if self.status != "cancelling" or self.cause is None or self.cause.policy is None:
+            return None
+        policy = next((p for p in self.monitor.policies if p.name == self.cause.policy), None)
+        return policy.cleanup_node if policy is not None else None
+
+    def cleanup_budget(self) -> float:
+        return self.cause.grace_seconds if self.cause is not None else DEFAULT_GRACE_SECONDS
+
+    def cleanup_started(self, node: str) -> None:
+        _events.emit("cleanup_started", **self.fields, node=node, budget_s=self.cleanup_budget())
+
+    def cleanup_finished(self, node: str, error: BaseException | None) -> None:
+        outcome = (
+            "ok" if error is None else ("timeout" if isinstance(error, TimeoutError) else "failed")
+        )
+        _events.emit(
+            "cleanup_finished",
+            **self.fields,
+            node=node,
+            outcome=outcome,
+            error=None if error is None else f"{type(error).__name__}: {error}",
+        )
+
     # -- timers --------------------------------------------------------------------------
 
     def schedule_timers(self) -> None:

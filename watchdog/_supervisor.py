@@ -10,20 +10,24 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from fnmatch import fnmatchcase
 from http.server import HTTPServer
 from typing import Any
 
 from langchain_core.callbacks import BaseCallbackManager
 from langchain_core.runnables.config import get_config_list, get_executor_for_config
+from langgraph.graph import END
 from langgraph.runtime import RunControl
+from langgraph.types import Command
 from prometheus_client import CollectorRegistry, start_http_server
 
 from . import _events
 from ._callbacks import WatchdogHandler
 from ._engine import Engine
+from ._errors import PolicyError, PolicyProblem
 from ._loading import load_policies
 from ._metrics import Metrics
-from ._policies import PolicySet
+from ._policies import Policy, PolicySet
 from ._run import Run, RunInfo
 from ._scheduler import Scheduler
 
@@ -113,7 +117,19 @@ class Supervisor:
     # -- attaching -----------------------------------------------------------------------
 
     def attach(self, graph: Any, *, name: str) -> SupervisedGraph:
-        """A supervised graph: the compiled graph's API, with every run watched."""
+        """A supervised graph: the compiled graph's API, with every run watched.
+
+        ``PolicyError`` when a policy that can apply to this graph names a ``cleanup_node``
+        the graph lacks, or when the graph has no checkpointer to resume it from.
+        """
+        problems = [
+            problem
+            for policy in self.policies.policies
+            if policy.cleanup_node and _may_apply(policy, name)
+            for problem in _cleanup_problems(policy, graph, name)
+        ]
+        if problems:
+            raise PolicyError(problems)
         return SupervisedGraph(self, graph, name)
 
     # -- runs ----------------------------------------------------------------------------
@@ -205,6 +221,43 @@ class Supervisor:
         )
 
 
+def _may_apply(policy: Policy, graph: str) -> bool:
+    """Whether a policy can apply to a graph's runs (tags and metadata are known per run)."""
+    return not policy.match.graphs or any(fnmatchcase(graph, g) for g in policy.match.graphs)
+
+
+def _cleanup_problems(policy: Policy, graph: Any, name: str) -> list[PolicyProblem]:
+    def problem(message: str) -> PolicyProblem:
+        path = f"policies.{policy.name}.cleanup_node"
+        return PolicyProblem(policy.file, policy.line, 1, path, message)
+
+    nodes = [n for n in getattr(graph, "nodes", {}) if not n.startswith("__")]
+    problems = []
+    if policy.cleanup_node not in nodes:
+        problems.append(
+            problem(
+                f"graph {name!r} has no node {policy.cleanup_node!r}; "
+                f"expected one of {', '.join(nodes)}"
+            )
+        )
+    if not getattr(graph, "checkpointer", None):
+        problems.append(
+            problem(
+                f"graph {name!r} has no checkpointer, and a cancelled run is resumed at its "
+                "cleanup node from its last checkpoint; expected a graph compiled with "
+                "checkpointer=..."
+            )
+        )
+    return problems
+
+
+def _cleanup_input(node: str, snapshot: Any) -> Command[Any] | None:
+    """How to resume a stopped run so that it runs ``node``: None when it routed itself
+    there (a node that caught the cancel); else its pending tasks are cleared and it goes
+    to ``node``."""
+    return None if tuple(snapshot.next) == (node,) else Command(goto=node)
+
+
 @contextmanager
 def _supervising(run: Run) -> Iterator[None]:
     """Turn how the graph call ended into the run's outcome, and what the caller sees."""
@@ -237,20 +290,67 @@ class SupervisedGraph:
     def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
         run, config = self.supervisor._begin(self.name, config, kwargs)
         with _supervising(run):
-            return self.graph.invoke(input, config, **kwargs)
+            try:
+                return self.graph.invoke(input, config, **kwargs)
+            except BaseException:
+                self._cleanup(run, config)
+                raise
         raise AssertionError  # pragma: no cover - for type checkers: with re-raises
 
     async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
         run, config = self.supervisor._begin(self.name, config, kwargs)
         run.bind_task()
         with _supervising(run):
-            return await self.graph.ainvoke(input, config, **kwargs)
+            try:
+                return await self.graph.ainvoke(input, config, **kwargs)
+            except BaseException:
+                await self._acleanup(run, config)
+                raise
         raise AssertionError  # pragma: no cover
 
     def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Iterator[Any]:
         run, config = self.supervisor._begin(self.name, config, kwargs)
         with _supervising(run):
-            yield from self.graph.stream(input, config, **kwargs)
+            try:
+                yield from self.graph.stream(input, config, **kwargs)
+            except BaseException:
+                self._cleanup(run, config)
+                raise
+
+    # -- the cleanup node: where a cancelled run goes to wrap up ------------------------
+
+    def _cleanup(self, run: Run, config: Any) -> None:
+        node = run.cleanup_node()
+        if node is None:
+            return
+        thread = {"configurable": config.get("configurable", {})}
+        run.cleanup_started(node)
+        try:
+            resume = _cleanup_input(node, self.graph.get_state(thread))
+            if resume is not None:
+                self.graph.update_state(thread, None, as_node=END)  # drop pending tasks
+            self.graph.invoke(resume, thread)
+        except Exception as error:
+            run.cleanup_finished(node, error)
+        else:
+            run.cleanup_finished(node, None)
+
+    async def _acleanup(self, run: Run, config: Any) -> None:
+        node = run.cleanup_node()
+        if node is None:
+            return
+        thread = {"configurable": config.get("configurable", {})}
+        run.cleanup_started(node)
+        try:
+            async with asyncio.timeout(run.cleanup_budget()):
+                resume = _cleanup_input(node, await self.graph.aget_state(thread))
+                if resume is not None:
+                    await self.graph.aupdate_state(thread, None, as_node=END)
+                await self.graph.ainvoke(resume, thread)
+        except Exception as error:
+            run.cleanup_finished(node, error)
+        else:
+            run.cleanup_finished(node, None)
 
     def astream(self, input: Any, config: Any = None, **kwargs: Any) -> AsyncIterator[Any]:
         return self._stream_async("astream", input, config, kwargs)
@@ -273,6 +373,9 @@ class SupervisedGraph:
             try:
                 async for item in stream:
                     yield item
+            except BaseException:
+                await self._acleanup(run, config)
+                raise
             finally:
                 await stream.aclose()
 
