@@ -8,7 +8,7 @@ from ._loading import load_policies, load_policy_text
 from ._policies import Loop, Match, Policy, PolicySet, Rate, StepCount, TokenBudget, WallTime
 from ._run import RunInfo
 from ._state import Price, RunState
-from ._supervisor import SupervisedGraph, Supervisor
+from ._supervisor import RunHandle, SupervisedGraph, Supervisor
 
 __all__ = [
     "Engine",
@@ -22,6 +22,7 @@ __all__ = [
     "Price",
     "Rate",
     "RunCancelled",
+    "RunHandle",
     "RunInfo",
     "RunMonitor",
     "RunState",

@@ -52,7 +52,7 @@ UNREADABLE = (yaml.YAMLError, ValueError, TypeError, OverflowError)
 
 TOP_KEYS = ("version", "defaults", "policies")
 DEFAULT_KEYS = ("mode", "grace_seconds", "warn_at")
-POLICY_KEYS = ("name", "description", "match", "cleanup_node", *DEFAULT_KEYS)
+POLICY_KEYS = ("name", "description", "match", "cleanup_node", "supersede", *DEFAULT_KEYS)
 MATCH_KEYS = ("graph", "tags", "metadata")
 KIND_KEYS: dict[str, tuple[str, ...]] = {
     "wall_time": ("max_seconds", "idle_seconds", "node_seconds"),
@@ -373,6 +373,12 @@ class _FileReader:
             self.invalid(node, path, f"expected {what}, got {_describe(node, value)}")
         return value
 
+    def flag(self, node: Node, path: str) -> bool:
+        value = self.scalar(node, path)
+        if not isinstance(value, bool):
+            self.invalid(node, path, f"expected true or false, got {_describe(node, value)}")
+        return value
+
     def choice(self, node: Node, path: str, choices: tuple[str, ...]) -> str:
         value = self.scalar(node, path)
         if not isinstance(value, str) or value not in choices:
@@ -548,6 +554,9 @@ class _FileReader:
             )
         if "description" in fields:
             description = self._field(self.text, fields["description"].value, f"{path}.description")
+        supersede = False
+        if "supersede" in fields:
+            supersede = bool(self._field(self.flag, fields["supersede"].value, f"{path}.supersede"))
         kind = None
         if kinds:
             kind_name = kinds[0]
@@ -562,6 +571,7 @@ class _FileReader:
             kind=kind,
             match=match,
             cleanup_node=cleanup_node,
+            supersede=supersede,
             description=description,
             file=self.file,
             line=line,

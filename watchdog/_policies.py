@@ -172,6 +172,7 @@ class Policy:
     grace_seconds: float = 5.0
     warn_at: float | None = 0.8
     cleanup_node: str | None = None
+    supersede: bool = False  # a new run on a thread cancels the older one still running
     description: str | None = None
     match: Match = field(default_factory=Match)
     file: str = ""  # where the policy was defined, for messages

@@ -341,10 +341,10 @@ class Run:
             phase=self.phase,
         )
 
-    def _manual(self, reason: str) -> Cause:
+    def _manual(self, reason: str, policy: str | None = None) -> Cause:
         graces = [p.grace_seconds for p in self.monitor.policies]
         return Cause(
-            policy=None,
+            policy=policy,
             kind="manual",
             reason=reason,
             observed=None,
@@ -355,8 +355,9 @@ class Run:
             found_at=self.supervisor.clock(),
         )
 
-    def cancel_manually(self, reason: str) -> bool:
-        return self.cancel(self._manual(reason))
+    def cancel_manually(self, reason: str, policy: str | None = None) -> bool:
+        """Cancel at an operator's request, or a policy's that is not a limit (supersede)."""
+        return self.cancel(self._manual(reason, policy))
 
     def internal_error(self, error: BaseException) -> None:
         self.supervisor.internal_error(error, self)

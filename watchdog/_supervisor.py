@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -145,6 +146,20 @@ class Supervisor:
         run = self._runs.get(key) if key is not None else None
         return run is not None and run.cancel_manually(reason)
 
+    def cancel_thread(self, thread_id: str, reason: str = "cancelled by request") -> int:
+        """Cancel every live run on a thread; returns how many this call cancelled."""
+        return sum(run.cancel_manually(reason) for run in self._live_on(str(thread_id)))
+
+    def _live_on(self, thread_id: str) -> list[Run]:
+        with self._runs_lock:
+            return [run for run in self._runs.values() if run.thread_id == thread_id]
+
+    def start(
+        self, app: SupervisedGraph, input: Any, config: Any = None, **kwargs: Any
+    ) -> RunHandle:
+        """Start a run in the background of the running event loop; returns its handle."""
+        return RunHandle(app, input, config, kwargs)
+
     def check_timers(self) -> int:
         """Run the timer checks that are due now; for an injected clock."""
         return self.scheduler.run_due()
@@ -180,6 +195,13 @@ class Supervisor:
             control=control,
         )
         config["callbacks"] = _with_handler(config.get("callbacks"), WatchdogHandler(run))
+        superseding = next((p for p in monitor.policies if p.supersede), None)
+        if superseding is not None and run.thread_id is not None:
+            for older in self._live_on(run.thread_id):
+                older.cancel_manually(
+                    f"A newer run ({run_id}) started on thread {run.thread_id!r}.",
+                    superseding.name,
+                )
         with self._runs_lock:
             self._runs[run_id] = run
         self.metrics.runs_started.labels(graph).inc()
@@ -424,3 +446,58 @@ class SupervisedGraph:
             *(one(i, c) for i, c in zip(inputs, configs, strict=True)),
             return_exceptions=return_exceptions,
         )
+
+
+class RunHandle:
+    """A run started in the background: stream it, cancel it, await its result.
+
+    ``handle = supervisor.start(app, input, config)`` inside a running event loop, then
+    ``async for chunk in handle.stream()``, ``await handle.cancel()``, ``await handle.result()``
+    (which raises ``RunCancelled`` for a cancelled run). Chunks are in ``stream_mode="values"``
+    unless another mode is asked for.
+    """
+
+    _END = object()
+
+    def __init__(self, app: SupervisedGraph, input: Any, config: Any, kwargs: dict[str, Any]):
+        config = dict(config or {})
+        self._run_id = _as_uuid(config.get("run_id")) or uuid.uuid4()
+        config["run_id"] = self._run_id
+        self.run_id = str(self._run_id)
+        self._app = app
+        kwargs.setdefault("stream_mode", "values")  # so the last chunk is the final state
+        self._chunks: asyncio.Queue[Any] = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._pump(input, config, kwargs))
+
+    async def _pump(self, input: Any, config: Any, kwargs: dict[str, Any]) -> Any:
+        last = None
+        try:
+            async for chunk in self._app.astream(input, config, **kwargs):
+                last = chunk
+                self._chunks.put_nowait(chunk)
+        finally:
+            self._chunks.put_nowait(self._END)
+        return last
+
+    async def stream(self) -> AsyncIterator[Any]:
+        """The run's chunks as they come; raises as the run does when it ends."""
+        while (chunk := await self._chunks.get()) is not self._END:
+            yield chunk
+        await self._task
+
+    async def result(self) -> Any:
+        """The run's last chunk (its final state, in the default "values" mode)."""
+        return await self._task
+
+    async def cancel(self, reason: str = "cancelled by request") -> bool:
+        """Cancel the run and wait until it has stopped; True when this call cancelled it."""
+        supervisor = self._app.supervisor
+        while self._run_id not in supervisor._runs and not self._task.done():
+            await asyncio.sleep(0)  # the run registers as it takes its first step
+        cancelled = supervisor.cancel(self._run_id, reason)
+        with contextlib.suppress(Exception):
+            await self._task
+        return cancelled
+
+    def done(self) -> bool:
+        return self._task.done()
