@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._cleanup import cleanup
 from ._engine import Engine, NearLimit, RunMonitor, Verdict
 from ._errors import PolicyError, PolicyProblem, RunCancelled
 from ._loading import load_policies, load_policy_text
@@ -32,6 +33,7 @@ __all__ = [
     "TokenBudget",
     "Verdict",
     "WallTime",
+    "cleanup",
     "load_policies",
     "load_policy_text",
 ]

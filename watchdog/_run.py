@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from langgraph.runtime import RunControl
 
 from . import _events
+from ._cleanup import run_hook_sync, spawn
 from ._engine import Finding, NearLimit, RunMonitor, Verdict
 from ._errors import RunCancelled
 
@@ -29,6 +30,13 @@ __all__ = ["Cause", "Run", "RunInfo", "Stop"]
 Status = Literal["running", "cancelling", "completed", "cancelled", "failed"]
 FINAL: frozenset[Status] = frozenset({"completed", "cancelled", "failed"})
 DEFAULT_GRACE_SECONDS = 5.0
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class Stop(Exception):
@@ -111,6 +119,7 @@ class Run:
         self.task: asyncio.Task[Any] | None = None
         self.task_cancelled = False
         self.timer_due: float | None = None
+        self.cleanup_tasks: list[asyncio.Task[None]] = []  # hooks running for this run
         self.fields = {"run_id": str(run_id), "thread_id": thread_id, "graph": graph}
 
     def info(self) -> RunInfo:
@@ -320,15 +329,7 @@ class Run:
             **summary,
         )
         _events.emit("run_finished", **self.fields, outcome=outcome, error=None, **summary)
-        if self.task_cancelled and self.task is not None:
-            # Take back our cancel request, caught by a node or not, so the caller's task is
-            # left as it was; a cancel of its own still counts and wins.
-            external = self.task.uncancel() > 0
-            if external and isinstance(error, asyncio.CancelledError):
-                return error
-        if isinstance(error, GeneratorExit):
-            return error
-        return RunCancelled(
+        cancelled = RunCancelled(
             run_id=str(self.run_id),
             thread_id=self.thread_id,
             graph=self.graph,
@@ -340,6 +341,30 @@ class Run:
             step=cause.step,
             phase=self.phase,
         )
+        self._run_cancel_hooks(cancelled)
+        if self.task_cancelled and self.task is not None:
+            # Take back our cancel request, caught by a node or not, so the caller's task is
+            # left as it was; a cancel of its own still counts and wins.
+            external = self.task.uncancel() > 0
+            if external and isinstance(error, asyncio.CancelledError):
+                return error
+        if isinstance(error, GeneratorExit):
+            return error
+        return cancelled
+
+    def _run_cancel_hooks(self, cancelled: RunCancelled) -> None:
+        """The supervisor's on_cancel hooks: in tasks of their own for async runs."""
+        in_loop = self.loop is not None and _running_loop() is self.loop
+        for hook, timeout in self.supervisor.cancel_hooks:
+            if in_loop:
+                self.cleanup_tasks.append(spawn(hook, (cancelled,), timeout, self.fields))
+            else:
+                run_hook_sync(hook, (cancelled,), timeout, self.fields)
+
+    async def settle_cleanups(self) -> None:
+        """Wait for this run's cleanup hooks; a cancelled caller stops waiting, they go on."""
+        if self.cleanup_tasks:
+            await asyncio.shield(asyncio.gather(*self.cleanup_tasks))
 
     def _manual(self, reason: str, policy: str | None = None) -> Cause:
         graces = [p.grace_seconds for p in self.monitor.policies]

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from http.server import HTTPServer
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from langchain_core.callbacks import BaseCallbackManager
 from langchain_core.runnables.config import get_config_list, get_executor_for_config
@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from . import _events
 from ._callbacks import WatchdogHandler
+from ._cleanup import DEFAULT_HOOK_TIMEOUT, Hook
 from ._engine import Engine
 from ._errors import PolicyError, PolicyProblem
 from ._loading import load_policies
@@ -35,6 +36,7 @@ from ._scheduler import Scheduler
 __all__ = ["SupervisedGraph", "Supervisor"]
 
 RunId = str | uuid.UUID
+HookT = TypeVar("HookT", bound=Hook)
 
 
 def _as_uuid(run_id: object) -> uuid.UUID | None:
@@ -82,6 +84,31 @@ class Supervisor:
         self._runs: dict[uuid.UUID, Run] = {}
         self._runs_lock = threading.Lock()
         self._token_counters: dict[str, tuple[Any, Any]] = {}
+        self.cancel_hooks: list[tuple[Hook, float]] = []
+
+    @overload
+    def on_cancel(self, hook: HookT, *, timeout: float = DEFAULT_HOOK_TIMEOUT) -> HookT: ...
+
+    @overload
+    def on_cancel(
+        self, hook: None = None, *, timeout: float = DEFAULT_HOOK_TIMEOUT
+    ) -> Callable[[HookT], HookT]: ...
+
+    def on_cancel(
+        self, hook: HookT | None = None, *, timeout: float = DEFAULT_HOOK_TIMEOUT
+    ) -> HookT | Callable[[HookT], HookT]:
+        """Register ``hook(cancelled: RunCancelled)`` to run for every cancelled run.
+
+        Use it as ``supervisor.on_cancel(hook)``, ``@supervisor.on_cancel`` or
+        ``@supervisor.on_cancel(timeout=2)``. Sync or async; async runs run it in a task the
+        supervisor owns, so it completes even when the caller's task is being cancelled.
+        """
+
+        def register(hook: HookT) -> HookT:
+            self.cancel_hooks.append((hook, timeout))
+            return hook
+
+        return register if hook is None else register(hook)
 
     @classmethod
     def from_path(
@@ -322,12 +349,15 @@ class SupervisedGraph:
     async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
         run, config = self.supervisor._begin(self.name, config, kwargs)
         run.bind_task()
-        with _supervising(run):
-            try:
-                return await self.graph.ainvoke(input, config, **kwargs)
-            except BaseException:
-                await self._acleanup(run, config)
-                raise
+        try:
+            with _supervising(run):
+                try:
+                    return await self.graph.ainvoke(input, config, **kwargs)
+                except BaseException:
+                    await self._acleanup(run, config)
+                    raise
+        finally:
+            await run.settle_cleanups()
         raise AssertionError  # pragma: no cover
 
     def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Iterator[Any]:
@@ -390,16 +420,19 @@ class SupervisedGraph:
     ) -> AsyncIterator[Any]:
         run, config = self.supervisor._begin(self.name, config, kwargs)
         run.bind_task()
-        with _supervising(run):
-            stream = getattr(self.graph, method)(input, config, **kwargs)
-            try:
-                async for item in stream:
-                    yield item
-            except BaseException:
-                await self._acleanup(run, config)
-                raise
-            finally:
-                await stream.aclose()
+        try:
+            with _supervising(run):
+                stream = getattr(self.graph, method)(input, config, **kwargs)
+                try:
+                    async for item in stream:
+                        yield item
+                except BaseException:
+                    await self._acleanup(run, config)
+                    raise
+                finally:
+                    await stream.aclose()
+        finally:
+            await run.settle_cleanups()
 
     def batch(
         self,
