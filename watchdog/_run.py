@@ -120,6 +120,8 @@ class Run:
         self.task_cancelled = False
         self.timer_due: float | None = None
         self.cleanup_tasks: list[asyncio.Task[None]] = []  # hooks running for this run
+        # The reason to record when the caller goes away mid-run (see watchdog.starlette).
+        self.caller_gone: str | None = None
         self.fields = {"run_id": str(run_id), "thread_id": thread_id, "graph": graph}
 
     def info(self) -> RunInfo:
@@ -278,7 +280,14 @@ class Run:
         """Record how the run ended; returns the exception the caller should see, if any."""
         if isinstance(error, GeneratorExit):
             # The caller stopped reading the stream: the run is abandoned mid-way.
-            self.cancel(self._manual("The caller stopped reading the stream."))
+            self.cancel(self._manual(self.caller_gone or "The caller stopped reading the stream."))
+        elif (
+            # Someone else cancelled the caller's task (a server whose client went away).
+            isinstance(error, asyncio.CancelledError)
+            and not self.task_cancelled
+            and self.cancel(self._manual(self.caller_gone or "The caller's task was cancelled."))
+        ):
+            self.phase = "hard"
         now = self.supervisor.clock()
         with self.lock:
             outcome: Status = (
@@ -348,6 +357,8 @@ class Run:
             external = self.task.uncancel() > 0
             if external and isinstance(error, asyncio.CancelledError):
                 return error
+        elif isinstance(error, asyncio.CancelledError):
+            return error  # the caller's own cancellation goes on
         if isinstance(error, GeneratorExit):
             return error
         return cancelled

@@ -9,7 +9,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from http.server import HTTPServer
@@ -416,10 +416,16 @@ class SupervisedGraph:
         return self._stream_async("astream_events", input, config, kwargs)
 
     async def _stream_async(
-        self, method: str, input: Any, config: Any, kwargs: dict[str, Any]
-    ) -> AsyncIterator[Any]:
+        self,
+        method: str,
+        input: Any,
+        config: Any,
+        kwargs: dict[str, Any],
+        caller_gone: str | None = None,
+    ) -> AsyncGenerator[Any, None]:
         run, config = self.supervisor._begin(self.name, config, kwargs)
         run.bind_task()
+        run.caller_gone = caller_gone
         try:
             with _supervising(run):
                 stream = getattr(self.graph, method)(input, config, **kwargs)
