@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from typing import Any, TypedDict
 
@@ -262,3 +263,27 @@ def check_resume(graph: Any, bodies: Bodies) -> None:
     with pytest.raises(RunCancelled):
         app.invoke(None, config)  # a new run: four more steps from the checkpoint
     assert (bodies.ran, app.get_state(config).values) == (8, {"count": 8})
+
+
+def test_a_sync_node_blocked_in_a_call_is_stopped_as_soon_as_it_returns_to_python() -> None:
+    after_the_call: list[str] = []
+
+    def blocked(state: Counter) -> dict[str, int]:
+        time.sleep(0.06)  # C code: nothing can interrupt it
+        after_the_call.append("ran on")  # never reached: stopped on return to Python
+        return {"count": 1}
+
+    builder = StateGraph(Counter)
+    builder.add_node("blocked", blocked)
+    builder.add_edge(START, "blocked")
+    supervisor = Supervisor(policies("- {name: wall, wall_time: {max_seconds: 0.01}}"))
+    app = supervisor.attach(builder.compile(), name="sync")
+    started = time.monotonic()
+    try:
+        with pytest.raises(RunCancelled) as raised:
+            app.invoke({"count": 0})
+    finally:
+        supervisor.close()
+    assert (raised.value.phase, raised.value.kind) == ("hard", "wall_time")
+    assert after_the_call == []
+    assert 0.06 <= time.monotonic() - started < 1.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
@@ -133,6 +134,8 @@ class WatchdogHandler(BaseCallbackHandler):
                 raise Stop
             if monitor.times_nodes and len(monitor.state.open_nodes) == 1:
                 run.schedule_timers()  # this node's deadline may come first
+            if run.loop is None:
+                run.node_threads[run_id] = threading.get_ident()  # to interrupt a hung node
 
     @_guarded
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -147,6 +150,7 @@ class WatchdogHandler(BaseCallbackHandler):
         if run_id in run.monitor.state.open_nodes:
             with run.lock:
                 run.monitor.node_ended(run_id)
+                run.node_threads.pop(run_id, None)
 
     # -- LLM calls -----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import threading
 import uuid
 from collections.abc import Sequence
@@ -120,6 +121,7 @@ class Run:
         self.task_cancelled = False
         self.timer_due: float | None = None
         self.cleanup_tasks: list[asyncio.Task[None]] = []  # hooks running for this run
+        self.node_threads: dict[uuid.UUID, int] = {}  # a sync run's open nodes -> thread
         # The reason to record when the caller goes away mid-run (see watchdog.starlette).
         self.caller_gone: str | None = None
         self.fields = {"run_id": str(run_id), "thread_id": thread_id, "graph": graph}
@@ -191,19 +193,47 @@ class Run:
             step=cause.step,
             grace_seconds=cause.grace_seconds,
         )
-        if self.loop is not None:
-            self.supervisor.scheduler.call_at(
-                cause.found_at + cause.grace_seconds, self._hard_cancel_due
-            )
+        self.supervisor.scheduler.call_at(
+            cause.found_at + cause.grace_seconds, self._hard_cancel_due
+        )
         return True
 
     def _hard_cancel_due(self) -> None:
-        """The grace period is over (timer thread): cancel the run's task in its own loop."""
-        loop = self.loop
-        if self.status != "cancelling" or loop is None or loop.is_closed():
+        """The grace period is over (timer thread): cancel the run's task in its own loop,
+        or interrupt the threads of a sync run's nodes."""
+        if self.status != "cancelling" or self.unwinding:
             return
-        with contextlib.suppress(RuntimeError):  # the loop closed in between: the run ended
-            loop.call_soon_threadsafe(self._cancel_task)
+        loop = self.loop
+        if loop is None:
+            self._interrupt_sync_nodes()
+        elif not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed: the run ended
+                loop.call_soon_threadsafe(self._cancel_task)
+
+    def _interrupt_sync_nodes(self) -> None:
+        """Raise Stop in each thread running a node of this run.
+
+        Python delivers it when the thread next runs Python code: a node blocked in C (a
+        socket read, time.sleep) stops as soon as the call returns, not before.
+        """
+        # Under the lock a node thread cannot finish its node-end callback, so the Stop lands
+        # in this run and never in whatever that thread would run next.
+        with self.lock:
+            threads = set(self.node_threads.values())
+            if not threads or self.cause is None:
+                return
+            self.phase = "hard"
+            for ident in threads:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(ident), ctypes.py_object(Stop)
+                )
+        _events.emit(
+            "hard_cancel",
+            **self.fields,
+            policy=self.cause.policy,
+            kind=self.cause.kind,
+            grace_seconds=self.cause.grace_seconds,
+        )
 
     def _cancel_task(self) -> None:
         """In the run's loop: a run that has not stopped by now is hung in a node."""
