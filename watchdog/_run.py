@@ -210,6 +210,17 @@ class Run:
             with contextlib.suppress(RuntimeError):  # the loop closed: the run ended
                 loop.call_soon_threadsafe(self._cancel_task)
 
+    def _emit_hard_cancel(self) -> None:
+        cause = self.cause
+        assert cause is not None
+        _events.emit(
+            "hard_cancel",
+            **self.fields,
+            policy=cause.policy,
+            kind=cause.kind,
+            grace_seconds=cause.grace_seconds,
+        )
+
     def _interrupt_sync_nodes(self) -> None:
         """Raise Stop in each thread running a node of this run.
 
@@ -227,13 +238,7 @@ class Run:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     ctypes.c_ulong(ident), ctypes.py_object(Stop)
                 )
-        _events.emit(
-            "hard_cancel",
-            **self.fields,
-            policy=self.cause.policy,
-            kind=self.cause.kind,
-            grace_seconds=self.cause.grace_seconds,
-        )
+        self._emit_hard_cancel()
 
     def _cancel_task(self) -> None:
         """In the run's loop: a run that has not stopped by now is hung in a node."""
@@ -249,13 +254,7 @@ class Run:
         self.task_cancelled = True
         self.phase = "hard"
         assert self.cause is not None
-        _events.emit(
-            "hard_cancel",
-            **self.fields,
-            policy=self.cause.policy,
-            kind=self.cause.kind,
-            grace_seconds=self.cause.grace_seconds,
-        )
+        self._emit_hard_cancel()
         task.cancel(f"watchdog: {self.cause.reason}")
 
     # -- the cleanup node ------------------------------------------------------------------
