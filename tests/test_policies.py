@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from watchdog import Match, Rate, StepCount, TokenBudget, WallTime
+from watchdog import (
+    Match,
+    PolicyError,
+    Rate,
+    StepCount,
+    TokenBudget,
+    WallTime,
+    load_policy_text,
+)
 from watchdog._policies import Kind
 from watchdog._state import RunState
 from watchdog.testing import make_run_state
@@ -108,3 +116,21 @@ def test_match(
     expected: bool,
 ) -> None:
     assert match.matches(graph, tags, metadata) is expected
+
+
+def test_scope_thread_loads_on_step_count_and_token_budget_only() -> None:
+    policies = load_policy_text(
+        "version: 1\npolicies:\n"
+        "- {name: a, step_count: {max_steps: 9, scope: thread}}\n"
+        "- {name: b, token_budget: {max_total_tokens: 9, scope: run}}\n"
+    )
+    assert [p.kind.per_thread for p in policies.policies] == [True, False]
+    with pytest.raises(PolicyError) as misspelt:
+        load_policy_text("version: 1\npolicies:\n- {name: a, step_count: {scope: thred}}\n")
+    assert "got the string 'thred' (did you mean thread?)" in str(misspelt.value)
+    with pytest.raises(PolicyError, match="unknown key 'scope'"):
+        load_policy_text(
+            "version: 1\npolicies:\n- {name: a, loop: {max_repeats: 2, scope: thread}}\n"
+        )
+    with pytest.raises(PolicyError, match="step_count sets no limit"):
+        load_policy_text("version: 1\npolicies:\n- {name: a, step_count: {scope: thread}}\n")

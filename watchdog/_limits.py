@@ -7,6 +7,7 @@ events can move its observed value (its triggers) and, for time limits, when it 
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from typing import ClassVar, cast
 
@@ -104,6 +105,11 @@ class CostSpec:
     def create(self) -> CostMeter:
         return CostMeter(dict(self.prices))
 
+    @property
+    def key(self) -> str:
+        """A name for this price table that is the same in every process."""
+        return hashlib.sha256(repr(self.prices).encode()).hexdigest()[:16]
+
 
 # -- limits ----------------------------------------------------------------------------------
 
@@ -137,12 +143,18 @@ class Limit:
 
 @dataclass(frozen=True, slots=True)
 class MaxSteps(Limit):
+    thread: bool = field(default=False, kw_only=True)  # scope: thread
     kind, key, TRIGGERS = "step_count", "max_steps", Trigger.STEP
 
     def observe(self, state: RunState) -> float:
-        return state.steps
+        return state.steps + state.thread.steps if self.thread else state.steps
 
     def describe(self, policy: str, observed: float, state: RunState) -> str:
+        if self.thread:
+            return (
+                f"The thread began its step {observed:g} across its runs, but policy "
+                f"{policy!r} allows at most {self.limit:g} steps per thread."
+            )
         return (
             f"The run began step {observed:g}, but policy {policy!r} allows at most "
             f"{self.limit:g} steps."
@@ -151,15 +163,18 @@ class MaxSteps(Limit):
 
 @dataclass(frozen=True, slots=True)
 class MaxNodeRuns(Limit):
+    thread: bool = field(default=False, kw_only=True)  # scope: thread
     kind, key, TRIGGERS = "step_count", "max_node_runs", Trigger.NODE
 
     def observe(self, state: RunState) -> float:
-        return state.node_runs
+        return state.node_runs + state.thread.node_runs if self.thread else state.node_runs
 
     def describe(self, policy: str, observed: float, state: RunState) -> str:
+        scope = "The thread (across its runs) began" if self.thread else "The run began"
+        per = " per thread" if self.thread else ""
         return (
-            f"The run began node run {observed:g}, but policy {policy!r} allows at most "
-            f"{self.limit:g} node runs."
+            f"{scope} node run {observed:g}, but policy {policy!r} allows at most "
+            f"{self.limit:g} node runs{per}."
         )
 
 
@@ -291,15 +306,18 @@ class MaxCycleRepeats(Limit):
 
 @dataclass(frozen=True, slots=True)
 class _TokenLimit(Limit):
+    thread: bool = field(default=False, kw_only=True)  # scope: thread
     kind = "token_budget"
     # Checked as usage arrives, and again as the next call begins so it is never paid for.
     TRIGGERS = Trigger.USAGE | Trigger.LLM
     what: ClassVar[str]
 
     def describe(self, policy: str, observed: float, state: RunState) -> str:
+        scope = "The thread used (across its runs)" if self.thread else "The run used"
+        per = " per thread" if self.thread else ""
         return (
-            f"The run used {observed:,.0f} {self.what}, but policy {policy!r} allows at most "
-            f"{self.limit:,.0f}."
+            f"{scope} {observed:,.0f} {self.what}, but policy {policy!r} allows at most "
+            f"{self.limit:,.0f}{per}."
         )
 
 
@@ -308,7 +326,8 @@ class MaxTotalTokens(_TokenLimit):
     key, what = "max_total_tokens", "tokens"
 
     def observe(self, state: RunState) -> float:
-        return state.total_tokens
+        tokens = state.total_tokens
+        return tokens + state.thread.total_tokens if self.thread else tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +335,8 @@ class MaxInputTokens(_TokenLimit):
     key, what = "max_input_tokens", "input tokens"
 
     def observe(self, state: RunState) -> float:
-        return state.input_tokens
+        tokens = state.input_tokens
+        return tokens + state.thread.input_tokens if self.thread else tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +344,8 @@ class MaxOutputTokens(_TokenLimit):
     key, what = "max_output_tokens", "output tokens"
 
     def observe(self, state: RunState) -> float:
-        return state.output_tokens
+        tokens = state.output_tokens
+        return tokens + state.thread.output_tokens if self.thread else tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +357,8 @@ class MaxCost(_TokenLimit):
         object.__setattr__(self, "tracker", self.prices)
 
     def observe(self, state: RunState) -> float:
-        return cast(CostMeter, state.trackers[self.prices]).total_usd
+        cost = cast(CostMeter, state.trackers[self.prices]).total_usd
+        return cost + state.thread.cost_usd.get(self.prices.key, 0.0) if self.thread else cost
 
     def describe(self, policy: str, observed: float, state: RunState) -> str:
         return (

@@ -24,6 +24,7 @@ from ._errors import PolicyError, PolicyProblem
 from ._policies import (
     KINDS,
     RATE_OF,
+    SCOPES,
     Kind,
     Loop,
     Match,
@@ -56,7 +57,7 @@ POLICY_KEYS = ("name", "description", "match", "cleanup_node", "supersede", *DEF
 MATCH_KEYS = ("graph", "tags", "metadata")
 KIND_KEYS: dict[str, tuple[str, ...]] = {
     "wall_time": ("max_seconds", "idle_seconds", "node_seconds"),
-    "step_count": ("max_steps", "max_node_runs"),
+    "step_count": ("max_steps", "max_node_runs", "scope"),
     "loop": ("window", "max_repeats", "max_tool_repeats", "max_cycle_repeats"),
     "token_budget": (
         "max_total_tokens",
@@ -64,6 +65,7 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
         "max_output_tokens",
         "max_cost_usd",
         "prices",
+        "scope",
     ),
     "rate": ("max_events", "per_seconds", "of"),
 }
@@ -669,7 +671,7 @@ class _FileReader:
         fields = self.mapping(node, path, keys, f"a mapping of {kind} limits such as {example}")
         values: dict[str, Any] = {}
         for key, entry in fields.items():
-            if self.null(entry.value) and key not in ("prices", "of"):
+            if self.null(entry.value) and key not in ("prices", "of", "scope"):
                 continue  # null leaves an optional limit unset
             reader = self._KIND_FIELDS[key]
             value = self._field(reader, self, entry.value, f"{path}.{key}")
@@ -718,8 +720,8 @@ class _FileReader:
     def _build_step_count(
         self, node: Node, path: str, fields: dict[str, _Entry], values: dict[str, Any]
     ) -> Kind:
-        if not values:
-            self._no_limit(node, path, "step_count", KIND_KEYS["step_count"])
+        if not values.keys() - {"scope"}:
+            self._no_limit(node, path, "step_count", KIND_KEYS["step_count"][:-1])
         return StepCount(**values)
 
     def _build_loop(
@@ -744,8 +746,8 @@ class _FileReader:
         self, node: Node, path: str, fields: dict[str, _Entry], values: dict[str, Any]
     ) -> Kind:
         prices = values.pop("prices", {})
-        if not values:
-            self._no_limit(node, path, "token_budget", KIND_KEYS["token_budget"][:-1])
+        if not values.keys() - {"scope"}:
+            self._no_limit(node, path, "token_budget", KIND_KEYS["token_budget"][:-2])
         if "max_cost_usd" in values and "default" not in prices:
             where = fields["prices"] if "prices" in fields else fields["max_cost_usd"]
             self.invalid(
@@ -792,4 +794,5 @@ class _FileReader:
         "max_events": whole,
         "per_seconds": number,
         "of": lambda self, node, path: self.choice(node, path, RATE_OF),
+        "scope": lambda self, node, path: self.choice(node, path, SCOPES),
     }

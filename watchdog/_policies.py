@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 Mode = Literal["enforce", "audit"]
+Scope = Literal["run", "thread"]
+SCOPES: tuple[Scope, ...] = ("run", "thread")
 RATE_OF = ("steps", "node_runs", "llm_calls", "tool_calls", "tokens")
 
 
@@ -55,6 +57,11 @@ class Kind:
     limits: tuple[Limit, ...] = field(init=False, repr=False, compare=False)
 
     name = ""
+
+    @property
+    def per_thread(self) -> bool:
+        """Whether this kind counts across the runs of a thread (``scope: thread``)."""
+        return getattr(self, "scope", "run") == "thread"
 
     def check(self, state: RunState) -> Limit | None:
         """The first of this kind's limits that ``state`` exceeds, or None."""
@@ -81,12 +88,14 @@ class WallTime(Kind):
 class StepCount(Kind):
     max_steps: int | None = None
     max_node_runs: int | None = None
+    scope: Scope = "run"
     name = "step_count"
 
     def __post_init__(self) -> None:
+        thread = self.scope == "thread"
         limits = _present(
-            None if self.max_steps is None else MaxSteps(self.max_steps),
-            None if self.max_node_runs is None else MaxNodeRuns(self.max_node_runs),
+            None if self.max_steps is None else MaxSteps(self.max_steps, thread=thread),
+            None if self.max_node_runs is None else MaxNodeRuns(self.max_node_runs, thread=thread),
         )
         object.__setattr__(self, "limits", limits)
 
@@ -117,16 +126,24 @@ class TokenBudget(Kind):
     max_output_tokens: int | None = None
     max_cost_usd: float | None = None
     prices: Mapping[str, Price] = field(default_factory=dict, hash=False)
+    scope: Scope = "run"
     name = "token_budget"
 
     def __post_init__(self) -> None:
+        thread = self.scope == "thread"
         limits = _present(
-            None if self.max_total_tokens is None else MaxTotalTokens(self.max_total_tokens),
-            None if self.max_input_tokens is None else MaxInputTokens(self.max_input_tokens),
-            None if self.max_output_tokens is None else MaxOutputTokens(self.max_output_tokens),
+            None
+            if self.max_total_tokens is None
+            else MaxTotalTokens(self.max_total_tokens, thread=thread),
+            None
+            if self.max_input_tokens is None
+            else MaxInputTokens(self.max_input_tokens, thread=thread),
+            None
+            if self.max_output_tokens is None
+            else MaxOutputTokens(self.max_output_tokens, thread=thread),
             None
             if self.max_cost_usd is None
-            else MaxCost(self.max_cost_usd, CostSpec(tuple(self.prices.items()))),
+            else MaxCost(self.max_cost_usd, CostSpec(tuple(self.prices.items())), thread=thread),
         )
         object.__setattr__(self, "limits", limits)
 

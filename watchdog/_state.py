@@ -19,6 +19,7 @@ __all__ = [
     "Price",
     "RepeatWindow",
     "RunState",
+    "ThreadTotals",
     "Tracker",
     "TrackerSpec",
 ]
@@ -172,6 +173,49 @@ class CostMeter:
             self.total_usd += price.cost(input_tokens, output_tokens)
 
 
+class ThreadTotals:
+    """What a thread's earlier runs used: the baseline of ``scope: thread`` limits."""
+
+    __slots__ = ("cost_usd", "input_tokens", "node_runs", "output_tokens", "steps", "total_tokens")
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.node_runs = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.total_tokens = 0
+        self.cost_usd: dict[str, float] = {}  # by price table (CostSpec.key)
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> ThreadTotals:
+        totals = cls()
+        for name in cls.__slots__:
+            value = data.get(name)
+            if name == "cost_usd" and isinstance(value, dict):
+                totals.cost_usd = {str(k): float(v) for k, v in value.items()}
+            elif isinstance(value, int) and not isinstance(value, bool):
+                setattr(totals, name, value)
+        return totals
+
+    def plus(self, state: RunState) -> ThreadTotals:
+        """These totals with one more run's use added."""
+        totals = ThreadTotals()
+        totals.steps = self.steps + state.steps
+        totals.node_runs = self.node_runs + state.node_runs
+        totals.input_tokens = self.input_tokens + state.input_tokens
+        totals.output_tokens = self.output_tokens + state.output_tokens
+        totals.total_tokens = self.total_tokens + state.total_tokens
+        totals.cost_usd = dict(self.cost_usd)
+        for spec, tracker in state.trackers.items():
+            if isinstance(tracker, CostMeter):
+                key = spec.key  # type: ignore[attr-defined]
+                totals.cost_usd[key] = totals.cost_usd.get(key, 0.0) + tracker.total_usd
+        return totals
+
+
 class RunState:
     """What the limits of every policy kind read: one object per run.
 
@@ -190,6 +234,7 @@ class RunState:
         "output_tokens",
         "started_at",
         "steps",
+        "thread",
         "tool",
         "tool_calls",
         "total_tokens",
@@ -212,6 +257,8 @@ class RunState:
         self.node: str | None = None  # the node that started last
         self.tool: str | None = None  # the tool that was called last
         self.trackers: dict[TrackerSpec, Tracker] = {}
+        # What earlier runs of the same thread used, for limits with scope: thread.
+        self.thread = ThreadTotals()
 
     @property
     def elapsed(self) -> float:

@@ -23,6 +23,7 @@ from langgraph.types import Command
 from prometheus_client import CollectorRegistry, start_http_server
 
 from . import _events
+from . import _thread_totals as _totals
 from ._callbacks import WatchdogHandler
 from ._cleanup import DEFAULT_HOOK_TIMEOUT, Hook
 from ._engine import Engine
@@ -338,7 +339,7 @@ class SupervisedGraph:
 
     def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
         run, config = self.supervisor._begin(self.name, config, kwargs)
-        with _supervising(run):
+        with _supervising(run), self._thread_totals(run):
             try:
                 return self.graph.invoke(input, config, **kwargs)
             except BaseException:
@@ -351,23 +352,58 @@ class SupervisedGraph:
         run.bind_task()
         try:
             with _supervising(run):
+                await self._load_thread_totals(run)
                 try:
                     return await self.graph.ainvoke(input, config, **kwargs)
                 except BaseException:
                     await self._acleanup(run, config)
                     raise
+                finally:
+                    await self._save_thread_totals(run)
         finally:
             await run.settle_cleanups()
         raise AssertionError  # pragma: no cover
 
     def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Iterator[Any]:
         run, config = self.supervisor._begin(self.name, config, kwargs)
-        with _supervising(run):
+        with _supervising(run), self._thread_totals(run):
             try:
                 yield from self.graph.stream(input, config, **kwargs)
             except BaseException:
                 self._cleanup(run, config)
                 raise
+
+    # -- scope: thread: totals kept with the thread -------------------------------------
+
+    def _thread_checkpointer(self, run: Run) -> Any:
+        """The checkpointer to keep this run's thread totals in, if it needs them."""
+        if run.thread_id is None or not any(p.kind.per_thread for p in run.monitor.policies):
+            return None
+        return getattr(self.graph, "checkpointer", None) or None
+
+    @contextmanager
+    def _thread_totals(self, run: Run) -> Iterator[None]:
+        checkpointer = self._thread_checkpointer(run)
+        if checkpointer is None:
+            yield
+            return
+        assert run.thread_id is not None
+        base = run.monitor.state.thread = _totals.load(checkpointer, run.thread_id)
+        try:
+            yield
+        finally:
+            _totals.save(checkpointer, run.thread_id, base.plus(run.monitor.state))
+
+    async def _load_thread_totals(self, run: Run) -> None:
+        checkpointer = self._thread_checkpointer(run)
+        if checkpointer is not None and run.thread_id is not None:
+            run.monitor.state.thread = await _totals.aload(checkpointer, run.thread_id)
+
+    async def _save_thread_totals(self, run: Run) -> None:
+        checkpointer = self._thread_checkpointer(run)
+        if checkpointer is not None and run.thread_id is not None:
+            state = run.monitor.state
+            await _totals.asave(checkpointer, run.thread_id, state.thread.plus(state))
 
     # -- the cleanup node: where a cancelled run goes to wrap up ------------------------
 
@@ -428,6 +464,7 @@ class SupervisedGraph:
         run.caller_gone = caller_gone
         try:
             with _supervising(run):
+                await self._load_thread_totals(run)
                 stream = getattr(self.graph, method)(input, config, **kwargs)
                 try:
                     async for item in stream:
@@ -437,6 +474,7 @@ class SupervisedGraph:
                     raise
                 finally:
                     await stream.aclose()
+                    await self._save_thread_totals(run)
         finally:
             await run.settle_cleanups()
 
