@@ -11,7 +11,7 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, TypeVar, cast
@@ -38,7 +38,13 @@ from ._policies import (
 )
 from ._state import Price
 
-__all__ = ["POLICY_SUFFIXES", "load_policies", "load_policy_text"]
+__all__ = [
+    "POLICY_SUFFIXES",
+    "load_policies",
+    "load_policy_text",
+    "load_policy_texts",
+    "read_policy_files",
+]
 
 POLICY_SUFFIXES = (".yaml", ".yml")
 SUPPORTED_VERSIONS = (1,)
@@ -91,6 +97,11 @@ def load_policies(path: str | os.PathLike[str]) -> PolicySet:
     A directory's files are merged in name order. Hidden files are skipped, so a Kubernetes
     ConfigMap mount (with its ``..data`` links) loads as the files it holds.
     """
+    return load_policy_texts(read_policy_files(path))
+
+
+def read_policy_files(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The text of each policy file at ``path`` (a file or a directory), by file name."""
     root = Path(path)
     if root.is_dir():
         files = sorted(
@@ -103,23 +114,27 @@ def load_policies(path: str | os.PathLike[str]) -> PolicySet:
             _fail(str(root), f"no policy files ({suffixes}) in this directory")
     else:
         files = [root]
-    readers = []
+    texts = {}
     for file in files:
         try:
-            text = file.read_text(encoding="utf-8")
+            texts[str(file)] = file.read_text(encoding="utf-8")
         except FileNotFoundError:
             _fail(str(file), "no such file")
         except UnicodeDecodeError as exc:
             _fail(str(file), f"not UTF-8 text ({exc.reason} at byte {exc.start})")
         except OSError as exc:
             _fail(str(file), f"cannot read it: {exc.strerror or exc}")
-        readers.append(_FileReader(str(file), text))
-    return _merge(readers)
+    return texts
+
+
+def load_policy_texts(files: Mapping[str, str]) -> PolicySet:
+    """Load policies from the texts of several files, merged in the order given."""
+    return _merge([_FileReader(name, text) for name, text in files.items()])
 
 
 def load_policy_text(text: str, file: str = "<string>") -> PolicySet:
     """Load policies from YAML text; ``file`` names it in error messages."""
-    return _merge([_FileReader(file, text)])
+    return load_policy_texts({file: text})
 
 
 def _fail(file: str, message: str) -> NoReturn:
