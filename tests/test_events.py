@@ -60,6 +60,7 @@ def test_run_cancelled_has_exactly_its_fields(supervisor: Supervisor, clock: Fak
         "node": "work",
         "phase": "drained",
         "also": [],
+        "latency_s": 0.0,  # found as step 4 began, stopped at once (on the fake clock)
         "elapsed_s": 3.0,  # the fake clock moved a second per node body
         "steps": 4,
         "tokens": 0,

@@ -28,6 +28,7 @@ LABELS = {
     "watchdog_cancel_latency_seconds": {("kind",), ("kind", "le")},
     "watchdog_policy_reloads": {("result",)},
     "watchdog_internal_errors": {()},
+    "watchdog_sidecar_events_dropped": {()},
 }
 
 

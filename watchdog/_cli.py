@@ -118,7 +118,56 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the watchdog's events as JSON lines"
     )
     demo_parser.set_defaults(run=_demo_command)
+
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the sidecar: policies, events, metrics and cancels for a pod's workers",
+        description="Serve policies to the agent workers of a pod, take their events, expose "
+        "the pod's /metrics and deliver cancels. Needs langgraph-watchdog[sidecar].",
+    )
+    serve_parser.add_argument("--policies", required=True, metavar="PATH")
+    serve_parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    serve_parser.add_argument("--port", type=int, default=9464, help="default: 9464")
+    serve_parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="bearer token for mutating endpoints (default: WATCHDOG_SIDECAR_TOKEN)",
+    )
+    serve_parser.add_argument(
+        "--poll-interval", type=float, default=1.0, help="seconds between policy checks"
+    )
+    serve_parser.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=15.0,
+        help="seconds of silence after which a worker's runs count as lost",
+    )
+    serve_parser.set_defaults(run=_serve_command)
     return parser
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    try:
+        from ._sidecar import serve  # noqa: PLC0415 - the sidecar extra
+    except ImportError as error:
+        print(
+            f"watchdog serve needs the sidecar extra: pip install 'langgraph-watchdog[sidecar]' "
+            f"({error})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return serve(
+            args.policies,
+            host=args.host,
+            port=args.port,
+            token_file=args.token_file,
+            poll_interval=args.poll_interval,
+            worker_timeout=args.worker_timeout,
+        )
+    except PolicyError as error:
+        print(error, file=sys.stderr)
+        return 1
 
 
 def _demo_command(args: argparse.Namespace) -> int:

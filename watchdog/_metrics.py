@@ -93,6 +93,11 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.events_dropped = Counter(
+            "watchdog_sidecar_events_dropped",
+            "Events a worker dropped because its buffer was full while the sidecar was away.",
+            registry=registry,
+        )
         self.internal_errors = Counter(
             "watchdog_internal_errors",
             "Errors inside the watchdog itself; each was logged and the run went on.",

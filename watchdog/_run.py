@@ -339,6 +339,7 @@ class Run:
             "steps": state.steps,
             "tokens": state.total_tokens,
         }
+        usage = {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens}
         if outcome != "cancelled" or self.cause is None:
             _events.emit(
                 "run_finished",
@@ -346,11 +347,13 @@ class Run:
                 outcome=outcome,
                 error=None if error is None else type(error).__name__,
                 **summary,
+                **usage,
             )
             return error
         cause = self.cause
+        latency = max(0.0, now - cause.found_at)
         metrics.cancellations.labels(self.graph, cause.policy or "", cause.kind, self.phase).inc()
-        metrics.cancel_latency.labels(cause.kind).observe(max(0.0, now - cause.found_at))
+        metrics.cancel_latency.labels(cause.kind).observe(latency)
         _events.emit(
             "run_cancelled",
             **self.fields,
@@ -364,9 +367,10 @@ class Run:
             node=cause.node,
             phase=self.phase,
             also=[c.policy or c.kind for c in self.also],
+            latency_s=round(latency, 6),
             **summary,
         )
-        _events.emit("run_finished", **self.fields, outcome=outcome, error=None, **summary)
+        _events.emit("run_finished", **self.fields, outcome=outcome, error=None, **summary, **usage)
         cancelled = RunCancelled(
             run_id=str(self.run_id),
             thread_id=self.thread_id,

@@ -31,6 +31,7 @@ from ._errors import PolicyError, PolicyProblem
 from ._loading import load_policies
 from ._metrics import Metrics
 from ._policies import Policy, PolicySet
+from ._remote import SidecarError, SidecarLink, fetch_policies
 from ._run import Run, RunInfo
 from ._scheduler import Scheduler
 
@@ -86,6 +87,7 @@ class Supervisor:
         self._runs_lock = threading.Lock()
         self._token_counters: dict[str, tuple[Any, Any]] = {}
         self.cancel_hooks: list[tuple[Hook, float]] = []
+        self.link: SidecarLink | None = None  # set by connect()
 
     @overload
     def on_cancel(self, hook: HookT, *, timeout: float = DEFAULT_HOOK_TIMEOUT) -> HookT: ...
@@ -123,6 +125,50 @@ class Supervisor:
         policies = load_policies(path)
         supervisor = cls(policies, registry=registry, clock=clock)
         supervisor._loaded(policies, str(path))
+        return supervisor
+
+    @classmethod
+    def connect(
+        cls,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        fallback: str | os.PathLike[str] | None = None,
+        worker: str | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Supervisor:
+        """A supervisor that takes its policies from a sidecar and reports to it.
+
+        ``url`` defaults to ``WATCHDOG_SIDECAR_URL``, ``token`` to ``WATCHDOG_SIDECAR_TOKEN``.
+        When the sidecar cannot be reached at start, the supervisor starts on the local
+        policies at ``fallback`` (default ``WATCHDOG_POLICIES``) and takes the sidecar's
+        as soon as it answers; with no fallback, ``ConnectionError``.
+        """
+        url = (url or os.environ.get("WATCHDOG_SIDECAR_URL") or "").rstrip("/")
+        if not url:
+            msg = "no sidecar url: pass one, or set WATCHDOG_SIDECAR_URL"
+            raise ValueError(msg)
+        token = token or os.environ.get("WATCHDOG_SIDECAR_TOKEN") or None
+        etag = None
+        try:
+            fetched = fetch_policies(url, token)
+            assert fetched is not None
+            policies, etag = fetched
+            source = f"{url}/v1/policies"
+        except SidecarError as error:
+            fallback = fallback or os.environ.get("WATCHDOG_POLICIES")
+            if fallback is None:
+                msg = (
+                    f"the sidecar at {url} cannot be reached ({error}); pass fallback= or "
+                    "set WATCHDOG_POLICIES to start on local policies meanwhile"
+                )
+                raise ConnectionError(msg) from error
+            policies, source = load_policies(fallback), str(fallback)
+            _events.emit("sidecar_unreachable", url=url, error=str(error), fallback=source)
+        supervisor = cls(policies, registry=registry, clock=clock)
+        supervisor._loaded(policies, source)
+        supervisor.link = SidecarLink(supervisor, url, token, etag=etag, worker=worker)
         return supervisor
 
     @property
@@ -201,6 +247,8 @@ class Supervisor:
         return server
 
     def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
         self.scheduler.close()
 
     def _begin(self, graph: str, config: Any, kwargs: dict[str, Any]) -> tuple[Run, Any]:

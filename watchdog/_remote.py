@@ -1,0 +1,213 @@
+"""A worker's link to its sidecar: policies in, events out, cancels in.
+
+Nothing here is on the hot path: events go into a bounded buffer that a background thread
+sends in batches, policies are polled by their hash, and cancels arrive over one long-poll.
+When the sidecar is away the worker goes on enforcing the policies it has, keeps what events
+fit in the buffer (counting the ones it drops), and retries with backoff. Only the standard
+library is used, so workers need nothing of the sidecar extra.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+from . import _events
+from ._loading import load_policy_texts
+
+if TYPE_CHECKING:
+    from ._policies import PolicySet
+    from ._supervisor import Supervisor
+
+__all__ = ["SidecarLink", "fetch_policies"]
+
+BATCH = 1000
+MAX_BACKOFF = 5.0
+
+
+class SidecarError(OSError):
+    """The sidecar could not be reached, or answered with an error."""
+
+
+def _request(
+    url: str,
+    *,
+    token: str | None,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float,
+) -> tuple[int, dict[str, str], Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    request.add_header("Accept", "application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            payload = response.read()
+            return response.status, dict(response.headers), json.loads(payload or b"null")
+    except urllib.error.HTTPError as error:
+        if error.code == 304:
+            return 304, dict(error.headers), None
+        msg = f"{url}: HTTP {error.code}"
+        raise SidecarError(msg) from error
+    except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as error:
+        msg = f"{url}: {getattr(error, 'reason', error)}"
+        raise SidecarError(msg) from error
+
+
+def fetch_policies(
+    url: str, token: str | None, etag: str | None = None, timeout: float = 5.0
+) -> tuple[PolicySet, str] | None:
+    """The sidecar's policies and their ETag; None when they have not changed."""
+    headers = {"If-None-Match": etag} if etag else {}
+    status, answer_headers, body = _request(
+        f"{url}/v1/policies", token=token, headers=headers, timeout=timeout
+    )
+    if status == 304:
+        return None
+    etag = answer_headers.get("ETag") or answer_headers.get("etag") or ""
+    return load_policy_texts(body["files"]), etag
+
+
+class SidecarLink:
+    """Background threads that keep one supervisor in touch with its sidecar."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        url: str,
+        token: str | None,
+        *,
+        etag: str | None = None,
+        worker: str | None = None,
+        flush_interval: float = 0.1,
+        policy_interval: float = 1.0,
+        max_buffer: int = 10_000,
+        command_wait: float = 10.0,
+    ) -> None:
+        self.supervisor = supervisor
+        self.url = url.rstrip("/")
+        self.token = token
+        self.etag = etag
+        self.worker = worker or f"{socket.gethostname()}-{os.getpid()}"
+        self.flush_interval = flush_interval
+        self.policy_interval = policy_interval
+        self.max_buffer = max_buffer
+        self.command_wait = command_wait
+        self._buffer: collections.deque[dict[str, Any]] = collections.deque()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self.connected = False
+        metrics = supervisor.metrics
+        self._dropped = metrics.events_dropped
+        _events.add_listener(self._on_event)
+        self._threads = [
+            threading.Thread(target=self._send_loop, name="watchdog-sidecar-events", daemon=True),
+            threading.Thread(
+                target=self._command_loop, name="watchdog-sidecar-commands", daemon=True
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # -- events out ------------------------------------------------------------------------
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            if len(self._buffer) >= self.max_buffer:
+                self._dropped.inc()
+                return
+            self._buffer.append({**event, "timestamp": time.time()})
+
+    def _take(self) -> list[dict[str, Any]]:
+        with self._lock:
+            count = min(BATCH, len(self._buffer))
+            return [self._buffer.popleft() for _ in range(count)]
+
+    def _give_back(self, batch: list[dict[str, Any]]) -> None:
+        with self._lock:
+            room = self.max_buffer - len(self._buffer)
+            kept = batch[:room]
+            self._buffer.extendleft(reversed(kept))
+            if len(batch) > len(kept):
+                self._dropped.inc(len(batch) - len(kept))
+
+    def flush(self) -> bool:
+        """Send what is buffered now; False when the sidecar could not take it."""
+        while batch := self._take():
+            try:
+                _request(
+                    f"{self.url}/v1/events",
+                    token=self.token,
+                    body={"worker": self.worker, "events": batch},
+                    timeout=5.0,
+                )
+            except SidecarError:
+                self._give_back(batch)
+                self.connected = False
+                return False
+            self.connected = True
+        return True
+
+    def _send_loop(self) -> None:
+        backoff = 0.0
+        next_policy_check = time.monotonic() + self.policy_interval
+        while not self._stopped.wait(backoff or self.flush_interval):
+            sent = self.flush()
+            if time.monotonic() >= next_policy_check:
+                sent = self._check_policies() and sent
+                next_policy_check = time.monotonic() + self.policy_interval
+            backoff = 0.0 if sent else min(max(0.1, backoff * 2), MAX_BACKOFF)
+
+    # -- policies in ---------------------------------------------------------------------
+
+    def _check_policies(self) -> bool:
+        try:
+            fetched = fetch_policies(self.url, self.token, self.etag)
+        except SidecarError:
+            return False
+        except Exception as error:
+            self.supervisor.internal_error(error)
+            return True
+        if fetched is not None:
+            policies, self.etag = fetched
+            self.supervisor.reload(policies, f"{self.url}/v1/policies")
+        return True
+
+    # -- commands in -----------------------------------------------------------------------
+
+    def _command_loop(self) -> None:
+        backoff = 0.0
+        query = urllib.parse.urlencode({"worker": self.worker, "wait": self.command_wait})
+        while not self._stopped.wait(backoff):
+            try:
+                _, _, body = _request(
+                    f"{self.url}/v1/commands?{query}",
+                    token=self.token,
+                    timeout=self.command_wait + 5,
+                )
+            except SidecarError:
+                backoff = min(max(0.1, backoff * 2), MAX_BACKOFF)
+                continue
+            backoff = 0.0
+            for command in body.get("commands", []):
+                if command.get("type") == "cancel":
+                    self.supervisor.cancel(command["run_id"], command.get("reason", "cancelled"))
+
+    def close(self) -> None:
+        self._stopped.set()
+        _events.remove_listener(self._on_event)
+        self.flush()

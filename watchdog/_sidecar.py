@@ -1,0 +1,418 @@
+"""``watchdog serve``: the control plane for the agent worker processes of one pod.
+
+Workers enforce locally and never wait on this server on their hot path. It serves and
+hot-reloads the policies, takes the workers' events in batches, keeps the live-run table of
+the pod, exposes the pod's one ``/metrics``, and delivers cancels to the worker that owns the
+run (each worker long-polls for its commands).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+from pydantic import BaseModel, Field
+
+from . import _events
+from ._errors import PolicyError
+from ._loading import load_policy_texts, read_policy_files
+from ._metrics import Metrics
+from ._policies import PolicySet
+
+__all__ = ["PolicySource", "SidecarState", "create_app"]
+
+MAX_BATCH = 10_000
+MAX_WAIT_SECONDS = 30.0
+
+
+def _digest(files: Mapping[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name, text in sorted(files.items()):
+        digest.update(os.path.basename(name).encode() + b"\0" + text.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+class PolicySource:
+    """A policy path, watched by the hash of its content.
+
+    Kubernetes swaps a ConfigMap's files through a symlink; mtimes and inotify can miss
+    that, a content hash cannot. An invalid edit never replaces the last good set.
+    """
+
+    def __init__(self, path: str, metrics: Metrics) -> None:
+        self.path = path
+        self.metrics = metrics
+        self.files = read_policy_files(path)
+        self.policies: PolicySet = load_policy_texts(self.files)  # PolicyError: do not start
+        self.hash = _digest(self.files)
+        self.error: str | None = None
+        self.checked_hash = self.hash
+        self.loaded_at = time.time()
+
+    def check(self) -> bool:
+        """Reload when the content changed; True when a new set was loaded."""
+        try:
+            files = read_policy_files(self.path)
+        except PolicyError as error:
+            return self._failed(str(error), None)
+        digest = _digest(files)
+        if digest == self.checked_hash:
+            return False
+        self.checked_hash = digest
+        try:
+            policies = load_policy_texts(files)
+        except PolicyError as error:
+            return self._failed(str(error), digest)
+        self.files, self.policies, self.hash, self.error = files, policies, digest, None
+        self.loaded_at = time.time()
+        self.metrics.policy_reloads.labels("ok").inc()
+        _events.emit(
+            "policy_loaded",
+            source=self.path,
+            hash=digest,
+            policies=[p.name for p in policies.policies],
+        )
+        return True
+
+    def _failed(self, error: str, digest: str | None) -> bool:
+        if error != self.error:  # report each broken edit once, not on every poll
+            self.error = error
+            self.metrics.policy_reloads.labels("failed").inc()
+            _events.emit(
+                "policy_reload_failed", source=self.path, hash=digest, error=error, kept=self.hash
+            )
+        return False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hash": self.hash,
+            "files": {os.path.basename(name): text for name, text in self.files.items()},
+        }
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    worker: str
+    thread_id: str | None
+    graph: str
+    started_at: str
+    status: str = "running"
+    policies: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "worker": self.worker,
+            "thread_id": self.thread_id,
+            "graph": self.graph,
+            "started_at": self.started_at,
+            "status": self.status,
+            "policies": self.policies,
+        }
+
+
+@dataclass
+class WorkerRow:
+    worker: str
+    last_seen: float
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SidecarState:
+    """The live-run table of the pod, its workers, and the metrics computed from events."""
+
+    def __init__(
+        self,
+        source: PolicySource,
+        registry: CollectorRegistry,
+        *,
+        worker_timeout: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.registry = registry
+        self.metrics = source.metrics
+        self.worker_timeout = worker_timeout
+        self.clock = clock
+        self.runs: dict[str, RunRow] = {}
+        self.workers: dict[str, WorkerRow] = {}
+        self.events_ingested = Counter(
+            "watchdog_sidecar_events", "Events received from workers.", registry=registry
+        )
+        self.runs_lost = Counter(
+            "watchdog_sidecar_runs_lost",
+            "Runs whose worker stopped reporting before they finished.",
+            ["graph"],
+            registry=registry,
+        )
+        self.workers_connected = Gauge(
+            "watchdog_sidecar_workers", "Workers heard from recently.", registry=registry
+        )
+        self.workers_connected.set_function(lambda: len(self.workers))
+
+    def worker(self, worker: str) -> WorkerRow:
+        row = self.workers.get(worker)
+        if row is None:
+            row = self.workers[worker] = WorkerRow(worker, self.clock())
+        row.last_seen = self.clock()
+        return row
+
+    def ingest(self, worker: str, events: list[dict[str, Any]]) -> None:
+        self.worker(worker)
+        self.events_ingested.inc(len(events))
+        for event in events:
+            self._apply(worker, event)
+
+    def _apply(self, worker: str, event: Mapping[str, Any]) -> None:
+        name = str(event.get("event", "")).removeprefix("watchdog.")
+        graph = str(event.get("graph", ""))
+        run_id = str(event.get("run_id", ""))
+        m = self.metrics
+        if name == "run_started":
+            self.runs[run_id] = RunRow(
+                run_id=run_id,
+                worker=worker,
+                thread_id=event.get("thread_id"),
+                graph=graph,
+                started_at=str(event.get("timestamp", "")),
+                policies=list(event.get("policies") or []),
+            )
+            m.runs_started.labels(graph).inc()
+            m.active_runs.labels(graph).inc()
+        elif name == "run_finished":
+            if self.runs.pop(run_id, None) is not None:
+                m.active_runs.labels(graph).dec()
+            outcome = str(event.get("outcome", "failed"))
+            m.runs_finished.labels(graph, outcome).inc()
+            m.run_duration.labels(graph, outcome).observe(_number(event.get("elapsed_s")))
+            m.run_steps.labels(graph, outcome).observe(_number(event.get("steps")))
+            for kind in ("input", "output"):
+                tokens = _number(event.get(f"{kind}_tokens"))
+                if tokens:
+                    m.tokens.labels(graph, kind).inc(tokens)
+        elif name == "run_cancelled":
+            policy, kind = str(event.get("policy") or ""), str(event.get("kind", ""))
+            m.cancellations.labels(graph, policy, kind, str(event.get("phase", ""))).inc()
+            m.cancel_latency.labels(kind).observe(_number(event.get("latency_s")))
+        elif name == "violation":
+            labels = (graph, event.get("policy"), event.get("kind"), event.get("mode"))
+            m.violations.labels(*(str(v) for v in labels)).inc()
+        elif name == "internal_error":
+            m.internal_errors.inc()
+        elif name == "drain_requested" and run_id in self.runs:
+            self.runs[run_id].status = "cancelling"
+
+    def cancel(self, run_id: str, reason: str) -> RunRow | None:
+        row = self.runs.get(run_id)
+        if row is None:
+            return None
+        worker = self.worker_row(row.worker)
+        worker.commands.append({"type": "cancel", "run_id": run_id, "reason": reason})
+        worker.wake.set()
+        return row
+
+    def worker_row(self, worker: str) -> WorkerRow:
+        return self.workers.get(worker) or self.worker(worker)
+
+    def reap(self) -> None:
+        """Forget workers not heard from in ``worker_timeout``; their runs are lost."""
+        horizon = self.clock() - self.worker_timeout
+        for name in [w for w, row in self.workers.items() if row.last_seen < horizon]:
+            del self.workers[name]
+            for run_id in [r for r, row in self.runs.items() if row.worker == name]:
+                row = self.runs.pop(run_id)
+                self.metrics.active_runs.labels(row.graph).dec()
+                self.runs_lost.labels(row.graph).inc()
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+class EventBatch(BaseModel):
+    worker: str = Field(min_length=1, max_length=200)
+    events: list[dict[str, Any]] = Field(max_length=MAX_BATCH)
+
+
+class CancelRequest(BaseModel):
+    reason: str = Field(default="cancelled through the sidecar", max_length=1000)
+
+
+def create_app(  # noqa: PLR0915 - the routes are closures over the state
+    source: PolicySource,
+    *,
+    token: str,
+    registry: CollectorRegistry | None = None,
+    poll_interval: float = 1.0,
+    worker_timeout: float = 15.0,
+) -> FastAPI:
+    """The sidecar's ASGI app; ``token`` guards every endpoint that changes something."""
+    registry = registry if registry is not None else source.metrics.registry
+    state = SidecarState(source, registry, worker_timeout=worker_timeout)
+
+    def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(
+                status_code=401,
+                detail="a bearer token is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(poll_interval)
+                source.check()
+                state.reap()
+
+        watcher = asyncio.create_task(watch())
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, source.check)
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    app = FastAPI(
+        title="langgraph-watchdog sidecar",
+        description="Policies, events, metrics and cancels for the agent workers of a pod.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.sidecar = state
+    guarded = [Depends(authorized)]
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, Any]:
+        return {
+            "ready": True,
+            "policies": {
+                "hash": source.hash,
+                "count": len(source.policies),
+                "reload_error": source.error,
+            },
+            "workers": len(state.workers),
+            "runs": len(state.runs),
+        }
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/policies")
+    async def policies(request: Request, response: Response) -> Any:
+        etag = f'"{source.hash}"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        response.headers["ETag"] = etag
+        return source.as_dict()
+
+    @app.post("/v1/policies/reload", dependencies=guarded)
+    async def reload() -> dict[str, Any]:
+        source.checked_hash = ""  # reload even when the hash did not change
+        source.check()
+        return {"hash": source.hash, "reload_error": source.error}
+
+    @app.post("/v1/events", status_code=202, dependencies=guarded)
+    async def events(batch: EventBatch) -> dict[str, int]:
+        state.ingest(batch.worker, batch.events)
+        return {"accepted": len(batch.events)}
+
+    @app.get("/v1/commands", dependencies=guarded)
+    async def commands(
+        worker: Annotated[str, Query(min_length=1, max_length=200)],
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 20.0,
+    ) -> dict[str, list[dict[str, Any]]]:
+        row = state.worker(worker)
+        if not row.commands and wait > 0:
+            row.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(row.wake.wait(), timeout=wait)
+        state.worker(worker)
+        sent, row.commands = row.commands, []
+        return {"commands": sent}
+
+    @app.get("/v1/runs")
+    async def runs() -> dict[str, list[dict[str, Any]]]:
+        return {"runs": [row.as_dict() for row in state.runs.values()]}
+
+    @app.get("/v1/runs/{run_id}")
+    async def run(run_id: str) -> dict[str, Any]:
+        row = state.runs.get(run_id)
+        if row is None:
+            raise HTTPException(status_code=404, detail=f"no live run {run_id!r}")
+        return row.as_dict()
+
+    @app.post("/v1/runs/{run_id}/cancel", status_code=202, dependencies=guarded)
+    async def cancel(run_id: str, request: CancelRequest | None = None) -> dict[str, Any]:
+        reason = (request or CancelRequest()).reason
+        row = state.cancel(run_id, reason)
+        if row is None:
+            raise HTTPException(status_code=404, detail=f"no live run {run_id!r}")
+        return {"run_id": run_id, "worker": row.worker, "reason": reason}
+
+    return app
+
+
+def serve(
+    policies: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9464,
+    token_file: str | None = None,
+    poll_interval: float = 1.0,
+    worker_timeout: float = 15.0,
+) -> int:
+    """Run the sidecar until interrupted."""
+    import uvicorn  # noqa: PLC0415 - the sidecar extra
+
+    token = _read_token(token_file)
+    metrics = Metrics(CollectorRegistry())
+    source = PolicySource(policies, metrics)
+    metrics.policy_reloads.labels("ok").inc()
+    app = create_app(
+        source, token=token, poll_interval=poll_interval, worker_timeout=worker_timeout
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0
+
+
+def _read_token(token_file: str | None) -> str:
+    if token_file is not None:
+        token = open(token_file, encoding="utf-8").read().strip()  # noqa: SIM115
+    else:
+        token = os.environ.get("WATCHDOG_SIDECAR_TOKEN", "").strip()
+    if not token:
+        msg = (
+            "the sidecar needs a bearer token for its mutating endpoints: "
+            "--token-file FILE, or WATCHDOG_SIDECAR_TOKEN"
+        )
+        raise SystemExit(msg)
+    return token
