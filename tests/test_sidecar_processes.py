@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -89,10 +90,10 @@ class Pod:
         self.sidecar: Process | None = None
         self.workers: list[Process] = []
 
-    def start_sidecar(self) -> None:
+    def start_sidecar(self, poll_interval: float = 0.2) -> None:
         args = [sys.executable, "-m", "watchdog", "serve", "--policies", str(self.policy_file)]
         args += ["--port", str(self.port), "--token-file", str(self.token_file)]
-        args += ["--poll-interval", "0.2", "--worker-timeout", "5"]
+        args += ["--poll-interval", str(poll_interval), "--worker-timeout", "5"]
         self.sidecar = Process(args, self.env)
         deadline = time.monotonic() + 20
         while not self.answers("/healthz"):
@@ -270,3 +271,16 @@ def test_a_sidecar_killed_under_load_blocks_no_run_and_workers_reconnect(pod: Po
             > 0
         ),
     )
+
+
+def test_sighup_reloads_the_policies_at_once(tmp_path: Path) -> None:
+    pod = Pod(tmp_path)
+    pod.start_sidecar(poll_interval=3600)  # no polling: only the signal can reload
+    try:
+        before = pod.get("/readyz")["policies"]["hash"]
+        pod.policy_file.write_text(POLICIES.replace("max_steps: 5", "max_steps: 6"))
+        assert pod.sidecar is not None
+        pod.sidecar.popen.send_signal(signal.SIGHUP)
+        pod.wait_for("the reload", lambda: pod.get("/readyz")["policies"]["hash"] != before, 5)
+    finally:
+        pod.stop()

@@ -134,6 +134,7 @@ class WorkerRow:
     last_seen: float
     commands: list[dict[str, Any]] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    polling: int = 0  # long-polls in progress: a worker waiting for commands is alive
 
 
 class SidecarState:
@@ -235,7 +236,10 @@ class SidecarState:
     def reap(self) -> None:
         """Forget workers not heard from in ``worker_timeout``; their runs are lost."""
         horizon = self.clock() - self.worker_timeout
-        for name in [w for w, row in self.workers.items() if row.last_seen < horizon]:
+        silent = [
+            w for w, row in self.workers.items() if row.last_seen < horizon and not row.polling
+        ]
+        for name in silent:
             del self.workers[name]
             for run_id in [r for r, row in self.runs.items() if row.worker == name]:
                 row = self.runs.pop(run_id)
@@ -353,8 +357,12 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         row = state.worker(worker)
         if not row.commands and wait > 0:
             row.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(row.wake.wait(), timeout=wait)
+            row.polling += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(row.wake.wait(), timeout=wait)
+            finally:
+                row.polling -= 1
         state.worker(worker)
         sent, row.commands = row.commands, []
         return {"commands": sent}
