@@ -5,8 +5,9 @@ runs the supervised graphs its JSON plan asks for, and prints one JSON line per 
 run (with the wall-clock time it ended), then ``{"done": ...}`` once it has flushed its events.
 
 Plan keys: ``hang`` (run ids of runs that hang until cancelled), ``loops`` (how many endless
-loops for the step policy to stop), ``slow`` (run ids of slow endless loops), ``steady``
-(seconds of short runs that complete, one after another).
+loops for the step policy to stop), ``slow`` (run ids of slow endless loops), ``chat`` (how
+many ReAct runs that complete, using tokens), ``steady`` (seconds of short runs that
+complete, one after another).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import time
 import uuid
 from typing import Any
 
-from tests.graphs import Bodies, Counter, endless, hanging
+from langchain_core.messages import AIMessage
+
+from tests.graphs import Bodies, Counter, endless, hanging, react_agent, scripted, tool_call
 from watchdog import RunCancelled, Supervisor
 
 
@@ -54,12 +57,14 @@ def slow_graph() -> Any:
     return builder.compile()
 
 
-async def one(supervisor: Supervisor, graph: Any, name: str, run_id: uuid.UUID) -> None:
+async def one(
+    supervisor: Supervisor, graph: Any, name: str, run_id: uuid.UUID, graph_input: Any = None
+) -> None:
     app = supervisor.attach(graph, name=name)
     policy: str | None = None
     reason: str | None = None
     try:
-        await app.ainvoke({"count": 0}, {"run_id": run_id})
+        await app.ainvoke(graph_input or {"count": 0}, {"run_id": run_id})
     except RunCancelled as cancelled:
         outcome, policy, reason = "cancelled", cancelled.policy, cancelled.reason
     except Exception as error:
@@ -91,6 +96,16 @@ async def main(name: str, plan: dict[str, Any]) -> None:
         for _ in range(plan.get("loops", 0))
     ]
     runs += [one(supervisor, slow_graph(), "slow", uuid.UUID(r)) for r in plan.get("slow", [])]
+    runs += [
+        one(
+            supervisor,
+            react_agent(scripted(tool_call("q"), AIMessage("done"))),
+            "chat",
+            uuid.uuid4(),
+            {"messages": [("user", "hi")]},
+        )
+        for _ in range(plan.get("chat", 0))
+    ]
     if "steady" in plan:
         runs.append(steady(supervisor, plan["steady"]))
     say(ready=name)
