@@ -278,7 +278,7 @@ def test_a_sync_node_blocked_in_a_call_is_stopped_as_soon_as_it_returns_to_pytho
     builder = StateGraph(Counter)
     builder.add_node("blocked", blocked)
     builder.add_edge(START, "blocked")
-    supervisor = Supervisor(policies("- {name: wall, wall_time: {max_seconds: 0.01}}"))
+    supervisor = Supervisor(policies("- {name: wall, wall_time: {node_seconds: 0.01}}"))
     app = supervisor.attach(builder.compile(), name="sync")
     started = time.monotonic()
     try:

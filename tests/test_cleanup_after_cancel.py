@@ -66,7 +66,7 @@ POLICY = """\
 - name: wall-time
   grace_seconds: 0.05
   cleanup_node: cleanup_stage
-  wall_time: {max_seconds: 0.035}
+  wall_time: {node_seconds: 0.035}
 """
 
 

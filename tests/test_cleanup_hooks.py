@@ -61,7 +61,7 @@ def test_a_nodes_cleanup_runs_to_completion_when_its_task_is_hard_cancelled() ->
             await asyncio.Event().wait()
         return {}
 
-    supervisor = Supervisor(policies("- {name: wall, wall_time: {max_seconds: 0.02}}"))
+    supervisor = Supervisor(policies("- {name: wall, wall_time: {node_seconds: 0.02}}"))
     app = supervisor.attach(one_node(node), name="holder")
     try:
         with pytest.raises(RunCancelled) as raised:
@@ -88,7 +88,7 @@ def test_a_sync_nodes_cleanup_runs_on_the_way_out() -> None:
 
 def test_a_node_ignoring_the_drain_is_hard_cancelled_and_a_hanging_hook_is_abandoned() -> None:
     supervisor = Supervisor(
-        policies("- {name: wall, grace_seconds: 0.02, wall_time: {max_seconds: 0.02}}")
+        policies("- {name: wall, grace_seconds: 0.02, wall_time: {node_seconds: 0.02}}")
     )
 
     @supervisor.on_cancel(timeout=0.05)

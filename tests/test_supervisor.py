@@ -182,9 +182,10 @@ def test_a_legitimate_agent_completes_under_the_default_policies() -> None:
 # -- timers -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("limit", ["max_seconds: 0.05", "idle_seconds: 0.05", "node_seconds: 0.05"])
+@pytest.mark.parametrize("limit", ["max_seconds", "idle_seconds", "node_seconds"])
 def test_a_node_awaiting_forever_is_cancelled_by_a_timer(limit: str) -> None:
-    supervisor = Supervisor(policies(f"- {{name: wall, wall_time: {{{limit}}}}}"))
+    # A deadline well past the run's start-up, so the node is hung by then on a loaded machine.
+    supervisor = Supervisor(policies(f"- {{name: wall, wall_time: {{{limit}: 0.15}}}}"))
     app = supervisor.attach(hanging(), name="hung")
 
     async def measure() -> tuple[RunCancelled, float]:
@@ -199,9 +200,9 @@ def test_a_node_awaiting_forever_is_cancelled_by_a_timer(limit: str) -> None:
         cancelled, took = asyncio.run(measure())
     finally:
         supervisor.close()
-    print(f"{limit}: cancelled {1000 * (took - 0.05):.2f} ms past the deadline")
+    print(f"{limit}: cancelled {1000 * (took - 0.15):.2f} ms past the deadline")
     assert (cancelled.kind, cancelled.phase) == ("wall_time", "hard")
-    assert 0.05 <= took < 1.0
+    assert 0.15 <= took < 1.0
 
 
 def test_an_outer_cancel_of_the_caller_is_not_swallowed() -> None:
@@ -476,7 +477,7 @@ def test_a_node_that_catches_the_hard_cancel_leaves_the_callers_task_uncancelled
     builder = StateGraph(Counter)
     builder.add_node("stubborn", stubborn)
     builder.add_edge(START, "stubborn")
-    supervisor = Supervisor(policies("- {name: wall, wall_time: {max_seconds: 0.02}}"))
+    supervisor = Supervisor(policies("- {name: wall, wall_time: {node_seconds: 0.02}}"))
     app = supervisor.attach(builder.compile(), name="stubborn")
 
     async def scenario() -> int:
