@@ -104,8 +104,15 @@ class WatchdogHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not tags or not any(tag.startswith(NODE_TAG) for tag in tags):
-            return  # not a node: the graph itself, an edge, a runnable inside a node
+        # Most chains are not nodes (the graph itself, edges, runnables inside a node): this
+        # is the hot path, so plain loops rather than any() and a generator.
+        if not tags:
+            return
+        for tag in tags:
+            if tag.startswith(NODE_TAG):
+                break
+        else:
+            return
         run = self.run
         if run.stopping:
             run.unwinding = True
@@ -132,7 +139,10 @@ class WatchdogHandler(BaseCallbackHandler):
             if found and run.report(found):
                 run.unwinding = True
                 raise Stop
-            if monitor.times_nodes and len(monitor.state.open_nodes) == 1:
+            node_timer = monitor.node_timer
+            if node_timer is not None and (
+                run.timer_due is None or monitor.state.now + node_timer < run.timer_due
+            ):
                 run.schedule_timers()  # this node's deadline may come first
             if run.loop is None:
                 run.node_threads[run_id] = threading.get_ident()  # to interrupt a hung node

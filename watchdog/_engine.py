@@ -157,7 +157,10 @@ class RunMonitor:
         # What the caller need not compute when no policy looks at it:
         self.wants_fingerprints = any(isinstance(b.limit, MaxRepeats) for b in self._on_node)
         self.has_timers = bool(self._timed)
-        self.times_nodes = any(isinstance(b.limit, NodeSeconds) for b in self._timed)
+        # The soonest a node that starts now can fall due (its warning included), if ever.
+        self.node_timer = min(
+            (b.threshold for b in self._timed if isinstance(b.limit, NodeSeconds)), default=None
+        )
 
         # Keep the trackers whose spec survives a reload, so windows are not reset.
         old = self.state.trackers

@@ -231,6 +231,8 @@ class IdleSeconds(TimeLimit):
 @dataclass(frozen=True, slots=True)
 class NodeSeconds(TimeLimit):
     kind, key = "wall_time", "node_seconds"
+    # A node overruns while it runs, not as something begins: the timer's job alone.
+    TRIGGERS = Trigger.TIMER
 
     def observe(self, state: RunState) -> float:
         oldest = state.oldest_open_node()
