@@ -20,6 +20,7 @@ import uuid
 from typing import Any
 
 from langchain_core.messages import AIMessage
+from langgraph.graph import END, START, StateGraph
 
 from tests.graphs import Bodies, Counter, endless, hanging, react_agent, scripted, tool_call
 from watchdog import RunCancelled, Supervisor
@@ -29,31 +30,21 @@ def say(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
 
 
-def short_graph() -> Any:
-    from langgraph.graph import END, START, StateGraph  # noqa: PLC0415
+def stepping(seconds: float, steps: int | None) -> Any:
+    """A graph whose one node takes ``seconds`` and routes back to itself ``steps`` times
+    (forever when None)."""
 
     async def step(state: Counter) -> dict[str, int]:
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(seconds)
         return {"count": state["count"] + 1}
+
+    def route(state: Counter) -> str:
+        return END if steps is not None and state["count"] >= steps else "step"
 
     builder = StateGraph(Counter)
     builder.add_node("step", step)
     builder.add_edge(START, "step")
-    builder.add_conditional_edges("step", lambda s: END if s["count"] >= 2 else "step")
-    return builder.compile()
-
-
-def slow_graph() -> Any:
-    from langgraph.graph import START, StateGraph  # noqa: PLC0415
-
-    async def step(state: Counter) -> dict[str, int]:
-        await asyncio.sleep(0.01)
-        return {"count": state["count"] + 1}
-
-    builder = StateGraph(Counter)
-    builder.add_node("step", step)
-    builder.add_edge(START, "step")
-    builder.add_conditional_edges("step", lambda s: "step")
+    builder.add_conditional_edges("step", route)
     return builder.compile()
 
 
@@ -83,7 +74,7 @@ async def one(
 
 async def steady(supervisor: Supervisor, seconds: float) -> None:
     end = time.monotonic() + seconds
-    graph = short_graph()
+    graph = stepping(0.005, steps=2)
     while time.monotonic() < end:
         await one(supervisor, graph, "steady", uuid.uuid4())
 
@@ -95,7 +86,10 @@ async def main(name: str, plan: dict[str, Any]) -> None:
         one(supervisor, endless(Bodies(), is_async=True, checkpointer=False), "loop", uuid.uuid4())
         for _ in range(plan.get("loops", 0))
     ]
-    runs += [one(supervisor, slow_graph(), "slow", uuid.UUID(r)) for r in plan.get("slow", [])]
+    runs += [
+        one(supervisor, stepping(0.01, steps=None), "slow", uuid.UUID(r))
+        for r in plan.get("slow", [])
+    ]
     runs += [
         one(
             supervisor,
