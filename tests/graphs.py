@@ -69,25 +69,28 @@ def endless(
             await model.ainvoke("go on")
         return {"count": state["count"] + 1} if progress else {}
 
+    return one_node(async_body if is_async else body, loop=True, checkpointer=checkpointer)
+
+
+def one_node(body: Any, *, loop: bool = False, checkpointer: bool = False) -> Any:
+    """A graph of one node, ``work``, running ``body``; with ``loop`` it routes back to
+    itself forever."""
     builder = StateGraph(Counter)
-    builder.add_node("work", async_body if is_async else body)
+    builder.add_node("work", body)
     builder.add_edge(START, "work")
-    builder.add_conditional_edges("work", lambda state: "work")
+    if loop:
+        builder.add_conditional_edges("work", lambda state: "work")
     return builder.compile(checkpointer=InMemorySaver() if checkpointer else None)
 
 
-def hanging(*, is_async: bool = True) -> Any:
+def hanging() -> Any:
     """One node that never returns."""
 
     async def hang(state: Counter) -> dict[str, int]:
         await asyncio.Event().wait()
         return {}
 
-    builder = StateGraph(Counter)
-    builder.add_node("hang", hang)
-    builder.add_edge(START, "hang")
-    builder.add_edge("hang", END)
-    return builder.compile()
+    return one_node(hang)
 
 
 class Fan(TypedDict):

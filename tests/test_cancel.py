@@ -13,11 +13,11 @@ import pytest
 from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, StateGraph
 from langgraph.runtime import Runtime
 from prometheus_client import CollectorRegistry
 
-from tests.graphs import Bodies, Counter, endless, hanging, policies, scripted
+from tests.graphs import Bodies, Counter, endless, hanging, one_node, policies, scripted
 from watchdog import RunCancelled, Supervisor
 from watchdog.testing import capture_cancellations
 
@@ -147,11 +147,7 @@ def test_cancel_by_id_from_another_thread_while_the_run_streams() -> None:
         threading.Event().wait(0.002)
         return {"count": state["count"] + 1}
 
-    builder = StateGraph(Counter)
-    builder.add_node("work", slow)
-    builder.add_edge(START, "work")
-    builder.add_conditional_edges("work", lambda state: "work")
-    app = supervisor.attach(builder.compile(checkpointer=InMemorySaver()), name="streamer")
+    app = supervisor.attach(one_node(slow, loop=True, checkpointer=True), name="streamer")
     run_id = uuid.uuid4()
     answers: list[bool] = []
 
@@ -183,12 +179,8 @@ def test_a_running_node_sees_that_a_drain_was_requested() -> None:
             seen.append(runtime.drain_requested)
         return {"count": state["count"] + 1}
 
-    builder = StateGraph(Counter)
-    builder.add_node("work", careful)
-    builder.add_edge(START, "work")
-    builder.add_conditional_edges("work", lambda state: "work")
     supervisor = Supervisor(policies("- {name: steps, step_count: {max_steps: 100}}"))
-    app = supervisor.attach(builder.compile(checkpointer=InMemorySaver()), name="careful")
+    app = supervisor.attach(one_node(careful, loop=True, checkpointer=True), name="careful")
     with pytest.raises(RunCancelled):
         app.invoke({"count": 0}, thread("careful"))
     assert seen == [False, False, True]
@@ -275,11 +267,8 @@ def test_a_sync_node_blocked_in_a_call_is_stopped_as_soon_as_it_returns_to_pytho
         after_the_call.append("ran on")  # never reached: stopped on return to Python
         return {"count": 1}
 
-    builder = StateGraph(Counter)
-    builder.add_node("blocked", blocked)
-    builder.add_edge(START, "blocked")
     supervisor = Supervisor(policies("- {name: wall, wall_time: {node_seconds: 0.01}}"))
-    app = supervisor.attach(builder.compile(), name="sync")
+    app = supervisor.attach(one_node(blocked), name="sync")
     started = time.monotonic()
     try:
         with pytest.raises(RunCancelled) as raised:

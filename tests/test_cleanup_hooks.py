@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
-from langgraph.graph import START, StateGraph
 
-from tests.graphs import Bodies, Counter, endless, hanging, policies
+from tests.graphs import Bodies, Counter, endless, hanging, one_node, policies
 from watchdog import RunCancelled, Supervisor, cleanup
 from watchdog.testing import capture_events
-
-
-def one_node(body: Any) -> Any:
-    builder = StateGraph(Counter)
-    builder.add_node("node", body)
-    builder.add_edge(START, "node")
-    return builder.compile()
 
 
 def test_on_cancel_hooks_run_for_every_cancelled_run_sync_and_async() -> None:

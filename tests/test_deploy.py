@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_sidecar_processes import Pod, Process, free_port
+from tests.processes import Pod, Process, free_port
 from watchdog import load_policy_text
 
 ROOT = Path(__file__).parent.parent

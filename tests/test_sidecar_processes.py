@@ -3,152 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import queue
 import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).parent.parent
-TOKEN = "pod-token"
-POLICIES = """\
-version: 1
-defaults: {grace_seconds: 0.05, warn_at: null}
-policies:
-  - {name: loop-steps, match: {graph: [loop]}, step_count: {max_steps: 5}}
-  - {name: slow-steps, match: {graph: [slow]}, step_count: {max_steps: 100000}}
-  - {name: backstop, wall_time: {max_seconds: 60}}
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Process:
-    """A subprocess whose stdout lines are read, as JSON, by a thread."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.popen = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            if line.startswith("{"):
-                self.lines.put(json.loads(line))
-
-    def expect(self, key: str, timeout: float = 20) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            if key in line:
-                return line
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(10)
-        self.reader.join(10)  # it reads to the end of the output, then closes it
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
-
-
-class Pod:
-    def __init__(self, tmp_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.policy_file = tmp_path / "policies" / "watchdog.yaml"
-        self.policy_file.parent.mkdir()
-        self.policy_file.write_text(POLICIES)
-        self.token_file = tmp_path / "token"
-        self.token_file.write_text(TOKEN + "\n")
-        self.env = {
-            **os.environ,
-            "WATCHDOG_SIDECAR_URL": self.url,
-            "WATCHDOG_SIDECAR_TOKEN": TOKEN,
-        }
-        self.sidecar: Process | None = None
-        self.workers: list[Process] = []
-
-    def start_sidecar(self, poll_interval: float = 0.2) -> None:
-        args = [sys.executable, "-m", "watchdog", "serve", "--policies", str(self.policy_file)]
-        args += ["--port", str(self.port), "--token-file", str(self.token_file)]
-        args += ["--poll-interval", str(poll_interval), "--worker-timeout", "5"]
-        self.sidecar = Process(args, self.env)
-        deadline = time.monotonic() + 20
-        while not self.answers("/healthz"):
-            assert time.monotonic() < deadline, "the sidecar did not start"
-            time.sleep(0.05)
-
-    def worker(self, name: str, plan: dict[str, Any]) -> Process:
-        worker = Process(
-            [sys.executable, "-m", "tests.sidecar_worker", name, json.dumps(plan)], self.env
-        )
-        self.workers.append(worker)
-        worker.expect("ready")
-        return worker
-
-    def answers(self, path: str) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=5) as response:
-            body = response.read().decode()
-            return json.loads(body) if path != "/metrics" else body
-
-    def post(self, path: str, body: Any = None, token: str | None = TOKEN) -> int:
-        request = urllib.request.Request(
-            self.url + path, data=json.dumps(body or {}).encode(), method="POST"
-        )
-        request.add_header("Content-Type", "application/json")
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as error:
-            return error.code
-
-    def wait_for(self, what: str, check: Any, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.02)
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(self.get("/metrics"))
-            for s in family.samples
-        }
-
-    def stop(self) -> None:
-        for process in [*self.workers, *([self.sidecar] if self.sidecar else [])]:
-            process.stop()
+from tests.processes import POLICIES, Pod
 
 
 @pytest.fixture

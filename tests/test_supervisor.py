@@ -11,9 +11,7 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage
-from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.errors import GraphDrained
-from langgraph.graph import START, StateGraph
 from langgraph.runtime import RunControl
 from prometheus_client import CollectorRegistry
 
@@ -23,6 +21,7 @@ from tests.graphs import (
     endless,
     fan_out,
     hanging,
+    one_node,
     policies,
     react_agent,
     scripted,
@@ -361,12 +360,8 @@ def test_the_callers_callbacks_and_run_control_still_work() -> None:
             control.request_drain("the caller's own drain")
         return {"count": state["count"] + 1}
 
-    builder = StateGraph(Counter)
-    builder.add_node("work", drain_after_two)
-    builder.add_edge(START, "work")
-    builder.add_conditional_edges("work", lambda state: "work")
     supervisor = Supervisor(policies("- {name: steps, step_count: {max_steps: 50}}"))
-    app = supervisor.attach(builder.compile(checkpointer=InMemorySaver()), name="g")
+    app = supervisor.attach(one_node(drain_after_two, loop=True, checkpointer=True), name="g")
     with pytest.raises(GraphDrained, match="the caller's own drain"):
         app.invoke({"count": 0}, {**thread(), "callbacks": [Spy()]}, control=control)
     assert bodies.ran == 2
@@ -474,11 +469,8 @@ def test_a_node_that_catches_the_hard_cancel_leaves_the_callers_task_uncancelled
             caught.append("cancel")  # and carry on, as the cleanup-after-cancel user does
         return {"count": 1}
 
-    builder = StateGraph(Counter)
-    builder.add_node("stubborn", stubborn)
-    builder.add_edge(START, "stubborn")
     supervisor = Supervisor(policies("- {name: wall, wall_time: {node_seconds: 0.02}}"))
-    app = supervisor.attach(builder.compile(), name="stubborn")
+    app = supervisor.attach(one_node(stubborn), name="stubborn")
 
     async def scenario() -> int:
         with pytest.raises(RunCancelled) as raised:

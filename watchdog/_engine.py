@@ -245,11 +245,6 @@ class RunMonitor:
             node=state.node,
         )
 
-    @property
-    def violations(self) -> frozenset[tuple[str, str]]:
-        """(policy, key) of every limit this run has exceeded so far."""
-        return frozenset(self._violated)
-
     # -- events ----------------------------------------------------------------------------
 
     def step_started(self) -> tuple[Finding, ...]:

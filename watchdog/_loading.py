@@ -232,7 +232,6 @@ class _FileReader:
         self.source = text
         self.problems: list[PolicyProblem] = []
         self._constructor = SafeConstructor()
-        self._positions: list[tuple[str, Node]] = []
 
     # -- recording problems ------------------------------------------------------------
 

@@ -110,7 +110,6 @@ class SidecarLink:
         self._buffer: collections.deque[dict[str, Any]] = collections.deque()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        self.connected = False
         metrics = supervisor.metrics
         self._dropped = metrics.events_dropped
         _events.add_listener(self._on_event)
@@ -157,9 +156,7 @@ class SidecarLink:
                 )
             except SidecarError:
                 self._give_back(batch)
-                self.connected = False
                 return False
-            self.connected = True
         return True
 
     def _send_loop(self) -> None:

@@ -22,6 +22,7 @@ from . import _events
 from ._cleanup import run_hook_sync, spawn
 from ._engine import Finding, NearLimit, RunMonitor, Verdict
 from ._errors import RunCancelled
+from ._policies import Policy
 
 if TYPE_CHECKING:
     from ._supervisor import Supervisor
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["Cause", "Run", "RunInfo", "Stop"]
 
 Status = Literal["running", "cancelling", "completed", "cancelled", "failed"]
-FINAL: frozenset[Status] = frozenset({"completed", "cancelled", "failed"})
 DEFAULT_GRACE_SECONDS = 5.0
 
 
@@ -57,9 +57,10 @@ class Cause:
     node: str | None
     grace_seconds: float
     found_at: float  # on the supervisor's clock
+    cleanup_node: str | None = None  # where the run goes to wrap up, if its policy says
 
     @classmethod
-    def of(cls, verdict: Verdict, grace_seconds: float, found_at: float) -> Cause:
+    def of(cls, verdict: Verdict, policy: Policy, found_at: float) -> Cause:
         return cls(
             policy=verdict.policy,
             kind=verdict.kind,
@@ -68,8 +69,9 @@ class Cause:
             limit=verdict.limit,
             step=verdict.step,
             node=verdict.node,
-            grace_seconds=grace_seconds,
+            grace_seconds=policy.grace_seconds,
             found_at=found_at,
+            cleanup_node=policy.cleanup_node,
         )
 
 
@@ -170,7 +172,7 @@ class Run:
             _events.emit("violation", **fields)
             if finding.enforced:
                 policy = next(p for p in self.monitor.policies if p.name == finding.policy)
-                self.cancel(Cause.of(finding, policy.grace_seconds, self.monitor.state.now))
+                self.cancel(Cause.of(finding, policy, self.monitor.state.now))
         return self.stopping
 
     def cancel(self, cause: Cause) -> bool:
@@ -261,10 +263,9 @@ class Run:
 
     def cleanup_node(self) -> str | None:
         """The node a cancelled run goes to before it ends, if its policy names one."""
-        if self.status != "cancelling" or self.cause is None or self.cause.policy is None:
+        if self.status != "cancelling" or self.cause is None:
             return None
-        policy = next((p for p in self.monitor.policies if p.name == self.cause.policy), None)
-        return policy.cleanup_node if policy is not None else None
+        return self.cause.cleanup_node
 
     def cleanup_budget(self) -> float:
         return self.cause.grace_seconds if self.cause is not None else DEFAULT_GRACE_SECONDS

@@ -63,7 +63,6 @@ class PolicySource:
         self.hash = _digest(self.files)
         self.error: str | None = None
         self.checked_hash = self.hash
-        self.loaded_at = time.time()
 
     def check(self) -> bool:
         """Reload when the content changed; True when a new set was loaded."""
@@ -80,7 +79,6 @@ class PolicySource:
         except PolicyError as error:
             return self._failed(str(error), digest)
         self.files, self.policies, self.hash, self.error = files, policies, digest, None
-        self.loaded_at = time.time()
         self.metrics.policy_reloads.labels("ok").inc()
         _events.emit(
             "policy_loaded",

@@ -40,13 +40,12 @@ class TrackerSpec(Protocol):
 class RepeatWindow:
     """Counts of each key among the last ``size`` keys pushed, in O(1) per push."""
 
-    __slots__ = ("_counts", "_keys", "last_count", "last_key", "size")
+    __slots__ = ("_counts", "_keys", "last_count", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._keys: deque[Hashable] = deque()
         self._counts: dict[Hashable, int] = {}
-        self.last_key: Hashable = None
         self.last_count = 0
 
     def push(self, key: Hashable) -> None:
@@ -61,7 +60,6 @@ class RepeatWindow:
         keys.append(key)
         count = counts.get(key, 0) + 1
         counts[key] = count
-        self.last_key = key
         self.last_count = count
 
 
