@@ -112,8 +112,9 @@ def fan_out(width: int) -> Any:
     return builder.compile()
 
 
-def with_subgraph(bodies: Bodies, *, inner_steps: int) -> Any:
-    """A root graph whose middle node is a subgraph looping ``inner_steps`` times."""
+def with_subgraph(bodies: Bodies, *, inner_steps: int, called: bool = False) -> Any:
+    """A root graph whose middle node is a subgraph looping ``inner_steps`` times: the
+    compiled subgraph itself, or a function that ``called`` it."""
 
     def inner(state: Counter) -> dict[str, int]:
         bodies.ran += 1
@@ -125,7 +126,12 @@ def with_subgraph(bodies: Bodies, *, inner_steps: int) -> Any:
     sub.add_conditional_edges("inner", lambda s: END if s["count"] >= inner_steps else "inner")
     builder = StateGraph(Counter)
     builder.add_node("before", lambda state: {})
-    builder.add_node("sub", sub.compile())
+    subgraph = sub.compile()
+
+    def call_subgraph(state: Counter) -> Any:
+        return subgraph.invoke(state)
+
+    builder.add_node("sub", call_subgraph if called else subgraph)
     builder.add_node("after", lambda state: {})
     builder.add_edge(START, "before")
     builder.add_edge("before", "sub")

@@ -4,8 +4,11 @@ import itertools
 import textwrap
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from watchdog import Engine, NearLimit, RunMonitor, Verdict, load_policy_text
 from watchdog._engine import Finding
@@ -518,3 +521,73 @@ def test_memory_does_not_grow_with_the_length_of_a_run(clock: FakeClock) -> None
     finally:
         tracemalloc.stop()
     assert grown < 4096, f"grew {grown} bytes over 20,000 turns"
+
+
+# -- the hot path's shortcuts change no finding ---------------------------------------------
+
+CHECKED_POLICIES = """\
+- name: steps
+  step_count: {max_steps: 9, max_node_runs: 12}
+- name: loops
+  loop: {window: 6, max_repeats: 2, max_tool_repeats: 2, max_cycle_repeats: 3}
+- name: rate
+  rate: {max_events: 3, per_seconds: 1, of: node_runs}
+- name: wall
+  wall_time: {max_seconds: 2}
+- name: tokens
+  token_budget: {max_total_tokens: 400}
+"""
+
+monitor_events = st.lists(
+    st.one_of(
+        st.tuples(st.just("step")),
+        st.tuples(st.just("node"), st.sampled_from("abc"), st.integers(0, 2)),
+        st.tuples(st.just("tool"), st.integers(0, 2)),
+        st.tuples(st.just("llm"), st.integers(0, 150)),
+        st.tuples(st.just("wait"), st.sampled_from([0.05, 0.5, 1.0])),
+    ),
+    max_size=60,
+)
+
+
+def _check_everything(monitor: RunMonitor) -> RunMonitor:
+    """A monitor that checks every limit at every event, as if nothing could wait."""
+    for checks in (
+        monitor._on_step,
+        monitor._on_node,
+        monitor._on_llm,
+        monitor._on_usage,
+        monitor._on_tool,
+    ):
+        checks.every += checks.counted + checks.timed
+        checks.counted = checks.timed = ()
+    return monitor
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=monitor_events, warn_at=st.sampled_from(["null", "0.5"]))
+def test_limits_that_wait_their_turn_find_what_checking_every_event_finds(
+    events: list[tuple[Any, ...]], warn_at: str
+) -> None:
+    clock = FakeClock()
+    gated = run(CHECKED_POLICIES, clock, warn_at=warn_at)
+    reference = _check_everything(run(CHECKED_POLICIES, clock, warn_at=warn_at))
+    for event in events:
+        found = []
+        for monitor in (gated, reference):
+            match event:
+                case ("step",):
+                    found.append(monitor.step_started())
+                case ("node", name, data):
+                    key = next(_keys)
+                    found.append(monitor.node_started(key, name, data))
+                    monitor.node_ended(key)
+                case ("tool", data):
+                    found.append(monitor.tool_started("search", data))
+                case ("llm", tokens):
+                    found.append(monitor.llm_started("m") + monitor.llm_ended("m", tokens, 0))
+                case ("wait", _):
+                    found.append(())
+        assert found[0] == found[1], event
+        if event[0] == "wait":
+            clock.advance(event[1])

@@ -12,6 +12,7 @@ from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage
 from langgraph.errors import GraphDrained
+from langgraph.func import entrypoint, task
 from langgraph.runtime import RunControl
 from prometheus_client import CollectorRegistry
 
@@ -224,16 +225,46 @@ def test_an_outer_cancel_of_the_caller_is_not_swallowed() -> None:
 # -- counting -------------------------------------------------------------------------------
 
 
-def test_a_loop_inside_a_subgraph_counts_its_steps() -> None:
+@pytest.mark.parametrize("called", [False, True], ids=["subgraph node", "called subgraph"])
+def test_a_loop_inside_a_subgraph_counts_its_steps(called: bool) -> None:
     bodies = Bodies()
     supervisor = Supervisor(policies("- {name: steps, step_count: {max_steps: 6}}"))
-    app = supervisor.attach(with_subgraph(bodies, inner_steps=100), name="nested")
+    app = supervisor.attach(with_subgraph(bodies, inner_steps=100, called=called), name="nested")
+    # A subgraph node is probed with the rest; one called from a function is out of a
+    # probe's reach, so that graph's node events come from chain callbacks.
+    assert (app._probed is None) is called
     with pytest.raises(RunCancelled) as raised:
         app.invoke({"count": 0})
     # Root steps: before, sub; inside sub: inner, inner, inner, inner -> the 7th step is
     # the fifth inner run, stopped before its body.
     assert bodies.ran == 4
     assert raised.value.step == 7
+
+
+def test_a_functional_api_graph_is_supervised_through_chain_callbacks() -> None:
+    @task
+    def work(n: int) -> int:
+        time.sleep(0.002)
+        return n + 1
+
+    @entrypoint()
+    def count(n: int) -> int:
+        while True:
+            n = work(n).result()
+
+    supervisor = Supervisor(
+        policies(
+            "- {name: wall, wall_time: {max_seconds: 0.05}, grace_seconds: 0}",
+        )
+    )
+    app = supervisor.attach(count, name="functional")
+    assert app._probed is None
+    try:
+        with pytest.raises(RunCancelled) as raised:
+            app.invoke(0)
+    finally:
+        supervisor.close()
+    assert (raised.value.kind, raised.value.phase) == ("wall_time", "hard")
 
 
 def test_a_send_fan_out_is_one_step_of_many_node_runs() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
@@ -18,13 +17,11 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import LLMResult
 
-from ._fingerprint import fingerprint
 from ._run import Run, Stop
 
-__all__ = ["WatchdogHandler"]
+__all__ = ["ChainHandler", "WatchdogHandler"]
 
 NODE_TAG = "graph:step:"
-MAX_NAMESPACES = 64  # subgraph invocations tracked for step counting; old ones are done
 
 
 class _QuietStops(logging.Filter):
@@ -79,88 +76,20 @@ def _usage(response: LLMResult) -> tuple[int, int, int | None]:
 
 
 class WatchdogHandler(BaseCallbackHandler):
+    """LLM and tool events of a run. Node events come from probes in the graph's nodes, so
+    LangChain need not call this handler for every chain (see ``ChainHandler``)."""
+
     run_inline = True
     raise_error = True  # so Stop propagates; _guarded swallows our own errors
     # LangChain skips these events for this handler altogether.
+    ignore_chain = True
     ignore_retriever = True
     ignore_retry = True
     ignore_custom_event = True
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self._step_of: dict[str, object] = {}  # graph namespace -> its current superstep
         self._models: dict[UUID, str] = {}
-
-    # -- nodes and steps -----------------------------------------------------------------
-
-    @_guarded
-    def on_chain_start(
-        self,
-        serialized: dict[str, Any] | None,
-        inputs: Any,
-        *,
-        run_id: UUID,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        # Most chains are not nodes (the graph itself, edges, runnables inside a node): this
-        # is the hot path, so plain loops rather than any() and a generator.
-        if not tags:
-            return
-        for tag in tags:
-            if tag.startswith(NODE_TAG):
-                break
-        else:
-            return
-        run = self.run
-        if run.stopping:
-            run.unwinding = True
-            raise Stop
-        metadata = metadata or {}
-        name = metadata.get("langgraph_node") or kwargs.get("name") or "?"
-        # A superstep is (graph namespace, step): parallel nodes and Send share one.
-        namespace = str(metadata.get("langgraph_checkpoint_ns", "")).rpartition("|")[0]
-        step = metadata.get("langgraph_step")
-        monitor = run.monitor
-        with run.lock:
-            monitor.state.node = name  # a verdict as the step begins names the node it stops
-            if self._step_of.get(namespace, self) != step:
-                self._step_of.pop(namespace, None)
-                self._step_of[namespace] = step
-                if len(self._step_of) > MAX_NAMESPACES:
-                    del self._step_of[next(iter(self._step_of))]
-                found = monitor.step_started()
-                if found and run.report(found):
-                    run.unwinding = True
-                    raise Stop
-            print_ = fingerprint(inputs) if monitor.wants_fingerprints else None
-            found = monitor.node_started(run_id, name, print_)
-            if found and run.report(found):
-                run.unwinding = True
-                raise Stop
-            node_timer = monitor.node_timer
-            if node_timer is not None and (
-                run.timer_due is None or monitor.state.now + node_timer < run.timer_due
-            ):
-                run.schedule_timers()  # this node's deadline may come first
-            if run.loop is None:
-                run.node_threads[run_id] = threading.get_ident()  # to interrupt a hung node
-
-    @_guarded
-    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._node_ended(run_id)
-
-    @_guarded
-    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._node_ended(run_id)
-
-    def _node_ended(self, run_id: UUID) -> None:
-        run = self.run
-        if run_id in run.monitor.state.open_nodes:
-            with run.lock:
-                run.monitor.node_ended(run_id)
-                run.node_threads.pop(run_id, None)
 
     # -- LLM calls -----------------------------------------------------------------------
 
@@ -246,3 +175,47 @@ class WatchdogHandler(BaseCallbackHandler):
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self.run.lock:
             self.run.monitor.tool_ended()
+
+
+class ChainHandler(WatchdogHandler):
+    """Node events from chain callbacks as well: for graphs whose nodes cannot all be
+    probed (the functional API, a subgraph called from inside a node function)."""
+
+    ignore_chain = False
+
+    @_guarded
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Most chains are not nodes (the graph itself, edges, runnables inside a node): this
+        # is the hot path, so plain loops rather than any() and a generator.
+        if not tags:
+            return
+        for tag in tags:
+            if tag.startswith(NODE_TAG):
+                break
+        else:
+            return
+        metadata = metadata or {}
+        self.run.node_starting(
+            run_id,
+            metadata.get("langgraph_node") or kwargs.get("name") or "?",
+            str(metadata.get("langgraph_checkpoint_ns", "")),
+            metadata.get("langgraph_step"),
+            inputs,
+        )
+
+    @_guarded
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self.run.node_ended(run_id)
+
+    @_guarded
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self.run.node_ended(run_id)

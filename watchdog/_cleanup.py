@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.callbacks import BaseCallbackManager
 from langgraph.config import get_config
 
 from . import _events
@@ -88,17 +87,13 @@ def run_hook_sync(
 
 def _current_run() -> Run | None:
     """The supervised run whose node is running in this context, if any."""
-    from ._callbacks import WatchdogHandler  # noqa: PLC0415 - a cycle otherwise
+    from ._probe import RUN_KEY  # noqa: PLC0415 - a cycle otherwise
 
     try:
-        callbacks = get_config().get("callbacks")
+        configurable = get_config().get("configurable") or {}
     except RuntimeError:
         return None
-    if isinstance(callbacks, BaseCallbackManager):
-        handlers: list[Any] = callbacks.handlers
-    else:
-        handlers = list(callbacks or [])
-    return next((h.run for h in handlers if isinstance(h, WatchdogHandler)), None)
+    return configurable.get(RUN_KEY)
 
 
 class cleanup:

@@ -7,6 +7,7 @@ injected: the engine never reads the time any other way.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class NearLimit:
 
 Finding = Verdict | NearLimit
 NOTHING: tuple[Finding, ...] = ()
+QUIET_CAP = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,35 @@ class _Bound:
         warn_at = policy.warn_at
         threshold = limit.limit * warn_at if warn_at is not None else limit.limit
         return cls(limit, policy, threshold)
+
+
+class _Checks:
+    """The limits that events of one trigger can move, sorted by how they are checked.
+
+    ``every`` is checked at each event. ``counted`` limits rise by at most ``max_rise``
+    an event, so after a check the next ``quiet`` events cannot reach any of them. ``timed``
+    limits (``max_seconds`` as a step begins) are looked at once the clock passes ``due``.
+    """
+
+    __slots__ = ("counted", "due", "every", "quiet", "timed")
+
+    def __init__(self, bound: list[_Bound], trigger: Trigger, state: RunState) -> None:
+        mine = [b for b in bound if b.limit.triggers & trigger]
+        self.timed = tuple(b for b in mine if isinstance(b.limit, TimeLimit))
+        self.counted = tuple(
+            b for b in mine if b.limit.max_rise is not None and b.limit.triggers == trigger
+        )
+        self.every = tuple(b for b in mine if b not in self.timed and b not in self.counted)
+        self.quiet = 0
+        # Only max_seconds is checked as events begin, and its deadline never moves.
+        self.due = min(
+            (
+                due
+                for b in self.timed
+                if (due := cast(TimeLimit, b.limit).deadline(state, b.threshold)) is not None
+            ),
+            default=math.inf,
+        )
 
 
 class Engine:
@@ -143,19 +174,16 @@ class RunMonitor:
         self._generation = self.engine.generation
         self.policies = self.engine.policies.matching(self.graph, self.tags, self.metadata)
         bound = [_Bound.of(lim, p) for p in self.policies for lim in p.kind.limits]
-
-        def on(trigger: Trigger) -> tuple[_Bound, ...]:
-            return tuple(b for b in bound if b.limit.triggers & trigger)
-
-        self._on_step = on(Trigger.STEP)
-        self._on_node = on(Trigger.NODE)
-        self._on_llm = on(Trigger.LLM)
-        self._on_usage = on(Trigger.USAGE)
-        self._on_tool = on(Trigger.TOOL)
-        self._on_timer = on(Trigger.TIMER)
+        state = self.state
+        self._on_step = _Checks(bound, Trigger.STEP, state)
+        self._on_node = _Checks(bound, Trigger.NODE, state)
+        self._on_llm = _Checks(bound, Trigger.LLM, state)
+        self._on_usage = _Checks(bound, Trigger.USAGE, state)
+        self._on_tool = _Checks(bound, Trigger.TOOL, state)
+        self._on_timer = tuple(b for b in bound if b.limit.triggers & Trigger.TIMER)
         self._timed = tuple(b for b in self._on_timer if isinstance(b.limit, TimeLimit))
         # What the caller need not compute when no policy looks at it:
-        self.wants_fingerprints = any(isinstance(b.limit, MaxRepeats) for b in self._on_node)
+        self.wants_fingerprints = any(isinstance(b.limit, MaxRepeats) for b in bound)
         self.has_timers = bool(self._timed)
         # The soonest a node that starts now can fall due (its warning included), if ever.
         self.node_timer = min(
@@ -214,6 +242,36 @@ class RunMonitor:
                 found.append(finding)
         return NOTHING if found is None else tuple(found)
 
+    def _check_on(self, checks: _Checks) -> tuple[Finding, ...]:
+        """Check what an event of one trigger can have moved; the hot path."""
+        found = self._check(checks.every) if checks.every else NOTHING
+        if checks.quiet:
+            checks.quiet -= 1
+        elif checks.counted and (more := self._check_counted(checks)):
+            found += more
+        if checks.timed and self.state.now >= checks.due:
+            found += self._check(checks.timed)
+        return found
+
+    def _check_counted(self, checks: _Checks) -> tuple[Finding, ...]:
+        """Check the limits that rise by a bounded step, and count how many events of this
+        trigger can pass before any of them could reach its threshold."""
+        state = self.state
+        found: list[Finding] = []
+        quiet = math.inf
+        for b in checks.counted:
+            observed = b.limit.observe(state)
+            if observed < b.threshold:
+                rise: float = b.limit.max_rise  # type: ignore[assignment]
+                quiet = min(quiet, math.ceil((b.threshold - observed) / rise) - 1)
+                continue
+            quiet = 0
+            finding = self._judge(b, observed)
+            if finding is not None:
+                found.append(finding)
+        checks.quiet = int(min(quiet, QUIET_CAP))
+        return tuple(found)
+
     def _judge(self, b: _Bound, observed: float) -> Finding | None:
         """The slow path, for values at or past a warning threshold."""
         limit, policy, state = b.limit, b.policy, self.state
@@ -253,7 +311,7 @@ class RunMonitor:
         state.steps += 1
         for window in self._step_rates:
             window.push(now)
-        found = self._check(self._on_step)
+        found = self._check_on(self._on_step)
         state.last_progress = now
         return found
 
@@ -275,7 +333,7 @@ class RunMonitor:
             self._cycles.push(name)
         for window in self._node_rates:
             window.push(now)
-        found = self._check(self._on_node)
+        found = self._check_on(self._on_node)
         state.last_progress = now
         return found
 
@@ -289,7 +347,7 @@ class RunMonitor:
         state.llm_calls += 1
         for window in self._llm_rates:
             window.push(now)
-        found = self._check(self._on_llm)
+        found = self._check_on(self._on_llm)
         state.last_progress = now
         return found
 
@@ -311,7 +369,7 @@ class RunMonitor:
             meter.add(model, input_tokens, output_tokens)
         for window in self._token_rates:
             window.push(now, total)
-        found = self._check(self._on_usage)
+        found = self._check_on(self._on_usage)
         state.last_progress = now
         return found
 
@@ -327,7 +385,7 @@ class RunMonitor:
                 repeats.push(entry)
         for window in self._tool_rates:
             window.push(now)
-        found = self._check(self._on_tool)
+        found = self._check_on(self._on_tool)
         state.last_progress = now
         return found
 

@@ -17,16 +17,24 @@ __all__ = ["fingerprint"]
 MAX_DEPTH = 4
 SHORT_SEQUENCE = 16
 SCALARS = (str, int, float, bool, bytes, type(None))
+SCALAR_TYPES = frozenset(SCALARS)  # exact types: a cheaper test than isinstance
 
 
 def fingerprint(value: Any, depth: int = 0) -> Hashable:
-    if isinstance(value, SCALARS):
-        return value  # str caches its hash, so long texts cost one pass, once
+    kind = type(value)
+    if kind in SCALAR_TYPES:
+        return cast(Hashable, value)  # str caches its hash, so long texts cost one pass, once
     if depth >= MAX_DEPTH:
         return ("id", id(value))
     depth += 1
-    if isinstance(value, Mapping):
-        return tuple((key, fingerprint(item, depth)) for key, item in value.items())
+    # Node inputs are state dicts, fingerprinted at every node start: the cheap test first.
+    if kind is dict or isinstance(value, Mapping):
+        return tuple(
+            [
+                (key, item if type(item) in SCALAR_TYPES else fingerprint(item, depth))
+                for key, item in value.items()
+            ]
+        )
     if isinstance(value, list | tuple):
         if len(value) <= SHORT_SEQUENCE:
             return tuple(fingerprint(item, depth) for item in value)
@@ -34,6 +42,8 @@ def fingerprint(value: Any, depth: int = 0) -> Hashable:
         middle = value[len(value) // 2]
         ends = (value[0], middle, value[-2], value[-1])
         return (len(value), *(fingerprint(item, depth) for item in ends))
+    if isinstance(value, SCALARS):  # subclasses: enums, named constants
+        return cast(Hashable, value)
     message_id = getattr(value, "id", None)
     content = getattr(value, "content", None)
     if content is not None and hasattr(value, "type"):  # a LangChain message

@@ -130,6 +130,15 @@ class Limit:
     def triggers(self) -> Trigger:
         return self.TRIGGERS
 
+    @property
+    def max_rise(self) -> float | None:
+        """The most one triggering event can raise ``observe``; None: no bound.
+
+        A bounded limit need not be looked at again until enough events have passed to
+        reach its threshold, which keeps most checks off the hot path.
+        """
+        return None
+
     def observe(self, state: RunState) -> float:
         raise NotImplementedError
 
@@ -145,6 +154,10 @@ class Limit:
 class MaxSteps(Limit):
     thread: bool = field(default=False, kw_only=True)  # scope: thread
     kind, key, TRIGGERS = "step_count", "max_steps", Trigger.STEP
+
+    @property
+    def max_rise(self) -> float | None:
+        return 1
 
     def observe(self, state: RunState) -> float:
         return state.steps + state.thread.steps if self.thread else state.steps
@@ -165,6 +178,10 @@ class MaxSteps(Limit):
 class MaxNodeRuns(Limit):
     thread: bool = field(default=False, kw_only=True)  # scope: thread
     kind, key, TRIGGERS = "step_count", "max_node_runs", Trigger.NODE
+
+    @property
+    def max_rise(self) -> float | None:
+        return 1
 
     def observe(self, state: RunState) -> float:
         return state.node_runs + state.thread.node_runs if self.thread else state.node_runs
@@ -292,6 +309,10 @@ class MaxToolRepeats(_Repeats):
 class MaxCycleRepeats(Limit):
     kind, key, TRIGGERS = "loop", "max_cycle_repeats", Trigger.NODE
 
+    @property
+    def max_rise(self) -> float | None:
+        return 1
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "tracker", CYCLES)
 
@@ -393,6 +414,10 @@ class MaxEvents(Limit):
     @property
     def triggers(self) -> Trigger:
         return RATE_TRIGGERS[self.of]
+
+    @property
+    def max_rise(self) -> float | None:
+        return None if self.of == "tokens" else 1  # a window only loses events as time passes
 
     def __post_init__(self) -> None:
         # Counting needs only the newest limit + 1 timestamps; tokens are summed instead.

@@ -11,7 +11,7 @@ import contextlib
 import ctypes
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,6 +22,7 @@ from . import _events
 from ._cleanup import run_hook_sync, spawn
 from ._engine import Finding, NearLimit, RunMonitor, Verdict
 from ._errors import RunCancelled
+from ._fingerprint import fingerprint
 from ._policies import Policy
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ __all__ = ["Cause", "Run", "RunInfo", "Stop"]
 
 Status = Literal["running", "cancelling", "completed", "cancelled", "failed"]
 DEFAULT_GRACE_SECONDS = 5.0
+MAX_NAMESPACES = 64  # subgraph invocations tracked for step counting; old ones are done
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -123,10 +125,11 @@ class Run:
         self.task_cancelled = False
         self.timer_due: float | None = None
         self.cleanup_tasks: list[asyncio.Task[None]] = []  # hooks running for this run
-        self.node_threads: dict[uuid.UUID, int] = {}  # a sync run's open nodes -> thread
+        self.node_threads: dict[Hashable, int] = {}  # a sync run's open nodes -> thread
         # The reason to record when the caller goes away mid-run (see watchdog.starlette).
         self.caller_gone: str | None = None
         self.fields = {"run_id": str(run_id), "thread_id": thread_id, "graph": graph}
+        self._step_of: dict[str, object] = {}  # graph namespace -> its current superstep
 
     def info(self) -> RunInfo:
         state = self.monitor.state
@@ -144,6 +147,53 @@ class Run:
         """Remember the task running an async run, so a hung node can be hard-cancelled."""
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
+
+    # -- node events: from the probes in the graph's nodes, or from chain callbacks -----
+
+    def node_starting(
+        self, key: Hashable, name: str, checkpoint_ns: str, step: object, inputs: Any
+    ) -> None:
+        """A node of this run is about to start; raises ``Stop`` if it must not.
+
+        A superstep is (graph namespace, step): parallel nodes and Send share one, and a
+        subgraph's steps are steps of the run too. ``key`` identifies this node run until
+        ``node_ended``.
+        """
+        if self.stopping:
+            self.unwinding = True
+            raise Stop
+        monitor = self.monitor
+        namespace = checkpoint_ns.rpartition("|")[0]
+        with self.lock:
+            monitor.state.node = name  # a verdict as the step begins names the node it stops
+            step_of = self._step_of
+            if step_of.get(namespace, self) != step:
+                step_of.pop(namespace, None)
+                step_of[namespace] = step
+                if len(step_of) > MAX_NAMESPACES:
+                    del step_of[next(iter(step_of))]
+                found = monitor.step_started()
+                if found and self.report(found):
+                    self.unwinding = True
+                    raise Stop
+            print_ = fingerprint(inputs) if monitor.wants_fingerprints else None
+            found = monitor.node_started(key, name, print_)
+            if found and self.report(found):
+                self.unwinding = True
+                raise Stop
+            node_timer = monitor.node_timer
+            if node_timer is not None and (
+                self.timer_due is None or monitor.state.now + node_timer < self.timer_due
+            ):
+                self.schedule_timers()  # this node's deadline may come first
+            if self.loop is None:
+                self.node_threads[key] = threading.get_ident()  # to interrupt a hung node
+
+    def node_ended(self, key: Hashable) -> None:
+        if key in self.monitor.state.open_nodes:
+            with self.lock:
+                self.monitor.node_ended(key)
+                self.node_threads.pop(key, None)
 
     # -- findings and the pipeline -------------------------------------------------------
 

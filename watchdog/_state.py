@@ -58,8 +58,7 @@ class RepeatWindow:
             else:
                 del counts[oldest]
         keys.append(key)
-        count = counts.get(key, 0) + 1
-        counts[key] = count
+        count = counts[key] = counts.get(key, 0) + 1
         self.last_count = count
 
 
@@ -70,29 +69,34 @@ class CycleTracker:
     before them; ``1 + matches // p`` complete cycles then stand at the end of the sequence.
     """
 
-    __slots__ = ("_matches", "_recent", "cycle", "repeats")
+    __slots__ = ("_matches", "_period", "_recent", "repeats")
 
     def __init__(self) -> None:
         self._recent: deque[str] = deque(maxlen=MAX_CYCLE_PERIOD)
         self._matches = [0] * (MAX_CYCLE_PERIOD + 1)
+        self._period = 1
         self.repeats = 0
-        self.cycle: tuple[str, ...] = ()
 
     def push(self, name: str) -> None:
         recent, matches = self._recent, self._matches
-        seen = len(recent)
         best, best_period = 1, 1
-        for period in range(1, MAX_CYCLE_PERIOD + 1):
-            if period <= seen and recent[-period] == name:
-                matches[period] += 1
-                repeats = 1 + matches[period] // period
-                if repeats > best:
-                    best, best_period = repeats, period
+        for period, before in enumerate(reversed(recent), 1):  # up to the runs seen so far
+            if before == name:
+                count = matches[period] = matches[period] + 1
+                if count >= period * best:  # 1 + count // period > best
+                    repeats = 1 + count // period
+                    if repeats > best:
+                        best, best_period = repeats, period
             else:
                 matches[period] = 0
         recent.append(name)
         self.repeats = best
-        self.cycle = tuple(recent)[-best_period:]
+        self._period = best_period
+
+    @property
+    def cycle(self) -> tuple[str, ...]:
+        """The nodes of the cycle that is repeating, oldest first."""
+        return tuple(self._recent)[-self._period :]
 
 
 class EventWindow:
@@ -111,6 +115,8 @@ class EventWindow:
         self.total = 0
 
     def push(self, now: float, amount: int = 1) -> None:
+        # Expire as we go: a window is not observed at every push, and must stay bounded.
+        self.observe(now)
         self._times.append(now)
         if self._amounts is not None:
             self._amounts.append(amount)

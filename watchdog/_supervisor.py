@@ -24,13 +24,14 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from . import _events
 from . import _thread_totals as _totals
-from ._callbacks import WatchdogHandler
+from ._callbacks import ChainHandler, WatchdogHandler
 from ._cleanup import DEFAULT_HOOK_TIMEOUT, Hook
 from ._engine import Engine
 from ._errors import PolicyError, PolicyProblem
 from ._loading import load_policies
 from ._metrics import Metrics
 from ._policies import Policy, PolicySet
+from ._probe import RUN_KEY, probed
 from ._remote import SidecarError, SidecarLink, fetch_policies
 from ._run import Run, RunInfo
 from ._scheduler import Scheduler
@@ -251,11 +252,16 @@ class Supervisor:
             self.link.close()
         self.scheduler.close()
 
-    def _begin(self, graph: str, config: Any, kwargs: dict[str, Any]) -> tuple[Run, Any]:
-        """Register a new run; returns it and the config to run the graph with."""
+    def _begin(
+        self, graph: str, config: Any, kwargs: dict[str, Any], *, probed: bool
+    ) -> tuple[Run, Any]:
+        """Register a new run; returns it and the config to run the graph with.
+
+        A ``probed`` graph reports its nodes itself; any other needs chain callbacks.
+        """
         config = dict(config or {})
+        # Not written into the config: LangGraph formats a run id at every step.
         run_id = _as_uuid(config.get("run_id")) or uuid.uuid4()
-        config["run_id"] = run_id
         thread_id = (config.get("configurable") or {}).get("thread_id")
         monitor = self.engine.start_run(
             graph, config.get("tags") or (), config.get("metadata") or {}
@@ -270,7 +276,9 @@ class Supervisor:
             monitor=monitor,
             control=control,
         )
-        config["callbacks"] = _with_handler(config.get("callbacks"), WatchdogHandler(run))
+        handler = (WatchdogHandler if probed else ChainHandler)(run)
+        config["callbacks"] = _with_handler(config.get("callbacks"), handler)
+        config["configurable"] = {**(config.get("configurable") or {}), RUN_KEY: run}
         superseding = next((p for p in monitor.policies if p.supersede), None)
         if superseding is not None and run.thread_id is not None:
             for older in self._live_on(run.thread_id):
@@ -349,6 +357,12 @@ def _cleanup_problems(policy: Policy, graph: Any, name: str) -> list[PolicyProbl
     return problems
 
 
+def _thread_config(config: Any) -> dict[str, Any]:
+    """The config to resume a run's thread with, unsupervised: the cleanup node's run."""
+    configurable = {k: v for k, v in config["configurable"].items() if k != RUN_KEY}
+    return {"configurable": configurable}
+
+
 def _cleanup_input(node: str, snapshot: Any) -> Command[Any] | None:
     """How to resume a stopped run so that it runs ``node``: None when it routed itself
     there (a node that caught the cancel); else its pending tasks are cleared and it goes
@@ -378,6 +392,12 @@ class SupervisedGraph:
         self.supervisor = supervisor
         self.graph = graph
         self.name = name
+        # Runs go to a copy with probes in its nodes, when the graph allows one.
+        self._probed = probed(graph)
+        self._runnable = graph if self._probed is None else self._probed
+
+    def _begin(self, config: Any, kwargs: dict[str, Any]) -> tuple[Run, Any]:
+        return self.supervisor._begin(self.name, config, kwargs, probed=self._probed is not None)
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self.graph, attribute)
@@ -386,23 +406,23 @@ class SupervisedGraph:
         return f"SupervisedGraph({self.name!r}, {self.graph!r})"
 
     def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
-        run, config = self.supervisor._begin(self.name, config, kwargs)
+        run, config = self._begin(config, kwargs)
         with _supervising(run), self._thread_totals(run):
             try:
-                return self.graph.invoke(input, config, **kwargs)
+                return self._runnable.invoke(input, config, **kwargs)
             except BaseException:
                 self._cleanup(run, config)
                 raise
         raise AssertionError  # pragma: no cover - for type checkers: with re-raises
 
     async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
-        run, config = self.supervisor._begin(self.name, config, kwargs)
+        run, config = self._begin(config, kwargs)
         run.bind_task()
         try:
             with _supervising(run):
                 await self._load_thread_totals(run)
                 try:
-                    return await self.graph.ainvoke(input, config, **kwargs)
+                    return await self._runnable.ainvoke(input, config, **kwargs)
                 except BaseException:
                     await self._acleanup(run, config)
                     raise
@@ -413,10 +433,10 @@ class SupervisedGraph:
         raise AssertionError  # pragma: no cover
 
     def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Iterator[Any]:
-        run, config = self.supervisor._begin(self.name, config, kwargs)
+        run, config = self._begin(config, kwargs)
         with _supervising(run), self._thread_totals(run):
             try:
-                yield from self.graph.stream(input, config, **kwargs)
+                yield from self._runnable.stream(input, config, **kwargs)
             except BaseException:
                 self._cleanup(run, config)
                 raise
@@ -459,7 +479,7 @@ class SupervisedGraph:
         node = run.cleanup_node()
         if node is None:
             return
-        thread = {"configurable": config.get("configurable", {})}
+        thread = _thread_config(config)
         run.cleanup_started(node)
         try:
             resume = _cleanup_input(node, self.graph.get_state(thread))
@@ -475,7 +495,7 @@ class SupervisedGraph:
         node = run.cleanup_node()
         if node is None:
             return
-        thread = {"configurable": config.get("configurable", {})}
+        thread = _thread_config(config)
         run.cleanup_started(node)
         try:
             async with asyncio.timeout(run.cleanup_budget()):
@@ -507,13 +527,13 @@ class SupervisedGraph:
         kwargs: dict[str, Any],
         caller_gone: str | None = None,
     ) -> AsyncGenerator[Any, None]:
-        run, config = self.supervisor._begin(self.name, config, kwargs)
+        run, config = self._begin(config, kwargs)
         run.bind_task()
         run.caller_gone = caller_gone
         try:
             with _supervising(run):
                 await self._load_thread_totals(run)
-                stream = getattr(self.graph, method)(input, config, **kwargs)
+                stream = getattr(self._runnable, method)(input, config, **kwargs)
                 try:
                     async for item in stream:
                         yield item
