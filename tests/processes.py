@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -36,11 +37,18 @@ def free_port() -> int:
 
 
 class Process:
-    """A subprocess whose stdout lines are read, as JSON, by a thread."""
+    """A subprocess whose stdout lines are read, as JSON, by a thread; ``tell`` writes it
+    JSON lines on its stdin."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.popen = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            args,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -59,9 +67,21 @@ class Process:
             if key in line:
                 return line
 
+    def tell(self, **fields: Any) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(json.dumps(fields) + "\n")
+        self.popen.stdin.flush()
+
+    def close_stdin(self) -> None:
+        """End of input: a worker reading its stdin finishes and says it is done."""
+        if self.popen.stdin is not None and not self.popen.stdin.closed:
+            self.popen.stdin.close()
+
     def stop(self) -> None:
         if self.popen.poll() is None:
             self.popen.kill()
+        with contextlib.suppress(BrokenPipeError):
+            self.close_stdin()
         self.popen.wait(10)
         self.reader.join(10)  # it reads to the end of the output, then closes it
         if self.popen.stdout is not None:
@@ -69,12 +89,14 @@ class Process:
 
 
 class Pod:
-    def __init__(self, tmp_path: Path) -> None:
+    """A sidecar and its workers, on a free loopback port, with the token and a policy file."""
+
+    def __init__(self, tmp_path: Path, policies: str = POLICIES) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.policy_file = tmp_path / "policies" / "watchdog.yaml"
         self.policy_file.parent.mkdir()
-        self.policy_file.write_text(POLICIES)
+        self.policy_file.write_text(policies)
         self.token_file = tmp_path / "token"
         self.token_file.write_text(TOKEN + "\n")
         self.env = {
@@ -96,12 +118,20 @@ class Pod:
             time.sleep(0.05)
 
     def worker(self, name: str, plan: dict[str, Any]) -> Process:
-        worker = Process(
-            [sys.executable, "-m", "tests.sidecar_worker", name, json.dumps(plan)], self.env
-        )
-        self.workers.append(worker)
-        worker.expect("ready")
-        return worker
+        return self.start_workers({name: plan})[name]
+
+    def start_workers(self, plans: dict[str, dict[str, Any]]) -> dict[str, Process]:
+        """Workers started side by side (each takes a while to import), ready when returned."""
+        started = {
+            name: Process(
+                [sys.executable, "-m", "tests.sidecar_worker", name, json.dumps(plan)], self.env
+            )
+            for name, plan in plans.items()
+        }
+        self.workers += started.values()
+        for worker in started.values():
+            worker.expect("ready")
+        return started
 
     def answers(self, path: str) -> bool:
         try:

@@ -7,16 +7,19 @@ run (with the wall-clock time it ended), then ``{"done": ...}`` once it has flus
 Plan keys: ``hang`` (run ids of runs that hang until cancelled), ``loops`` (how many endless
 loops for the step policy to stop), ``slow`` (run ids of slow endless loops), ``chat`` (how
 many ReAct runs that complete, using tokens), ``steady`` (seconds of short runs that
-complete, one after another).
+complete, one after another), ``flood`` (events to push through the link per round, no
+graphs: see ``flood``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from langchain_core.messages import AIMessage
@@ -79,6 +82,109 @@ async def steady(supervisor: Supervisor, seconds: float) -> None:
         await one(supervisor, graph, "steady", uuid.uuid4())
 
 
+POLICY_NAMES = ["wall", "steps", "loops", "tokens", "rate"]
+
+
+def run_events(run_id: str, graph: str, *, cancelled: bool) -> list[dict[str, Any]]:
+    """What one run tells its sidecar, shaped as ``watchdog/_supervisor.py`` and ``_run.py``
+    emit it (tests/test_sidecar_processes.py holds the two side by side): a completed run
+    sends two events, a run cancelled by its step limit five."""
+    fields = {"run_id": run_id, "thread_id": f"thread-{run_id[-6:]}", "graph": graph}
+    summary = {"elapsed_s": 1.234567, "steps": 12, "tokens": 1830}
+    usage = {"input_tokens": 1500, "output_tokens": 330}
+    events: list[dict[str, Any]] = [
+        {"event": "watchdog.run_started", **fields, "policies": POLICY_NAMES}
+    ]
+    if cancelled:
+        finding = {
+            "policy": "steps",
+            "kind": "step_count",
+            "mode": "enforce",
+            "reason": "The run began step 12, but policy 'steps' allows at most 11 steps.",
+            "observed": 12,
+            "limit": 11,
+            "step": 12,
+            "node": "agent",
+        }
+        events += [
+            {"event": "watchdog.violation", **fields, **finding},
+            {
+                "event": "watchdog.drain_requested",
+                **fields,
+                "policy": finding["policy"],
+                "kind": finding["kind"],
+                "reason": finding["reason"],
+                "step": finding["step"],
+                "grace_seconds": 5.0,
+            },
+            {
+                "event": "watchdog.run_cancelled",
+                **fields,
+                **finding,
+                "phase": "drained",
+                "also": [],
+                "latency_s": 0.000412,
+                **summary,
+            },
+        ]
+    events.append(
+        {
+            "event": "watchdog.run_finished",
+            **fields,
+            "outcome": "cancelled" if cancelled else "completed",
+            "error": None,
+            **summary,
+            **usage,
+        }
+    )
+    return events
+
+
+def flood_events(name: str, round_number: int) -> Iterator[dict[str, Any]]:
+    """Endless events of runs one after another; one run in ten is cancelled."""
+    prefix = uuid.uuid5(uuid.NAMESPACE_URL, f"{name}/{round_number}").hex[:23]
+    for index in itertools.count():
+        run_id = f"{prefix}-{index:012d}"  # as long as a uuid, cheaper to make
+        yield from run_events(run_id, "support-bot", cancelled=index % 10 == 9)
+
+
+def flood(supervisor: Supervisor, name: str, count: int) -> None:
+    """For each line read on stdin, push ``count`` events through the real link, as fast as
+    it takes them; say when the first went in.
+
+    Events go in through the listener the link hears every watchdog event with, and out
+    through its buffer and batch POSTs, as a busy worker's would. The buffer is bounded and
+    drops what does not fit, so while it is full this producer waits (sleeping 1 ms at a time,
+    so it does not take the CPU the link and the sidecar need): what is timed is how fast
+    events are taken, never how fast they can be dropped. Each round reports how long it
+    waited, and the drops counted so far (none, if the pacing holds).
+    """
+    link = supervisor.link
+    assert link is not None
+    for round_number, _ in enumerate(sys.stdin):
+        events = flood_events(name, round_number)
+        waited = 0.0
+        first_sent = time.time()
+        for event in itertools.islice(events, count):
+            if link.buffered >= link.max_buffer:
+                paused = time.perf_counter()
+                while link.buffered >= link.max_buffer:
+                    time.sleep(0.001)
+                waited += time.perf_counter() - paused
+            link.enqueue(event)
+        say(
+            flooded=name,
+            round=round_number,
+            first_sent=first_sent,
+            waited_s=round(waited, 3),
+            dropped=dropped(supervisor),
+        )
+
+
+def dropped(supervisor: Supervisor) -> float | None:
+    return supervisor.metrics.registry.get_sample_value("watchdog_sidecar_events_dropped_total")
+
+
 async def main(name: str, plan: dict[str, Any]) -> None:
     supervisor = Supervisor.connect(worker=name)
     runs = [one(supervisor, hanging(), "hang", uuid.UUID(r)) for r in plan.get("hang", [])]
@@ -103,10 +209,11 @@ async def main(name: str, plan: dict[str, Any]) -> None:
     if "steady" in plan:
         runs.append(steady(supervisor, plan["steady"]))
     say(ready=name)
+    if "flood" in plan:
+        flood(supervisor, name, plan["flood"])
     await asyncio.gather(*runs)
     supervisor.close()  # flushes what is buffered
-    dropped = supervisor.metrics.registry.get_sample_value("watchdog_sidecar_events_dropped_total")
-    say(done=name, dropped=dropped)
+    say(done=name, dropped=dropped(supervisor))
 
 
 if __name__ == "__main__":

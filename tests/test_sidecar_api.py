@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +13,8 @@ from typing import Any
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -187,6 +190,118 @@ def test_a_workers_runs_leave_the_table_after_its_timeout_and_count_as_lost(app:
         state.registry.get_sample_value("watchdog_sidecar_runs_lost_total", {"graph": "billing"})
         == 1
     )
+
+
+def post_raw(client: TestClient, body: bytes, headers: dict[str, str] = AUTH) -> Any:
+    return client.post(
+        "/v1/events", content=body, headers={**headers, "Content-Type": "application/json"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"", ("json_invalid", ["body"])),
+        (b'{"worker": "w", "events": [', ("json_invalid", ["body"])),
+        (b"[]", ("model_type", ["body"])),
+        (b'{"events": []}', ("missing", ["body", "worker"])),
+        (b'{"worker": "", "events": []}', ("string_too_short", ["body", "worker"])),
+        (b'{"worker": "w", "events": {}}', ("list_type", ["body", "events"])),
+        (b'{"worker": "w", "events": [{}, 5]}', ("dict_type", ["body", "events", 1])),
+        (json.dumps({"worker": "w", "events": [{}] * 10_001}).encode(), ("too_long", None)),
+        (b'{"worker": "w", "events": [' + b"[" * 100_000, ("json_invalid", ["body"])),
+        (b'{"worker": "\\udc80", "events": [5]}', ("dict_type", ["body", "events", 0])),
+    ],
+    ids=[
+        "empty",
+        "cut short",
+        "not an object",
+        "no worker",
+        "empty worker",
+        "events not a list",
+        "an event not an object",
+        "too many events",
+        "nested too deep",
+        "bad event after a lone surrogate",
+    ],
+)
+def test_a_malformed_batch_is_a_422_that_names_the_problem_and_changes_nothing(
+    client: TestClient, body: bytes, problem: tuple[str, list[Any] | None]
+) -> None:
+    answer = post_raw(client, body)
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    kind, loc = problem
+    assert detail[0]["type"] == kind
+    assert detail[0]["loc"] == (loc or ["body", "events"])
+    assert len(answer.content) < 10_000 or kind == "too_long"  # the body is not sent back
+    assert samples(client.get("/metrics").text)[("watchdog_sidecar_events_total", ())] == 0
+
+
+def test_a_batch_is_read_only_once_the_token_is_checked(client: TestClient) -> None:
+    assert post_raw(client, b"{not json", headers={}).status_code == 401
+
+
+def test_a_lone_surrogate_reads_as_a_question_mark_and_breaks_no_endpoint(
+    client: TestClient,
+) -> None:
+    # What json.dumps writes for a string decoded with surrogateescape, a path say.
+    event = {**started("r-\udc80", "g-\udc80"), "thread_id": "t-\udc80"}
+    assert post_raw(client, json.dumps({"worker": "w", "events": [event]}).encode()).json() == {
+        "accepted": 1
+    }
+    assert [(r["run_id"], r["graph"]) for r in client.get("/v1/runs").json()["runs"]] == [
+        ("r-?", "g-?")
+    ]
+    values = samples(client.get("/metrics").text)
+    assert values[("watchdog_runs_started_total", (("graph", "g-?"),))] == 1
+
+
+def test_odd_numbers_in_events_never_poison_a_metric(client: TestClient) -> None:
+    odd = {"elapsed_s": math.nan, "steps": 10**400, "input_tokens": -5, "output_tokens": True}
+    batch = {"worker": "w", "events": [started("r-1"), {**finished("r-1", "completed"), **odd}]}
+    assert post_raw(client, json.dumps(batch).encode()).status_code == 202
+    values = samples(client.get("/metrics").text)
+    outcome = (("graph", "agent"), ("outcome", "completed"))
+    assert values[("watchdog_run_duration_seconds_sum", outcome)] == 0
+    assert values[("watchdog_run_steps_sum", outcome)] == 0
+    assert ("watchdog_tokens_total", (("graph", "agent"), ("type", "input"))) not in values
+    assert values[("watchdog_active_runs", (("graph", "agent"),))] == 0
+
+
+EVENT_NAMES = [
+    f"watchdog.{name}"
+    for name in ("run_started", "run_finished", "run_cancelled", "violation", "drain_requested")
+] + ["internal_error", "something_new"]
+EVENT_FIELDS = [
+    "run_id", "thread_id", "graph", "policies", "timestamp", "outcome", "elapsed_s", "steps",
+    "input_tokens", "output_tokens", "policy", "kind", "mode", "phase", "latency_s",
+]  # fmt: skip
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(st.characters(codec="utf-8") | st.sampled_from(["\ud800", "\udc80"]), max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=6,
+)
+events = st.fixed_dictionaries(
+    {"event": st.sampled_from(EVENT_NAMES)},
+    optional=dict.fromkeys(EVENT_FIELDS, json_values),
+)
+
+
+@given(batch=st.lists(events, min_size=1, max_size=8))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_any_values_in_an_event_are_taken_and_every_endpoint_still_answers(
+    client: TestClient, batch: list[dict[str, Any]]
+) -> None:
+    # Workers write their batches with json.dumps: NaN and lone surrogates included.
+    body = json.dumps({"worker": "w", "events": batch}).encode()
+    assert post_raw(client, body).json() == {"accepted": len(batch)}
+    for path in ("/metrics", "/v1/runs", "/readyz"):
+        assert client.get(path).status_code == 200, path
 
 
 def _app_for_the_schema() -> Any:

@@ -8,10 +8,18 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage
+from prometheus_client import CollectorRegistry
 
-from tests.processes import POLICIES, Pod
+from tests.graphs import Bodies, endless, policies, react_agent, scripted, tool_call
+from tests.processes import POLICIES, TOKEN, Pod
+from tests.sidecar_worker import flood_events, run_events
+from watchdog import RunCancelled, Supervisor
+from watchdog._remote import BATCH, SidecarLink
+from watchdog.testing import capture_events
 
 
 @pytest.fixture
@@ -147,3 +155,56 @@ def test_sighup_reloads_the_policies_at_once(tmp_path: Path) -> None:
         pod.wait_for("the reload", lambda: pod.get("/readyz")["policies"]["hash"] != before, 5)
     finally:
         pod.stop()
+
+
+def ingested(pod: Pod) -> float:
+    return pod.metrics().get(("watchdog_sidecar_events_total", ()), 0.0)
+
+
+def test_a_flood_bigger_than_the_buffers_is_ingested_whole(pod: Pod) -> None:
+    """The benchmark's path: workers push more events than a link's buffer holds, waiting
+    while it is full; the sidecar counts every one, and no worker drops any."""
+    per_worker = 15_000  # the buffer holds 10,000
+    workers = pod.start_workers({name: {"flood": per_worker} for name in ("w-1", "w-2")})
+    for worker in workers.values():
+        worker.tell(go=True)
+    reports = [worker.expect("flooded", timeout=60) for worker in workers.values()]
+    pod.wait_for("every event", lambda: ingested(pod) >= 2 * per_worker, timeout=30)
+    assert ingested(pod) == 2 * per_worker
+    assert [report["dropped"] for report in reports] == [0, 0]
+    for worker in workers.values():
+        worker.close_stdin()
+        assert worker.expect("done")["dropped"] == 0
+
+
+def test_a_full_batch_is_sent_at_once_not_at_the_next_flush(pod: Pod) -> None:
+    supervisor = Supervisor(
+        policies("- {name: s, step_count: {max_steps: 9}}"), registry=CollectorRegistry()
+    )
+    link = SidecarLink(supervisor, pod.url, TOKEN, flush_interval=60, command_wait=0.2)
+    try:
+        for event in itertools.islice(flood_events("w-1", 0), BATCH):
+            link.enqueue(event)
+        pod.wait_for("a full batch", lambda: ingested(pod) >= BATCH, timeout=5)
+    finally:
+        link.close()
+        supervisor.close()
+
+
+def test_the_flood_sends_events_shaped_as_real_runs_send_them() -> None:
+    supervisor = Supervisor(
+        policies("- {name: steps, match: {graph: [loop]}, step_count: {max_steps: 3}}"),
+        registry=CollectorRegistry(),
+    )
+    chat = supervisor.attach(react_agent(scripted(tool_call("q"), AIMessage("done"))), name="c")
+    loop = supervisor.attach(endless(Bodies(), is_async=False, checkpointer=False), name="loop")
+    with capture_events() as completed:
+        chat.invoke({"messages": [("user", "hi")]})
+    with capture_events() as cancelled, pytest.raises(RunCancelled):
+        loop.invoke({"count": 0})
+
+    def shapes(events: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+        return [(e["event"], sorted(e)) for e in events if "run_id" in e]
+
+    assert shapes(run_events("r", "g", cancelled=False)) == shapes(completed)
+    assert shapes(run_events("r", "g", cancelled=True)) == shapes(cancelled)

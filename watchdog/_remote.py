@@ -110,9 +110,12 @@ class SidecarLink:
         self._buffer: collections.deque[dict[str, Any]] = collections.deque()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        # Set when a full batch waits: a busy worker's events go out at once, not at the
+        # next interval, so a burst is sent rather than dropped when the buffer fills.
+        self._batch_waiting = threading.Event()
         metrics = supervisor.metrics
         self._dropped = metrics.events_dropped
-        _events.add_listener(self._on_event)
+        _events.add_listener(self.enqueue)
         self._threads = [
             threading.Thread(target=self._send_loop, name="watchdog-sidecar-events", daemon=True),
             threading.Thread(
@@ -124,12 +127,23 @@ class SidecarLink:
 
     # -- events out ------------------------------------------------------------------------
 
-    def _on_event(self, event: dict[str, Any]) -> None:
+    def enqueue(self, event: dict[str, Any]) -> None:
+        """Buffer one event to send; the link hears every watchdog event through this.
+
+        When the buffer is full the event is dropped, and counted.
+        """
         with self._lock:
             if len(self._buffer) >= self.max_buffer:
                 self._dropped.inc()
                 return
             self._buffer.append({**event, "timestamp": time.time()})
+            if len(self._buffer) >= BATCH and not self._batch_waiting.is_set():
+                self._batch_waiting.set()
+
+    @property
+    def buffered(self) -> int:
+        """How many events wait to be sent."""
+        return len(self._buffer)
 
     def _take(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -162,7 +176,14 @@ class SidecarLink:
     def _send_loop(self) -> None:
         backoff = 0.0
         next_policy_check = time.monotonic() + self.policy_interval
-        while not self._stopped.wait(backoff or self.flush_interval):
+        while not self._stopped.is_set():
+            if backoff:
+                self._stopped.wait(backoff)  # a full batch does not cut a backoff short
+            else:
+                self._batch_waiting.wait(self.flush_interval)
+            if self._stopped.is_set():
+                return  # close() sends what is left
+            self._batch_waiting.clear()
             sent = self.flush()
             if time.monotonic() >= next_policy_check:
                 sent = self._check_policies() and sent
@@ -206,5 +227,6 @@ class SidecarLink:
 
     def close(self) -> None:
         self._stopped.set()
-        _events.remove_listener(self._on_event)
+        self._batch_waiting.set()
+        _events.remove_listener(self.enqueue)
         self.flush()

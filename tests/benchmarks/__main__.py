@@ -15,7 +15,7 @@ import structlog
 
 from .common import Row
 
-BENCHMARKS = ("overhead", "latency")
+BENCHMARKS = ("overhead", "latency", "sidecar")
 
 
 def main() -> None:
