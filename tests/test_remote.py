@@ -1,15 +1,25 @@
-"""The worker's side of the sidecar link, when the sidecar is not there."""
+"""The worker's side of the sidecar link: when the sidecar is not there, and when it refuses
+what it is sent."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.graphs import Bodies, endless
+from tests.graphs import Bodies, endless, policies
 from watchdog import RunCancelled, Supervisor
+from watchdog._remote import SidecarLink
 from watchdog.testing import capture_events
 
 POLICIES = "version: 1\npolicies:\n- {name: local-steps, step_count: {max_steps: 2}}\n"
@@ -52,3 +62,199 @@ def test_an_unreachable_sidecar_falls_back_to_local_policies_and_counts_dropped_
     # Nothing was ever sent: all but the three the buffer holds were dropped, and counted.
     assert len(emitted) == 6
     assert registry.get_sample_value("watchdog_sidecar_events_dropped_total") == 3
+
+
+# -- a sidecar that answers what a test tells it to -----------------------------------------
+
+
+class StubSidecar(ThreadingHTTPServer):
+    """A real HTTP server on loopback that stands in for ``watchdog serve``: ``answer`` picks
+    the status for each event batch, and every batch is kept with the status it got."""
+
+    daemon_threads = True
+
+    def __init__(self, answer: Callable[[list[dict[str, Any]]], int]) -> None:
+        super().__init__(("127.0.0.1", 0), StubHandler)
+        self.answer = answer
+        self.batches: list[tuple[int, list[dict[str, Any]]]] = []
+        self.stopping = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def answered(self, status: int) -> int:
+        """How many batches got ``status``."""
+        return sum(1 for got, _ in list(self.batches) if got == status)
+
+    def taken(self) -> list[dict[str, Any]]:
+        """The events of the batches it took, in order."""
+        return [event for got, events in list(self.batches) if got == 202 for event in events]
+
+    def names(self) -> list[str]:
+        return [event["event"] for event in self.taken()]
+
+
+class StubHandler(BaseHTTPRequestHandler):
+    server: StubSidecar
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/v1/commands"):
+            self.server.stopping.wait(0.2)  # a long-poll with nothing to say
+            self._send(200, {"commands": []})
+        else:
+            self._send(304, None)  # the policies have not changed
+
+    def do_POST(self) -> None:
+        batch = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        status = self.server.answer(batch["events"])
+        self.server.batches.append((status, batch["events"]))
+        self._send(status, {"accepted": len(batch["events"])} if status == 202 else {})
+
+    def _send(self, status: int, body: Any) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def stub_sidecar(answer: Callable[[list[dict[str, Any]]], int]) -> Iterator[StubSidecar]:
+    server = StubSidecar(answer)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stopping.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@contextlib.contextmanager
+def linked(sidecar: StubSidecar, registry: CollectorRegistry) -> Iterator[SidecarLink]:
+    supervisor = Supervisor(policies("- {name: s, step_count: {max_steps: 9}}"), registry=registry)
+    link = SidecarLink(
+        supervisor, sidecar.url, "t", etag='"p"', flush_interval=0.02, command_wait=0.2
+    )
+    try:
+        yield link
+    finally:
+        link.close()
+        supervisor.close()
+
+
+def wait_for(what: str, condition: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout}s")
+        time.sleep(0.01)
+
+
+def refuse_poison(events: list[dict[str, Any]]) -> int:
+    """What a sidecar does with a batch it cannot read: refuse it, every time."""
+    return 422 if any(event.get("poison") for event in events) else 202
+
+
+def dropped(registry: CollectorRegistry) -> float | None:
+    return registry.get_sample_value("watchdog_sidecar_events_dropped_total")
+
+
+def test_a_refused_batch_is_dropped_counted_and_reported_and_later_events_still_go(
+    registry: CollectorRegistry,
+) -> None:
+    with (
+        stub_sidecar(refuse_poison) as sidecar,
+        linked(sidecar, registry) as link,
+        capture_events() as emitted,
+    ):
+        link.enqueue({"event": "test.poison", "poison": True, "secret": "s3cr3t"})
+        wait_for("refusal", lambda: sidecar.answered(422))
+        link.enqueue({"event": "test.after"})
+        wait_for(
+            "later event and report",
+            lambda: {"test.after", "watchdog.sidecar_batch_refused"} <= set(sidecar.names()),
+        )
+    # Refused once, not retried: the later events did not wait behind it.
+    assert [[e["event"] for e in events] for got, events in sidecar.batches if got == 422] == [
+        ["test.poison"]
+    ]
+    assert "test.poison" not in sidecar.names()
+    assert dropped(registry) == 1
+    report = {"event": "watchdog.sidecar_batch_refused", "url": sidecar.url, "status": 422}
+    reports = [e for e in emitted if e["event"] == "watchdog.sidecar_batch_refused"]
+    assert reports == [{**report, "events": 1}]
+    # The report says how many, not what: nothing of the refused events is in it.
+    assert "s3cr3t" not in json.dumps(sidecar.taken())
+
+
+def test_a_sidecar_that_refuses_everything_is_not_sent_reports_of_its_refusals_forever(
+    registry: CollectorRegistry,
+) -> None:
+    with (
+        stub_sidecar(lambda events: 413) as sidecar,
+        linked(sidecar, registry) as link,
+        capture_events() as emitted,
+    ):
+        link.enqueue({"event": "test.one"})
+        wait_for("refused report", lambda: sidecar.answered(413) >= 2)
+        time.sleep(0.1)  # five flush intervals: nothing more is sent
+        assert sidecar.answered(413) == 2
+        assert link.buffered == 0
+    assert [[e["event"] for e in events] for _, events in sidecar.batches] == [
+        ["test.one"],
+        ["watchdog.sidecar_batch_refused"],
+    ]
+    assert [e["event"] for e in emitted] == ["watchdog.sidecar_batch_refused"]
+    assert dropped(registry) == 2
+
+
+def test_a_refused_token_keeps_the_events_retries_and_is_reported_once(
+    registry: CollectorRegistry,
+) -> None:
+    fixed = threading.Event()
+    with (
+        stub_sidecar(lambda events: 202 if fixed.is_set() else 401) as sidecar,
+        linked(sidecar, registry) as link,
+        capture_events() as emitted,
+    ):
+        link.enqueue({"event": "test.one"})
+        link.enqueue({"event": "test.two"})
+        wait_for("second refusal", lambda: sidecar.answered(401) >= 2)
+        fixed.set()  # the operator puts the right token in place
+        wait_for("events", lambda: "watchdog.sidecar_unauthorized" in sidecar.names())
+    assert sidecar.names() == ["test.one", "test.two", "watchdog.sidecar_unauthorized"]
+    assert [(e["event"], e["status"]) for e in emitted] == [("watchdog.sidecar_unauthorized", 401)]
+    assert dropped(registry) == 0
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+def test_values_json_cannot_write_are_sent_as_text_and_never_stop_the_link(
+    registry: CollectorRegistry,
+) -> None:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with stub_sidecar(refuse_poison) as sidecar, linked(sidecar, registry) as link:
+        link.enqueue({"event": "test.odd", "value": Decimal("1.5"), "when": {1, 2}})
+        wait_for("odd value", lambda: "test.odd" in sidecar.names())
+        link.enqueue({"event": "test.keys", "value": {(1, 2): "a", None: "b", 3: Unprintable()}})
+        wait_for("odd keys", lambda: "test.keys" in sidecar.names())
+        link.enqueue({"event": "test.cycle", "value": cycle})  # no JSON at all: dropped
+        wait_for("the cycle counted", lambda: dropped(registry) == 1)
+        link.enqueue({"event": "test.after"})
+        wait_for("later event", lambda: "test.after" in sidecar.names())
+    odd, keys = sidecar.taken()[:2]
+    assert (odd["value"], odd["when"]) == ("1.5", "{1, 2}")
+    assert keys["value"] == {"null": "b", "3": "<unprintable Unprintable>"}
+    assert "test.cycle" not in sidecar.names()

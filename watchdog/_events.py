@@ -17,7 +17,15 @@ __all__ = ["NAMESPACE", "add_listener", "emit", "remove_listener"]
 
 NAMESPACE = "watchdog"
 WARNING_EVENTS = frozenset(
-    {"violation", "drain_requested", "hard_cancel", "run_cancelled", "near_limit"}
+    {
+        "violation",
+        "drain_requested",
+        "hard_cancel",
+        "run_cancelled",
+        "near_limit",
+        "sidecar_batch_refused",
+        "sidecar_unauthorized",
+    }
 )
 ERROR_EVENTS = frozenset({"internal_error", "policy_reload_failed", "cleanup_abandoned"})
 

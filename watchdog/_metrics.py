@@ -95,7 +95,8 @@ class Metrics:
         )
         self.events_dropped = Counter(
             "watchdog_sidecar_events_dropped",
-            "Events a worker dropped because its buffer was full while the sidecar was away.",
+            "Events a worker dropped: its buffer was full while the sidecar was away, or the "
+            "sidecar refused their batch.",
             registry=registry,
         )
         self.internal_errors = Counter(

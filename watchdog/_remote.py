@@ -3,13 +3,15 @@
 Nothing here is on the hot path: events go into a bounded buffer that a background thread
 sends in batches, policies are polled by their hash, and cancels arrive over one long-poll.
 When the sidecar is away the worker goes on enforcing the policies it has, keeps what events
-fit in the buffer (counting the ones it drops), and retries with backoff. Only the standard
-library is used, so workers need nothing of the sidecar extra.
+fit in the buffer (counting the ones it drops), and retries with backoff. A batch the sidecar
+refuses outright is dropped, and counted, so it never holds up the events behind it. Only the
+standard library is used, so workers need nothing of the sidecar extra.
 """
 
 from __future__ import annotations
 
 import collections
+import http.client
 import json
 import os
 import socket
@@ -31,10 +33,42 @@ __all__ = ["SidecarLink", "fetch_policies"]
 
 BATCH = 1000
 MAX_BACKOFF = 5.0
+# Answers that say the token (or a proxy's credentials) is wrong, not the batch: an operator
+# fixes those while the worker runs, so the link keeps its events and retries, as when the
+# sidecar is away, and reports the problem once rather than losing every event meanwhile.
+AUTH_STATUSES = frozenset({401, 403, 407})
+# Answers that ask to come back later: the same batch may well be taken then.
+RETRY_STATUSES = frozenset({408, 425, 429})
 
 
 class SidecarError(OSError):
-    """The sidecar could not be reached, or answered with an error."""
+    """The sidecar could not be reached, or answered with an error (``status``, if it did)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _refusal(error: SidecarError) -> int | None:
+    """The status when the sidecar answered that it will never take this request: a 4xx that
+    is about neither credentials nor coming back later."""
+    status = error.status
+    if status is None or not 400 <= status < 500 or status in AUTH_STATUSES | RETRY_STATUSES:
+        return None
+    return status
+
+
+def _text(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _encode(body: Any) -> bytes:
+    """``body`` as JSON: values json cannot write go as their text, keys it cannot write are
+    left out. What still cannot be written (a cycle) raises, and that batch is dropped."""
+    return json.dumps(body, default=_text, skipkeys=True).encode()
 
 
 def _request(
@@ -45,7 +79,7 @@ def _request(
     headers: dict[str, str] | None = None,
     timeout: float,
 ) -> tuple[int, dict[str, str], Any]:
-    data = None if body is None else json.dumps(body).encode()
+    data = None if body is None else _encode(body)
     request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
     request.add_header("Accept", "application/json")
     if data is not None:
@@ -62,8 +96,10 @@ def _request(
         if error.code == 304:
             return 304, dict(error.headers), None
         msg = f"{url}: HTTP {error.code}"
-        raise SidecarError(msg) from error
-    except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as error:
+        raise SidecarError(msg, error.code) from error
+    # OSError covers URLError, timeouts and connection errors; http.client's errors are a
+    # connection cut mid-answer; ValueError a body that is not JSON, or not even UTF-8.
+    except (OSError, http.client.HTTPException, ValueError) as error:
         msg = f"{url}: {getattr(error, 'reason', error)}"
         raise SidecarError(msg) from error
 
@@ -113,6 +149,7 @@ class SidecarLink:
         # Set when a full batch waits: a busy worker's events go out at once, not at the
         # next interval, so a burst is sent rather than dropped when the buffer fills.
         self._batch_waiting = threading.Event()
+        self._auth_reported = False  # whether the sidecar's refusing the token was reported
         metrics = supervisor.metrics
         self._dropped = metrics.events_dropped
         _events.add_listener(self.enqueue)
@@ -158,8 +195,20 @@ class SidecarLink:
             if len(batch) > len(kept):
                 self._dropped.inc(len(batch) - len(kept))
 
+    def _refused(self, batch: list[dict[str, Any]], status: int) -> None:
+        """Drop a batch the sidecar will never take, count it, and say so (without its
+        events, and without the sidecar's answer, which may quote them)."""
+        self._dropped.inc(len(batch))
+        if all(event.get("event") == "watchdog.sidecar_batch_refused" for event in batch):
+            return  # only our own reports of refusals: reporting again would never end
+        _events.emit("sidecar_batch_refused", url=self.url, status=status, events=len(batch))
+
     def flush(self) -> bool:
-        """Send what is buffered now; False when the sidecar could not take it."""
+        """Send what is buffered now; False when the sidecar could not take it.
+
+        A batch the sidecar refuses (a 4xx but for credentials and "later") is dropped,
+        counted and reported, and the rest is sent: sending it again would never succeed.
+        """
         while batch := self._take():
             try:
                 _request(
@@ -168,9 +217,24 @@ class SidecarLink:
                     body={"worker": self.worker, "events": batch},
                     timeout=5.0,
                 )
-            except SidecarError:
+            except SidecarError as error:
+                if (status := _refusal(error)) is not None:
+                    self._refused(batch, status)
+                    continue
                 self._give_back(batch)
+                if error.status in AUTH_STATUSES and not self._auth_reported:
+                    self._auth_reported = True
+                    _events.emit(
+                        "sidecar_unauthorized",
+                        url=self.url,
+                        status=error.status,
+                        buffered=self.buffered,
+                    )
                 return False
+            except Exception:
+                self._dropped.inc(len(batch))  # a bug of ours: _send_loop reports it
+                raise
+            self._auth_reported = False
         return True
 
     def _send_loop(self) -> None:
@@ -184,7 +248,11 @@ class SidecarLink:
             if self._stopped.is_set():
                 return  # close() sends what is left
             self._batch_waiting.clear()
-            sent = self.flush()
+            try:
+                sent = self.flush()
+            except Exception as error:  # the thread must live on, to send later events
+                self.supervisor.internal_error(error)
+                sent = False
             if time.monotonic() >= next_policy_check:
                 sent = self._check_policies() and sent
                 next_policy_check = time.monotonic() + self.policy_interval
