@@ -119,7 +119,7 @@ class cleanup:
     async def __aexit__(self, *exc_info: object) -> None:
         task = spawn(self.hook, (), self.timeout, self._fields())
         if self._run is not None:
-            self._run.cleanup_tasks.append(task)
+            self._run.spawned(task)
         # Under anyio a cancelled node stops waiting here at once; the task goes on.
         await asyncio.shield(task)
 

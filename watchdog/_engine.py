@@ -11,9 +11,11 @@ import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import cast
 
 from ._limits import (
+    BEGINNINGS,
     CostSpec,
     CycleSpec,
     EventWindowSpec,
@@ -26,7 +28,7 @@ from ._limits import (
     Trigger,
 )
 from ._policies import RATE_OF, Mode, Policy, PolicySet
-from ._state import CostMeter, CycleTracker, EventWindow, RepeatWindow, RunState
+from ._state import CostMeter, CycleTracker, EventWindow, RepeatWindow, RunState, TrackerSpec
 
 __all__ = ["Clock", "Engine", "Finding", "NearLimit", "RunMonitor", "Verdict"]
 
@@ -70,6 +72,9 @@ class NearLimit:
 Finding = Verdict | NearLimit
 NOTHING: tuple[Finding, ...] = ()
 QUIET_CAP = 1 << 30
+NO_TAGS: frozenset[str] = frozenset()
+NO_METADATA: Mapping[str, object] = MappingProxyType({})
+NOT_YET: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,32 +92,88 @@ class _Bound:
         return cls(limit, policy, threshold)
 
 
-class _Checks:
+@dataclass(frozen=True, slots=True)
+class _Split:
     """The limits that events of one trigger can move, sorted by how they are checked.
 
-    ``every`` is checked at each event. ``counted`` limits rise by at most ``max_rise``
-    an event, so after a check the next ``quiet`` events cannot reach any of them. ``timed``
-    limits (``max_seconds`` as a step begins) are looked at once the clock passes ``due``.
+    ``every`` is checked at each event. ``counted`` limits rise by at most ``max_rise`` an
+    event, so after a check the next few events cannot reach any of them. ``timed`` limits
+    (``max_seconds`` as a step begins) are looked at once the clock passes their deadline.
     """
 
-    __slots__ = ("counted", "due", "every", "quiet", "timed")
+    every: tuple[_Bound, ...]
+    counted: tuple[_Bound, ...]
+    timed: tuple[_Bound, ...]
+    # With nothing counted, a run's checks never change: all its runs share these.
+    stateless: _Checks | None
 
-    def __init__(self, bound: list[_Bound], trigger: Trigger, state: RunState) -> None:
+    @classmethod
+    def of(cls, bound: list[_Bound], trigger: Trigger) -> _Split:
         mine = [b for b in bound if b.limit.triggers & trigger]
-        self.timed = tuple(b for b in mine if isinstance(b.limit, TimeLimit))
-        self.counted = tuple(
+        timed = tuple(b for b in mine if isinstance(b.limit, TimeLimit))
+        counted = tuple(
             b for b in mine if b.limit.max_rise is not None and b.limit.triggers == trigger
         )
-        self.every = tuple(b for b in mine if b not in self.timed and b not in self.counted)
-        self.quiet = 0
-        # Only max_seconds is checked as events begin, and its deadline never moves.
-        self.due = min(
-            (
-                due
-                for b in self.timed
-                if (due := cast(TimeLimit, b.limit).deadline(state, b.threshold)) is not None
+        every = tuple(b for b in mine if b not in timed and b not in counted)
+        stateless = None if counted else _Checks(every, (), timed)
+        return cls(every, counted, timed, stateless)
+
+    def checks(self) -> _Checks:
+        """This trigger's checks for one more run."""
+        if self.stateless is not None:
+            return self.stateless
+        return _Checks(self.every, self.counted, self.timed)
+
+
+class _Checks:
+    """A run's checks on one trigger, and how long they can wait."""
+
+    __slots__ = ("counted", "every", "quiet", "timed")
+
+    def __init__(
+        self, every: tuple[_Bound, ...], counted: tuple[_Bound, ...], timed: tuple[_Bound, ...]
+    ) -> None:
+        self.every, self.counted, self.timed = every, counted, timed
+        self.quiet = 0  # events that can pass before a counted limit must be looked at
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    """What a set of matching policies checks, worked out once and shared by their runs."""
+
+    policies: tuple[Policy, ...]
+    bound: tuple[_Bound, ...]
+    step: _Split
+    node: _Split
+    llm: _Split
+    usage: _Split
+    tool: _Split
+    on_timer: tuple[_Bound, ...]
+    timed: tuple[_Bound, ...]
+    wants_fingerprints: bool
+    node_timer: float | None  # the soonest a node that starts now can fall due, if ever
+    specs: frozenset[TrackerSpec]
+
+    @classmethod
+    def of(cls, policies: tuple[Policy, ...]) -> _Binding:
+        bound = [_Bound.of(lim, p) for p in policies for lim in p.kind.limits]
+        on_timer = tuple(b for b in bound if b.limit.triggers & Trigger.TIMER)
+        timed = tuple(b for b in on_timer if isinstance(b.limit, TimeLimit))
+        return cls(
+            policies=policies,
+            bound=tuple(bound),
+            step=_Split.of(bound, Trigger.STEP),
+            node=_Split.of(bound, Trigger.NODE),
+            llm=_Split.of(bound, Trigger.LLM),
+            usage=_Split.of(bound, Trigger.USAGE),
+            tool=_Split.of(bound, Trigger.TOOL),
+            on_timer=on_timer,
+            timed=timed,
+            wants_fingerprints=any(isinstance(b.limit, MaxRepeats) for b in bound),
+            node_timer=min(
+                (b.threshold for b in timed if isinstance(b.limit, NodeSeconds)), default=None
             ),
-            default=math.inf,
+            specs=frozenset(b.limit.tracker for b in bound if b.limit.tracker is not None),
         )
 
 
@@ -127,6 +188,8 @@ class Engine:
         self.clock = clock
         self._policies = policies
         self.generation = 0
+        # By the ids of the matching policies: runs of one graph share one binding.
+        self._bindings: dict[tuple[int, ...], _Binding] = {}
 
     @property
     def policies(self) -> PolicySet:
@@ -134,7 +197,15 @@ class Engine:
 
     def reload(self, policies: PolicySet) -> None:
         self._policies = policies
+        self._bindings = {}
         self.generation += 1
+
+    def _binding(self, policies: tuple[Policy, ...]) -> _Binding:
+        key = tuple(map(id, policies))
+        binding = self._bindings.get(key)
+        if binding is None:
+            binding = self._bindings[key] = _Binding.of(policies)
+        return binding
 
     def start_run(
         self,
@@ -142,7 +213,12 @@ class Engine:
         tags: Iterable[str] = (),
         metadata: Mapping[str, object] | None = None,
     ) -> RunMonitor:
-        return RunMonitor(self, graph, frozenset(tags), dict(metadata or {}))
+        return RunMonitor(
+            self,
+            graph,
+            frozenset(tags) if tags else NO_TAGS,
+            dict(metadata) if metadata else NO_METADATA,
+        )
 
 
 class RunMonitor:
@@ -150,6 +226,38 @@ class RunMonitor:
 
     Every event method returns the findings it produced: almost always the empty tuple.
     """
+
+    __slots__ = (
+        "_cost_meters",
+        "_cycles",
+        "_due",
+        "_generation",
+        "_llm_rates",
+        "_node_rates",
+        "_node_windows",
+        "_on_llm",
+        "_on_node",
+        "_on_step",
+        "_on_timer",
+        "_on_tool",
+        "_on_usage",
+        "_step_rates",
+        "_timed",
+        "_token_rates",
+        "_tool_rates",
+        "_tool_windows",
+        "_violated",
+        "_warned",
+        "engine",
+        "graph",
+        "has_timers",
+        "metadata",
+        "node_timer",
+        "policies",
+        "state",
+        "tags",
+        "wants_fingerprints",
+    )
 
     def __init__(
         self,
@@ -163,42 +271,52 @@ class RunMonitor:
         self.tags = tags
         self.metadata = metadata
         self.state = RunState(engine.clock())
-        # (policy, key) of limits already reported, so each is reported once per run.
-        self._violated: set[tuple[str, str]] = set()
-        self._warned: set[tuple[str, str]] = set()
+        # (policy, key) of limits already reported, so each is reported once per run; copied
+        # on the rare write, so a run that reports nothing holds no set of its own.
+        self._violated = NOT_YET
+        self._warned = NOT_YET
         self._bind()
 
     # -- binding policies to this run --------------------------------------------------------
 
     def _bind(self) -> None:
         self._generation = self.engine.generation
-        self.policies = self.engine.policies.matching(self.graph, self.tags, self.metadata)
-        bound = [_Bound.of(lim, p) for p in self.policies for lim in p.kind.limits]
-        state = self.state
-        self._on_step = _Checks(bound, Trigger.STEP, state)
-        self._on_node = _Checks(bound, Trigger.NODE, state)
-        self._on_llm = _Checks(bound, Trigger.LLM, state)
-        self._on_usage = _Checks(bound, Trigger.USAGE, state)
-        self._on_tool = _Checks(bound, Trigger.TOOL, state)
-        self._on_timer = tuple(b for b in bound if b.limit.triggers & Trigger.TIMER)
-        self._timed = tuple(b for b in self._on_timer if isinstance(b.limit, TimeLimit))
-        # What the caller need not compute when no policy looks at it:
-        self.wants_fingerprints = any(isinstance(b.limit, MaxRepeats) for b in bound)
-        self.has_timers = bool(self._timed)
-        # The soonest a node that starts now can fall due (its warning included), if ever.
-        self.node_timer = min(
-            (b.threshold for b in self._timed if isinstance(b.limit, NodeSeconds)), default=None
+        binding = self.engine._binding(
+            self.engine.policies.matching(self.graph, self.tags, self.metadata)
         )
+        self.policies = binding.policies
+        state = self.state
+        self._on_step = binding.step.checks()
+        self._on_node = binding.node.checks()
+        self._on_llm = binding.llm.checks()
+        self._on_usage = binding.usage.checks()
+        self._on_tool = binding.tool.checks()
+        self._on_timer = binding.on_timer
+        self._timed = binding.timed
+        # The time limits checked as events begin are max_seconds, whose deadline never
+        # moves: they need no look before the soonest of them.
+        self._due = min(
+            (
+                due
+                for b in binding.timed
+                if b.limit.triggers & BEGINNINGS
+                and (due := cast(TimeLimit, b.limit).deadline(state, b.threshold)) is not None
+            ),
+            default=math.inf,
+        )
+        # What the caller need not compute when no policy looks at it:
+        self.wants_fingerprints = binding.wants_fingerprints
+        self.has_timers = bool(binding.timed)
+        self.node_timer = binding.node_timer
 
         # Keep the trackers whose spec survives a reload, so windows are not reset.
-        old = self.state.trackers
-        specs = {b.limit.tracker for b in bound if b.limit.tracker is not None}
-        trackers = self.state.trackers = {spec: old.get(spec) or spec.create() for spec in specs}
+        old = state.trackers
+        trackers = state.trackers = {spec: old.get(spec) or spec.create() for spec in binding.specs}
         node_windows: list[RepeatWindow] = []
         tool_windows: list[RepeatWindow] = []
         cost_meters: list[CostMeter] = []
         rates: dict[str, list[EventWindow]] = {of: [] for of in RATE_OF}
-        self._cycles: CycleTracker | None = None
+        self._cycles = None
         for spec, tracker in trackers.items():
             match spec:
                 case NodeRepeatSpec():
@@ -249,7 +367,7 @@ class RunMonitor:
             checks.quiet -= 1
         elif checks.counted and (more := self._check_counted(checks)):
             found += more
-        if checks.timed and self.state.now >= checks.due:
+        if checks.timed and self.state.now >= self._due:
             found += self._check(checks.timed)
         return found
 
@@ -279,13 +397,13 @@ class RunMonitor:
         if limit.exceeded(observed):
             if key in self._violated:
                 return None
-            self._violated.add(key)
+            self._violated = self._violated | {key}
             cls: type[Finding] = Verdict
             reason = limit.describe(policy.name, observed, state)
         else:
             if key in self._warned or policy.warn_at is None:
                 return None
-            self._warned.add(key)
+            self._warned = self._warned | {key}
             cls = NearLimit
             reason = (
                 f"{limit.key} is at {observed / limit.limit:.0%} of its limit: "

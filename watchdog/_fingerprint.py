@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Hashable, Mapping
 from typing import Any, cast
 
+from langchain_core.messages import BaseMessage
+
 __all__ = ["fingerprint"]
 
 MAX_DEPTH = 4
@@ -35,9 +37,12 @@ def fingerprint(value: Any, depth: int = 0) -> Hashable:
                 for key, item in value.items()
             ]
         )
+    if isinstance(value, BaseMessage):  # before the generic tests: histories are long
+        calls = value.__dict__.get("tool_calls") or ()  # pydantic's missing-field path is slow
+        return (value.type, value.id, fingerprint(value.content, depth), fingerprint(calls, depth))
     if isinstance(value, list | tuple):
         if len(value) <= SHORT_SEQUENCE:
-            return tuple(fingerprint(item, depth) for item in value)
+            return tuple([fingerprint(item, depth) for item in value])
         # Long lists are message histories in practice: they grow at the end.
         middle = value[len(value) // 2]
         ends = (value[0], middle, value[-2], value[-1])
@@ -46,7 +51,7 @@ def fingerprint(value: Any, depth: int = 0) -> Hashable:
         return cast(Hashable, value)
     message_id = getattr(value, "id", None)
     content = getattr(value, "content", None)
-    if content is not None and hasattr(value, "type"):  # a LangChain message
+    if content is not None and hasattr(value, "type"):  # a message of another kind
         calls = getattr(value, "tool_calls", None) or ()
         return (value.type, message_id, fingerprint(content, depth), fingerprint(calls, depth))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

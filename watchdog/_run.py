@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import threading
+import time
 import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -93,6 +95,32 @@ class RunInfo:
 class Run:
     """A run's monitor, its state in the pipeline, and what is needed to stop it."""
 
+    # Thousands may be live in one process: slots, and nothing made before it is needed.
+    __slots__ = (
+        "_started_at",
+        "_step_of",
+        "also",
+        "caller_gone",
+        "cause",
+        "cleanup_tasks",
+        "control",
+        "graph",
+        "lock",
+        "loop",
+        "monitor",
+        "node_threads",
+        "phase",
+        "run_id",
+        "status",
+        "stopping",
+        "supervisor",
+        "task",
+        "task_cancelled",
+        "thread_id",
+        "timer_due",
+        "unwinding",
+    )
+
     def __init__(
         self,
         supervisor: Supervisor,
@@ -109,7 +137,7 @@ class Run:
         self.thread_id = thread_id
         self.monitor = monitor
         self.control = control
-        self.started_at = datetime.now(UTC)
+        self._started_at = time.time()
         # Sync graphs run parallel nodes in threads; the timer thread checks deadlines.
         self.lock = threading.RLock()
         self.status: Status = "running"
@@ -118,18 +146,32 @@ class Run:
         # hard cancel would only race it.
         self.unwinding = False
         self.cause: Cause | None = None
-        self.also: list[Cause] = []  # later violations, recorded on the same cancel
+        self.also: tuple[Cause, ...] = ()  # later violations, recorded on the same cancel
         self.phase: Literal["drained", "hard"] = "drained"
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[Any] | None = None
         self.task_cancelled = False
         self.timer_due: float | None = None
-        self.cleanup_tasks: list[asyncio.Task[None]] = []  # hooks running for this run
+        self.cleanup_tasks: list[asyncio.Task[None]] | None = None  # hooks running for it
         self.node_threads: dict[Hashable, int] = {}  # a sync run's open nodes -> thread
         # The reason to record when the caller goes away mid-run (see watchdog.starlette).
         self.caller_gone: str | None = None
-        self.fields = {"run_id": str(run_id), "thread_id": thread_id, "graph": graph}
         self._step_of: dict[str, object] = {}  # graph namespace -> its current superstep
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """What every event of this run carries."""
+        return {"run_id": str(self.run_id), "thread_id": self.thread_id, "graph": self.graph}
+
+    @property
+    def started_at(self) -> datetime:
+        return datetime.fromtimestamp(self._started_at, UTC)
+
+    def spawned(self, task: asyncio.Task[None]) -> None:
+        """A cleanup hook of this run is running in ``task``."""
+        if self.cleanup_tasks is None:
+            self.cleanup_tasks = []
+        self.cleanup_tasks.append(task)
 
     def info(self) -> RunInfo:
         state = self.monitor.state
@@ -230,7 +272,7 @@ class Run:
         with self.lock:
             if self.status != "running":
                 if self.status == "cancelling":
-                    self.also.append(cause)
+                    self.also += (cause,)
                 return False
             self.status = "cancelling"
             self.stopping = True
@@ -341,7 +383,7 @@ class Run:
         due = self.monitor.next_deadline()
         if due is not None and (self.timer_due is None or due < self.timer_due):
             self.timer_due = due
-            self.supervisor.scheduler.call_at(due, lambda: self._timers_due(due))
+            self.supervisor.scheduler.call_at(due, functools.partial(self._timers_due, due))
 
     def _timers_due(self, due: float) -> None:
         if self.status != "running" or due != self.timer_due:
@@ -452,7 +494,7 @@ class Run:
         in_loop = self.loop is not None and _running_loop() is self.loop
         for hook, timeout in self.supervisor.cancel_hooks:
             if in_loop:
-                self.cleanup_tasks.append(spawn(hook, (cancelled,), timeout, self.fields))
+                self.spawned(spawn(hook, (cancelled,), timeout, self.fields))
             else:
                 run_hook_sync(hook, (cancelled,), timeout, self.fields)
 

@@ -220,6 +220,9 @@ class ThreadTotals:
         return totals
 
 
+NO_TOTALS = ThreadTotals()
+
+
 class RunState:
     """What the limits of every policy kind read: one object per run.
 
@@ -261,8 +264,9 @@ class RunState:
         self.node: str | None = None  # the node that started last
         self.tool: str | None = None  # the tool that was called last
         self.trackers: dict[TrackerSpec, Tracker] = {}
-        # What earlier runs of the same thread used, for limits with scope: thread.
-        self.thread = ThreadTotals()
+        # What earlier runs of the same thread used, for limits with scope: thread; replaced,
+        # never changed, so runs that need none share one.
+        self.thread = NO_TOTALS
 
     @property
     def elapsed(self) -> float:

@@ -15,7 +15,7 @@ import structlog
 
 from .common import Row
 
-BENCHMARKS = ("overhead", "latency", "sidecar")
+BENCHMARKS = ("overhead", "latency", "scale", "sidecar")
 
 
 def main() -> None:

@@ -6,11 +6,15 @@ import asyncio
 import functools
 from typing import Any
 
+from langchain_core.messages import AIMessage, HumanMessage
 from prometheus_client import CollectorRegistry
 
+from tests.graphs import react_agent, scripted, tool_call
 from watchdog import Supervisor, load_policy_text
 
 from .common import ALL_KINDS, Row, ratio_row, timed, trivial
+
+TOOL_CALLS = 10
 
 
 def run(target: Any, config: dict[str, Any], *, is_async: bool) -> None:
@@ -40,5 +44,23 @@ def rows(quick: bool) -> list[Row]:
             kind = "async" if is_async else "sync"
             saver = "InMemorySaver" if checkpointer else "no checkpointer"
             found.append(ratio_row(f"overhead, {kind}, {saver}, {steps} steps", ratios, "<= 1.05x"))
+    found.append(react(supervisor, repeats))
     supervisor.close()
     return found
+
+
+def react(supervisor: Supervisor, repeats: int) -> Row:
+    """A ReAct agent on a fake model: ten searches, then an answer; every LLM and tool call
+    goes through the watchdog's callback handler as well."""
+    answers = [tool_call(f"query {i}", f"call-{i}") for i in range(TOOL_CALLS)]
+    graph = react_agent(scripted(*answers, AIMessage("done")))
+    app = supervisor.attach(graph, name="react")
+    start = {"messages": [HumanMessage("search ten times")]}
+    graph.invoke(start)
+    app.invoke(start)
+    ratios = []
+    for _ in range(repeats * 3):  # a short run: more of them
+        bare = timed(functools.partial(graph.invoke, start))
+        watched = timed(functools.partial(app.invoke, start))
+        ratios.append(watched / bare)
+    return ratio_row(f"overhead, ReAct agent, {TOOL_CALLS} tool calls, sync", ratios, "<= 1.05x")

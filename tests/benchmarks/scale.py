@@ -1,0 +1,152 @@
+"""Scale: many concurrent supervised runs awaiting inside a node, all cancelled by wall_time.
+
+Two figures, each from its own phase, as tracemalloc slows everything it traces:
+
+- Memory: the runs are started and left waiting inside their node; the memory traced per
+  waiting run is taken for bare runs and for supervised ones, side by side, and the
+  watchdog's share is the difference (what attaching adds to a run, wherever it is
+  allocated) next to what the watchdog's own code allocated.
+- Cancel: the same runs under ``max_seconds``, untraced; each run's overshoot is the time
+  from its own deadline to its ``RunCancelled``, and the last of them is the figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import statistics
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+from langgraph.graph import START, StateGraph
+from prometheus_client import CollectorRegistry
+
+import watchdog
+from watchdog import RunCancelled, Supervisor, load_policy_text
+
+from .common import Counter, Row, percentile
+
+WATCHDOG_FILES = str(Path(watchdog.__file__).parent / "*")
+
+
+def waiting_graph(inside: list[int], release: asyncio.Event) -> Any:
+    """One node that counts itself in, then waits for ``release``."""
+
+    async def wait(state: Counter) -> dict[str, int]:
+        inside[0] += 1
+        await release.wait()
+        return {}
+
+    builder = StateGraph(Counter)
+    builder.add_node("wait", wait)
+    builder.add_edge(START, "wait")
+    return builder.compile()
+
+
+def policies(max_seconds: float) -> Any:
+    return load_policy_text(
+        "version: 1\ndefaults: {grace_seconds: 0, warn_at: null}\npolicies:\n"
+        f"- {{name: wall, wall_time: {{max_seconds: {max_seconds}}}}}\n"
+    )
+
+
+async def traced_per_run(runs: int, supervised: bool) -> tuple[float, float]:
+    """Bytes traced per waiting run: in all, and allocated by the watchdog's own code."""
+    inside, release = [0], asyncio.Event()
+    graph = waiting_graph(inside, release)
+    supervisor = Supervisor(policies(3600), registry=CollectorRegistry())
+    target = supervisor.attach(graph, name="scale") if supervised else graph
+    release.set()
+    await target.ainvoke({"n": 0})  # warm up: first-use caches are not per run
+    release.clear()
+    inside[0] = 0
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        tasks = [asyncio.create_task(target.ainvoke({"n": 0})) for _ in range(runs)]
+        while inside[0] < runs:
+            await asyncio.sleep(0.01)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    release.set()
+    await asyncio.gather(*tasks)
+    supervisor.close()
+    ours = [tracemalloc.Filter(inclusive=True, filename_pattern=WATCHDOG_FILES)]
+    total = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    own = sum(
+        s.size_diff
+        for s in after.filter_traces(ours).compare_to(before.filter_traces(ours), "filename")
+    )
+    return total / runs, own / runs
+
+
+async def overshoots(runs: int, max_seconds: float) -> tuple[list[float], float]:
+    """Seconds from each run's deadline to its RunCancelled, sorted; and how long it took
+    to get every run waiting in its node."""
+    inside, release = [0], asyncio.Event()
+    supervisor = Supervisor(policies(max_seconds), registry=CollectorRegistry())
+    app = supervisor.attach(waiting_graph(inside, release), name="scale")
+
+    async def one() -> float:
+        started = time.monotonic()
+        with contextlib.suppress(RunCancelled):
+            await app.ainvoke({"n": 0})
+        return time.monotonic() - started - max_seconds
+
+    began = time.monotonic()
+    tasks = [asyncio.create_task(one()) for _ in range(runs)]
+    while inside[0] < runs and not all(t.done() for t in tasks):
+        await asyncio.sleep(0.01)
+    all_waiting = time.monotonic() - began
+    late = sorted(await asyncio.gather(*tasks))
+    supervisor.close()
+    return late, all_waiting
+
+
+def rows(quick: bool) -> list[Row]:
+    runs, repeats = (1_000, 1) if quick else (10_000, 3)
+    memory = []
+    for _ in range(repeats):
+        bare, _ = asyncio.run(traced_per_run(runs, supervised=False))
+        supervised, own = asyncio.run(traced_per_run(runs, supervised=True))
+        memory.append((supervised - bare, own, bare))
+    added = [m[0] for m in memory]
+    owned = [m[1] for m in memory]
+    bare_sizes = [m[2] for m in memory]
+    # Long enough that most runs are waiting before the first deadline: the cancels come
+    # in a burst, while the last runs still start.
+    max_seconds = 1.0 if quick else 5.0
+    late, all_waiting = asyncio.run(overshoots(runs, max_seconds))
+    ms = [1000 * s for s in late]
+    return [
+        Row(
+            f"memory a supervised run adds, {runs:,} waiting runs",
+            f"{statistics.median(added) / 1024:.2f} KiB a run",
+            f"{min(added) / 1024:.2f}-{max(added) / 1024:.2f} KiB",
+            "<= 2 KiB",
+        ),
+        Row(
+            "  of it allocated by the watchdog's own code",
+            f"{statistics.median(owned) / 1024:.2f} KiB a run",
+            f"{min(owned) / 1024:.2f}-{max(owned) / 1024:.2f} KiB",
+            "",
+        ),
+        Row(
+            "  a bare LangGraph run waiting in a node, for scale",
+            f"{statistics.median(bare_sizes) / 1024:.1f} KiB a run",
+            f"{min(bare_sizes) / 1024:.1f}-{max(bare_sizes) / 1024:.1f} KiB",
+            "",
+        ),
+        Row(
+            f"deadline to the last of {runs:,} runs cancelled",
+            f"{ms[-1]:.0f} ms (median {statistics.median(ms):.0f}, p99 {percentile(ms, 0.99):.0f})",
+            f"all waiting after {all_waiting:.1f} s; first deadline at {max_seconds:g} s",
+            "<= 2 s",
+        ),
+    ]
