@@ -1,4 +1,5 @@
-"""LangChain callbacks that turn a run's progress into engine events.
+"""LangChain callbacks that turn a run's LLM and tool calls (and, for graphs the node probes
+cannot reach, its nodes) into engine events.
 
 The handler is synchronous with ``run_inline = True``: LangChain then calls it directly, in
 async graphs too, instead of handing each event to a thread pool. Nothing in it blocks.
