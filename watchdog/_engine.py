@@ -142,7 +142,6 @@ class _Binding:
     """What a set of matching policies checks, worked out once and shared by their runs."""
 
     policies: tuple[Policy, ...]
-    bound: tuple[_Bound, ...]
     step: _Split
     node: _Split
     llm: _Split
@@ -161,7 +160,6 @@ class _Binding:
         timed = tuple(b for b in on_timer if isinstance(b.limit, TimeLimit))
         return cls(
             policies=policies,
-            bound=tuple(bound),
             step=_Split.of(bound, Trigger.STEP),
             node=_Split.of(bound, Trigger.NODE),
             llm=_Split.of(bound, Trigger.LLM),
@@ -423,9 +421,13 @@ class RunMonitor:
 
     # -- events ----------------------------------------------------------------------------
 
-    def step_started(self) -> tuple[Finding, ...]:
+    def step_started(self, node: str | None = None) -> tuple[Finding, ...]:
+        """A superstep began, with ``node`` (if given) the first node of it to start: a
+        verdict now names it as the node it stops."""
         now = self._now()
         state = self.state
+        if node is not None:
+            state.node = node
         state.steps += 1
         for window in self._step_rates:
             window.push(now)

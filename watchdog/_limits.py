@@ -125,6 +125,7 @@ class Limit:
     kind: ClassVar[str]
     key: ClassVar[str]
     TRIGGERS: ClassVar[Trigger]
+    MAX_RISE: ClassVar[float | None] = None
 
     @property
     def triggers(self) -> Trigger:
@@ -137,7 +138,7 @@ class Limit:
         A bounded limit need not be looked at again until enough events have passed to
         reach its threshold, which keeps most checks off the hot path.
         """
-        return None
+        return self.MAX_RISE
 
     def observe(self, state: RunState) -> float:
         raise NotImplementedError
@@ -153,11 +154,7 @@ class Limit:
 @dataclass(frozen=True, slots=True)
 class MaxSteps(Limit):
     thread: bool = field(default=False, kw_only=True)  # scope: thread
-    kind, key, TRIGGERS = "step_count", "max_steps", Trigger.STEP
-
-    @property
-    def max_rise(self) -> float | None:
-        return 1
+    kind, key, TRIGGERS, MAX_RISE = "step_count", "max_steps", Trigger.STEP, 1
 
     def observe(self, state: RunState) -> float:
         return state.steps + state.thread.steps if self.thread else state.steps
@@ -177,11 +174,7 @@ class MaxSteps(Limit):
 @dataclass(frozen=True, slots=True)
 class MaxNodeRuns(Limit):
     thread: bool = field(default=False, kw_only=True)  # scope: thread
-    kind, key, TRIGGERS = "step_count", "max_node_runs", Trigger.NODE
-
-    @property
-    def max_rise(self) -> float | None:
-        return 1
+    kind, key, TRIGGERS, MAX_RISE = "step_count", "max_node_runs", Trigger.NODE, 1
 
     def observe(self, state: RunState) -> float:
         return state.node_runs + state.thread.node_runs if self.thread else state.node_runs
@@ -307,11 +300,7 @@ class MaxToolRepeats(_Repeats):
 
 @dataclass(frozen=True, slots=True)
 class MaxCycleRepeats(Limit):
-    kind, key, TRIGGERS = "loop", "max_cycle_repeats", Trigger.NODE
-
-    @property
-    def max_rise(self) -> float | None:
-        return 1
+    kind, key, TRIGGERS, MAX_RISE = "loop", "max_cycle_repeats", Trigger.NODE, 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tracker", CYCLES)

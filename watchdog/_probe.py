@@ -31,6 +31,7 @@ __all__ = ["RUN_KEY", "NodeProbe", "probed"]
 # Where a run travels in the config; LangGraph hands configurable down to every task and
 # subgraph, and keeps keys starting with "__" out of checkpoint metadata.
 RUN_KEY = "__watchdog_run"
+_NOTHING: dict[str, Any] = {}  # read, never written: no empty dict made at every node
 
 
 def probed(graph: Any) -> Any | None:
@@ -86,7 +87,7 @@ class NodeProbe(Runnable[Any, Any]):
         self.name = name
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        run: Run | None = config.get("configurable", {}).get(RUN_KEY) if config else None
+        run: Run | None = config.get("configurable", _NOTHING).get(RUN_KEY) if config else None
         if run is None:
             return self.inner.invoke(input, config, **kwargs)
         key = _started(run, self.name, config, input)  # type: ignore[arg-type]
@@ -96,7 +97,7 @@ class NodeProbe(Runnable[Any, Any]):
             _ended(run, key)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        run: Run | None = config.get("configurable", {}).get(RUN_KEY) if config else None
+        run: Run | None = config.get("configurable", _NOTHING).get(RUN_KEY) if config else None
         if run is None:
             return await self.inner.ainvoke(input, config, **kwargs)
         key = _started(run, self.name, config, input)  # type: ignore[arg-type]
@@ -108,7 +109,7 @@ class NodeProbe(Runnable[Any, Any]):
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        run: Run | None = config.get("configurable", {}).get(RUN_KEY) if config else None
+        run: Run | None = config.get("configurable", _NOTHING).get(RUN_KEY) if config else None
         if run is None:
             yield from self.inner.stream(input, config, **kwargs)
             return
@@ -121,7 +122,7 @@ class NodeProbe(Runnable[Any, Any]):
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        run: Run | None = config.get("configurable", {}).get(RUN_KEY) if config else None
+        run: Run | None = config.get("configurable", _NOTHING).get(RUN_KEY) if config else None
         if run is None:
             async for chunk in self.inner.astream(input, config, **kwargs):
                 yield chunk

@@ -207,14 +207,13 @@ class Run:
         monitor = self.monitor
         namespace = checkpoint_ns.rpartition("|")[0]
         with self.lock:
-            monitor.state.node = name  # a verdict as the step begins names the node it stops
             step_of = self._step_of
             if step_of.get(namespace, self) != step:
                 step_of.pop(namespace, None)
                 step_of[namespace] = step
                 if len(step_of) > MAX_NAMESPACES:
                     del step_of[next(iter(step_of))]
-                found = monitor.step_started()
+                found = monitor.step_started(name)
                 if found and self.report(found):
                     self.unwinding = True
                     raise Stop
