@@ -232,7 +232,7 @@ def test_a_loop_inside_a_subgraph_counts_its_steps(called: bool) -> None:
     app = supervisor.attach(with_subgraph(bodies, inner_steps=100, called=called), name="nested")
     # A subgraph node is probed with the rest; one called from a function is out of a
     # probe's reach, so that graph's node events come from chain callbacks.
-    assert (app._probed is None) is called
+    assert app._watchdog.probed is not called
     with pytest.raises(RunCancelled) as raised:
         app.invoke({"count": 0})
     # Root steps: before, sub; inside sub: inner, inner, inner, inner -> the 7th step is
@@ -258,7 +258,7 @@ def test_a_functional_api_graph_is_supervised_through_chain_callbacks() -> None:
         )
     )
     app = supervisor.attach(count, name="functional")
-    assert app._probed is None
+    assert not app._watchdog.probed
     try:
         with pytest.raises(RunCancelled) as raised:
             app.invoke(0)

@@ -22,7 +22,7 @@ from ._run import Run, Stop
 
 __all__ = ["ChainHandler", "WatchdogHandler"]
 
-NODE_TAG = "graph:step:"
+HANDLERS = frozenset({"WatchdogHandler", "ChainHandler"})
 
 
 class _QuietStops(logging.Filter):
@@ -34,7 +34,7 @@ class _QuietStops(logging.Filter):
         return not (
             isinstance(args, tuple)
             and len(args) == 3
-            and args[0] == "WatchdogHandler"
+            and args[0] in HANDLERS
             and str(args[2]).startswith("Stop(")
         )
 
@@ -139,7 +139,7 @@ class WatchdogHandler(BaseCallbackHandler):
         with run.lock:
             found = run.monitor.llm_ended(model, input_tokens, output_tokens, total)
             stop = bool(found) and run.report(found)
-        run.supervisor._count_tokens(run.graph, input_tokens, output_tokens)
+        run.host.count_tokens(run.graph, input_tokens, output_tokens)
         if stop:
             raise Stop  # the answer is paid for, but the node must not act on it
 
@@ -179,10 +179,22 @@ class WatchdogHandler(BaseCallbackHandler):
 
 
 class ChainHandler(WatchdogHandler):
-    """Node events from chain callbacks as well: for graphs whose nodes cannot all be
-    probed (the functional API, a subgraph called from inside a node function)."""
+    """Node runs from chain callbacks as well: for graphs whose nodes cannot all be probed
+    (the functional API, whose ``@task`` calls are node runs too; a plain compiled graph
+    called from inside a node function).
+
+    LangGraph gives each task (a node run, a ``@task`` call) a checkpoint namespace of its
+    own in the run metadata it documents (``langgraph_checkpoint_ns``), and every runnable
+    inside the task inherits it. So the first chain to start with a namespace not yet open is
+    the task itself, and its end is the task's end. A probed node reports under the same
+    key, so a node seen both ways counts once.
+    """
 
     ignore_chain = False
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        self._tasks: dict[UUID, str] = {}  # chain run id -> the namespace of its task
 
     @_guarded
     def on_chain_start(
@@ -191,32 +203,32 @@ class ChainHandler(WatchdogHandler):
         inputs: Any,
         *,
         run_id: UUID,
-        tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        # Most chains are not nodes (the graph itself, edges, runnables inside a node): this
-        # is the hot path, so plain loops rather than any() and a generator.
-        if not tags:
+        # Most chains are not tasks (the graph itself, runnables inside a node): the hot path.
+        if not metadata:
             return
-        for tag in tags:
-            if tag.startswith(NODE_TAG):
-                break
-        else:
+        namespace = metadata.get("langgraph_checkpoint_ns")
+        if namespace is None or namespace in self.run.monitor.state.open_nodes:
             return
-        metadata = metadata or {}
+        self._tasks[run_id] = namespace
         self.run.node_starting(
-            run_id,
+            namespace,
             metadata.get("langgraph_node") or kwargs.get("name") or "?",
-            str(metadata.get("langgraph_checkpoint_ns", "")),
+            namespace,
             metadata.get("langgraph_step"),
             inputs,
         )
 
     @_guarded
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self.run.node_ended(run_id)
+        namespace = self._tasks.pop(run_id, None)
+        if namespace is not None:
+            self.run.node_ended(namespace)
 
     @_guarded
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self.run.node_ended(run_id)
+        namespace = self._tasks.pop(run_id, None)
+        if namespace is not None:
+            self.run.node_ended(namespace)

@@ -8,12 +8,12 @@ attached still leaves a readable trail.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 
-__all__ = ["NAMESPACE", "add_listener", "emit", "remove_listener"]
+__all__ = ["NAMESPACE", "Emit", "Listener", "add_listener", "emit", "emit_to", "remove_listener"]
 
 NAMESPACE = "watchdog"
 WARNING_EVENTS = frozenset(
@@ -30,6 +30,8 @@ WARNING_EVENTS = frozenset(
 ERROR_EVENTS = frozenset({"internal_error", "policy_reload_failed", "cleanup_abandoned"})
 
 Listener = Callable[[dict[str, Any]], None]
+Emit = Callable[..., None]  # emit(name, **fields)
+# Process-wide listeners (tests, capture helpers). Changed only between runs, by tests.
 _listeners: list[Listener] = []
 _fallback: Any = None
 
@@ -51,10 +53,19 @@ def _logger() -> Any:
 
 
 def emit(name: str, **fields: Any) -> None:
-    """Log ``watchdog.<name>`` with ``fields`` and hand it to listeners (tests, the sidecar)."""
+    """Log ``watchdog.<name>`` with ``fields`` and hand it to the process-wide listeners."""
+    emit_to((), name, **fields)
+
+
+def emit_to(listeners: Sequence[Listener], name: str, **fields: Any) -> None:
+    """``emit``, handing the event to ``listeners`` (one supervisor's) as well."""
     event = f"{NAMESPACE}.{name}"
-    for listener in _listeners:
-        listener({"event": event, **fields})
+    if _listeners or listeners:
+        record = {"event": event, **fields}
+        for listener in _listeners:
+            listener(record)
+        for listener in listeners:
+            listener(record)
     logger = _logger()
     if name in ERROR_EVENTS:
         logger.error(event, **fields)

@@ -1,60 +1,66 @@
 """Probes in a graph's nodes: node and step events without LangChain's callback dispatch.
 
 Every callback handler on a run makes LangChain dispatch every chain event to it, and on a
-graph of small nodes that dispatch alone costs more than the watchdog may. So ``attach()``
-runs a copy of the compiled graph whose nodes are wrapped in a ``NodeProbe``: LangGraph
-calls the probe in place of the node, and the probe tells the run, found in the task's
-config, that the node starts and ends. The callback handler is left with LLM and tool
-events, and skips chain events altogether.
+graph of small nodes that dispatch alone costs more than the watchdog may. So a supervised
+graph runs nodes wrapped in a ``NodeProbe``: LangGraph calls the probe in place of the node,
+and the probe tells the run of its context that the node starts and ends. The callback
+handler is left with LLM and tool events, and skips chain events altogether.
 
-A graph whose work cannot all be probed (the functional API, a subgraph called from inside a
-node function) is run as it is, and its node events come from chain callbacks instead.
+A graph whose work cannot all be probed (the functional API, whose ``@task`` calls are no
+nodes; a plain compiled graph called from inside a node function) reports its node runs
+through chain callbacks instead (``ChainHandler``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.pregel import Pregel
 
-from ._run import Stop
+from ._run import Stop, running
 
 if TYPE_CHECKING:
     from collections.abc import Hashable
 
+    from langgraph.pregel._read import PregelNode
+
     from ._run import Run
 
-__all__ = ["RUN_KEY", "NodeProbe", "probed"]
-
-# Where a run travels in the config; LangGraph hands configurable down to every task and
-# subgraph, and keeps keys starting with "__" out of checkpoint metadata.
-RUN_KEY = "__watchdog_run"
-_NOTHING: dict[str, Any] = {}  # read, never written: no empty dict made at every node
+__all__ = ["NodeProbe", "probed_nodes"]
 
 
-def probed(graph: Any) -> Any | None:
-    """A copy of a compiled graph with a probe in every node; None when it cannot have one."""
+def probed_nodes(
+    graph: Pregel[Any, Any, Any, Any], reports_itself: Callable[[Any], bool]
+) -> dict[str, PregelNode] | None:
+    """A graph's nodes with a probe in each; None when some node's work is out of reach.
+
+    ``reports_itself(subgraph)`` tells a subgraph that reports its own nodes to the run it
+    joins (a supervised graph): it is left as it is.
+    """
     if not isinstance(graph, CompiledStateGraph):
         return None
     nodes = {}
     for name, node in graph.nodes.items():
         update = {}
-        if node.subgraphs:
-            if node.bound is not node.subgraphs[0]:
+        subgraphs = node.subgraphs
+        if subgraphs and not all(reports_itself(s) for s in subgraphs):
+            if node.bound is not subgraphs[0]:
                 return None  # called from inside a function: out of a probe's reach
-            subgraph = probed(node.bound)
-            if subgraph is None:
+            inner = probed_nodes(node.bound, reports_itself)  # type: ignore[arg-type]
+            if inner is None:
                 return None
-            update["bound"] = subgraph
+            update["bound"] = node.bound.copy({"nodes": inner})  # type: ignore[attr-defined]
         copy = node.copy(update)
-        inner = copy.node
-        if inner is not None and not name.startswith("__"):  # __start__ takes the input in
-            # ``node`` is a cached property: what LangGraph calls to run the node.
-            copy.__dict__["node"] = NodeProbe(inner, name)
+        body = copy.node
+        if body is not None and not name.startswith("__") and not isinstance(body, NodeProbe):
+            # ``node`` is a cached property: what LangGraph calls to run the node. __start__
+            # only takes the input in.
+            copy.__dict__["node"] = NodeProbe(body, name)
         nodes[name] = copy
-    return graph.copy({"nodes": nodes})
+    return nodes
 
 
 def _started(run: Run, name: str, config: RunnableConfig, input: Any) -> Hashable | None:
@@ -84,23 +90,23 @@ class NodeProbe(Runnable[Any, Any]):
 
     def __init__(self, inner: Runnable[Any, Any], name: str) -> None:
         self.inner = inner
-        self.name = name
+        self.name = self.node = name
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        run: Run | None = config.get("configurable", _NOTHING).get(RUN_KEY) if config else None
-        if run is None:
+        run = running.get()
+        if run is None or config is None:
             return self.inner.invoke(input, config, **kwargs)
-        key = _started(run, self.name, config, input)  # type: ignore[arg-type]
+        key = _started(run, self.node, config, input)
         try:
             return self.inner.invoke(input, config, **kwargs)
         finally:
             _ended(run, key)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        run: Run | None = config.get("configurable", _NOTHING).get(RUN_KEY) if config else None
-        if run is None:
+        run = running.get()
+        if run is None or config is None:
             return await self.inner.ainvoke(input, config, **kwargs)
-        key = _started(run, self.name, config, input)  # type: ignore[arg-type]
+        key = _started(run, self.node, config, input)
         try:
             return await self.inner.ainvoke(input, config, **kwargs)
         finally:
@@ -109,11 +115,11 @@ class NodeProbe(Runnable[Any, Any]):
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        run: Run | None = config.get("configurable", _NOTHING).get(RUN_KEY) if config else None
-        if run is None:
+        run = running.get()
+        if run is None or config is None:
             yield from self.inner.stream(input, config, **kwargs)
             return
-        key = _started(run, self.name, config, input)  # type: ignore[arg-type]
+        key = _started(run, self.node, config, input)
         try:
             yield from self.inner.stream(input, config, **kwargs)
         finally:
@@ -122,12 +128,12 @@ class NodeProbe(Runnable[Any, Any]):
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        run: Run | None = config.get("configurable", _NOTHING).get(RUN_KEY) if config else None
-        if run is None:
+        run = running.get()
+        if run is None or config is None:
             async for chunk in self.inner.astream(input, config, **kwargs):
                 yield chunk
             return
-        key = _started(run, self.name, config, input)  # type: ignore[arg-type]
+        key = _started(run, self.node, config, input)
         try:
             async for chunk in self.inner.astream(input, config, **kwargs):
                 yield chunk

@@ -20,16 +20,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import _events
 from ._loading import load_policy_texts
+from ._metrics import Metrics
+from ._policies import PolicySet
 
-if TYPE_CHECKING:
-    from ._policies import PolicySet
-    from ._supervisor import Supervisor
-
-__all__ = ["SidecarLink", "fetch_policies"]
+__all__ = ["LinkedSupervisor", "SidecarLink", "fetch_policies"]
 
 BATCH = 1000
 MAX_BACKOFF = 5.0
@@ -118,12 +116,30 @@ def fetch_policies(
     return load_policy_texts(body["files"]), etag
 
 
+class LinkedSupervisor(Protocol):
+    """What a link needs of the supervisor it serves."""
+
+    metrics: Metrics
+
+    def emit(self, name: str, **fields: Any) -> None: ...
+
+    def add_listener(self, listener: _events.Listener) -> None: ...
+
+    def remove_listener(self, listener: _events.Listener) -> None: ...
+
+    def reload(self, policies: PolicySet, source: str = "") -> None: ...
+
+    def cancel(self, run_id: str, reason: str = ...) -> bool: ...
+
+    def internal_error(self, error: BaseException) -> None: ...
+
+
 class SidecarLink:
     """Background threads that keep one supervisor in touch with its sidecar."""
 
     def __init__(
         self,
-        supervisor: Supervisor,
+        supervisor: LinkedSupervisor,
         url: str,
         token: str | None,
         *,
@@ -152,7 +168,7 @@ class SidecarLink:
         self._auth_reported = False  # whether the sidecar's refusing the token was reported
         metrics = supervisor.metrics
         self._dropped = metrics.events_dropped
-        _events.add_listener(self.enqueue)
+        supervisor.add_listener(self.enqueue)  # this supervisor's events, no other's
         self._threads = [
             threading.Thread(target=self._send_loop, name="watchdog-sidecar-events", daemon=True),
             threading.Thread(
@@ -201,7 +217,9 @@ class SidecarLink:
         self._dropped.inc(len(batch))
         if all(event.get("event") == "watchdog.sidecar_batch_refused" for event in batch):
             return  # only our own reports of refusals: reporting again would never end
-        _events.emit("sidecar_batch_refused", url=self.url, status=status, events=len(batch))
+        self.supervisor.emit(
+            "sidecar_batch_refused", url=self.url, status=status, events=len(batch)
+        )
 
     def flush(self) -> bool:
         """Send what is buffered now; False when the sidecar could not take it.
@@ -224,7 +242,7 @@ class SidecarLink:
                 self._give_back(batch)
                 if error.status in AUTH_STATUSES and not self._auth_reported:
                     self._auth_reported = True
-                    _events.emit(
+                    self.supervisor.emit(
                         "sidecar_unauthorized",
                         url=self.url,
                         status=error.status,
@@ -296,5 +314,5 @@ class SidecarLink:
     def close(self) -> None:
         self._stopped.set()
         self._batch_waiting.set()
-        _events.remove_listener(self.enqueue)
+        self.supervisor.remove_listener(self.enqueue)
         self.flush()

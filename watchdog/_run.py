@@ -9,28 +9,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import functools
 import threading
 import time
 import uuid
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from langgraph.runtime import RunControl
 
-from . import _events
-from ._cleanup import run_hook_sync, spawn
 from ._engine import Finding, NearLimit, RunMonitor, Verdict
 from ._errors import RunCancelled
 from ._fingerprint import fingerprint
+from ._hooks import Hook, run_hook_sync, spawn
+from ._metrics import Metrics
 from ._policies import Policy
+from ._scheduler import Scheduler, Timer
 
-if TYPE_CHECKING:
-    from ._supervisor import Supervisor
-
-__all__ = ["Cause", "Run", "RunInfo", "Stop"]
+__all__ = ["Cause", "Run", "RunHost", "RunInfo", "Stop", "current_run", "running"]
 
 Status = Literal["running", "cancelling", "completed", "cancelled", "failed"]
 DEFAULT_GRACE_SECONDS = 5.0
@@ -42,6 +40,34 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+# The run whose graph code runs in this context. LangGraph copies the context into every
+# task, thread and subgraph of a run, and nothing of it reaches configs, checkpoints or
+# streamed chunks. A supervised graph sets it only while its own code runs (see _graph).
+running: ContextVar[Run | None] = ContextVar("watchdog_run", default=None)
+
+
+def current_run() -> Run | None:
+    """The supervised run whose node is running in this context, if any."""
+    return running.get()
+
+
+class RunHost(Protocol):
+    """What a run needs of the supervisor that started it."""
+
+    clock: Callable[[], float]
+    scheduler: Scheduler
+    metrics: Metrics
+    cancel_hooks: list[tuple[Hook, float]]
+
+    def emit(self, name: str, **fields: Any) -> None: ...
+
+    def forget(self, run: Run) -> None: ...
+
+    def count_tokens(self, graph: str, input_tokens: int, output_tokens: int) -> None: ...
+
+    def internal_error(self, error: BaseException, run: Run | None = None) -> None: ...
 
 
 class Stop(Exception):
@@ -97,6 +123,7 @@ class Run:
 
     # Thousands may be live in one process: slots, and nothing made before it is needed.
     __slots__ = (
+        "__weakref__",  # timers hold a run weakly
         "_started_at",
         "_step_of",
         "also",
@@ -105,6 +132,7 @@ class Run:
         "cleanup_tasks",
         "control",
         "graph",
+        "host",
         "lock",
         "loop",
         "monitor",
@@ -113,17 +141,17 @@ class Run:
         "run_id",
         "status",
         "stopping",
-        "supervisor",
         "task",
         "task_cancelled",
         "thread_id",
         "timer_due",
+        "timers",
         "unwinding",
     )
 
     def __init__(
         self,
-        supervisor: Supervisor,
+        host: RunHost,
         graph: str,
         *,
         run_id: uuid.UUID,
@@ -131,7 +159,7 @@ class Run:
         monitor: RunMonitor,
         control: RunControl,
     ) -> None:
-        self.supervisor = supervisor
+        self.host = host
         self.graph = graph
         self.run_id = run_id
         self.thread_id = thread_id
@@ -152,6 +180,7 @@ class Run:
         self.task: asyncio.Task[Any] | None = None
         self.task_cancelled = False
         self.timer_due: float | None = None
+        self.timers: list[Timer] | None = None  # taken back when the run ends
         self.cleanup_tasks: list[asyncio.Task[None]] | None = None  # hooks running for it
         self.node_threads: dict[Hashable, int] = {}  # a sync run's open nodes -> thread
         # The reason to record when the caller goes away mid-run (see watchdog.starlette).
@@ -243,7 +272,7 @@ class Run:
 
         Returns whether the run must stop now.
         """
-        metrics = self.supervisor.metrics
+        metrics = self.host.metrics
         for finding in findings:
             fields = {
                 **self.fields,
@@ -257,10 +286,10 @@ class Run:
                 "node": finding.node,
             }
             if isinstance(finding, NearLimit):
-                _events.emit("near_limit", **fields)
+                self.host.emit("near_limit", **fields)
                 continue
             metrics.violations.labels(self.graph, finding.policy, finding.kind, finding.mode).inc()
-            _events.emit("violation", **fields)
+            self.host.emit("violation", **fields)
             if finding.enforced:
                 policy = next(p for p in self.monitor.policies if p.name == finding.policy)
                 self.cancel(Cause.of(finding, policy, self.monitor.state.now))
@@ -277,7 +306,7 @@ class Run:
             self.stopping = True
             self.cause = cause
         self.control.request_drain(cause.reason)
-        _events.emit(
+        self.host.emit(
             "drain_requested",
             **self.fields,
             policy=cause.policy,
@@ -286,10 +315,15 @@ class Run:
             step=cause.step,
             grace_seconds=cause.grace_seconds,
         )
-        self.supervisor.scheduler.call_at(
-            cause.found_at + cause.grace_seconds, self._hard_cancel_due
-        )
+        self._call_at(cause.found_at + cause.grace_seconds, self._hard_cancel_due)
         return True
+
+    def _call_at(self, when: float, method: Callable[..., None], *args: Any) -> None:
+        timer = self.host.scheduler.call_at(when, method, *args)
+        with self.lock:
+            # Only the pending ones are kept: a long run reschedules many times.
+            self.timers = [t for t in self.timers if t.pending] if self.timers else []
+            self.timers.append(timer)
 
     def _hard_cancel_due(self) -> None:
         """The grace period is over (timer thread): cancel the run's task in its own loop,
@@ -306,7 +340,7 @@ class Run:
     def _emit_hard_cancel(self) -> None:
         cause = self.cause
         assert cause is not None
-        _events.emit(
+        self.host.emit(
             "hard_cancel",
             **self.fields,
             policy=cause.policy,
@@ -362,13 +396,13 @@ class Run:
         return self.cause.grace_seconds if self.cause is not None else DEFAULT_GRACE_SECONDS
 
     def cleanup_started(self, node: str) -> None:
-        _events.emit("cleanup_started", **self.fields, node=node, budget_s=self.cleanup_budget())
+        self.host.emit("cleanup_started", **self.fields, node=node, budget_s=self.cleanup_budget())
 
     def cleanup_finished(self, node: str, error: BaseException | None) -> None:
         outcome = (
             "ok" if error is None else ("timeout" if isinstance(error, TimeoutError) else "failed")
         )
-        _events.emit(
+        self.host.emit(
             "cleanup_finished",
             **self.fields,
             node=node,
@@ -382,7 +416,7 @@ class Run:
         due = self.monitor.next_deadline()
         if due is not None and (self.timer_due is None or due < self.timer_due):
             self.timer_due = due
-            self.supervisor.scheduler.call_at(due, functools.partial(self._timers_due, due))
+            self._call_at(due, self._timers_due, due)
 
     def _timers_due(self, due: float) -> None:
         if self.status != "running" or due != self.timer_due:
@@ -409,7 +443,7 @@ class Run:
             and self.cancel(self._manual(self.caller_gone or "The caller's task was cancelled."))
         ):
             self.phase = "hard"
-        now = self.supervisor.clock()
+        now = self.host.clock()
         with self.lock:
             outcome: Status = (
                 "cancelled"
@@ -418,10 +452,14 @@ class Run:
             )
             self.status = outcome
             self.stopping = True
-        self.supervisor._forget(self)
+        self.host.forget(self)
+        with self.lock:
+            timers, self.timers = self.timers, None
+        for timer in timers or ():
+            self.host.scheduler.cancel(timer)
         state = self.monitor.state
         elapsed = now - state.started_at
-        metrics = self.supervisor.metrics
+        metrics = self.host.metrics
         metrics.active_runs.labels(self.graph).dec()
         metrics.runs_finished.labels(self.graph, outcome).inc()
         metrics.run_duration.labels(self.graph, outcome).observe(elapsed)
@@ -433,7 +471,7 @@ class Run:
         }
         usage = {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens}
         if outcome != "cancelled" or self.cause is None:
-            _events.emit(
+            self.host.emit(
                 "run_finished",
                 **self.fields,
                 outcome=outcome,
@@ -446,7 +484,7 @@ class Run:
         latency = max(0.0, now - cause.found_at)
         metrics.cancellations.labels(self.graph, cause.policy or "", cause.kind, self.phase).inc()
         metrics.cancel_latency.labels(cause.kind).observe(latency)
-        _events.emit(
+        self.host.emit(
             "run_cancelled",
             **self.fields,
             policy=cause.policy,
@@ -462,7 +500,9 @@ class Run:
             latency_s=round(latency, 6),
             **summary,
         )
-        _events.emit("run_finished", **self.fields, outcome=outcome, error=None, **summary, **usage)
+        self.host.emit(
+            "run_finished", **self.fields, outcome=outcome, error=None, **summary, **usage
+        )
         cancelled = RunCancelled(
             run_id=str(self.run_id),
             thread_id=self.thread_id,
@@ -491,11 +531,11 @@ class Run:
     def _run_cancel_hooks(self, cancelled: RunCancelled) -> None:
         """The supervisor's on_cancel hooks: in tasks of their own for async runs."""
         in_loop = self.loop is not None and _running_loop() is self.loop
-        for hook, timeout in self.supervisor.cancel_hooks:
+        for hook, timeout in self.host.cancel_hooks:
             if in_loop:
-                self.spawned(spawn(hook, (cancelled,), timeout, self.fields))
+                self.spawned(spawn(hook, (cancelled,), timeout, self.fields, self.host.emit))
             else:
-                run_hook_sync(hook, (cancelled,), timeout, self.fields)
+                run_hook_sync(hook, (cancelled,), timeout, self.fields, self.host.emit)
 
     async def settle_cleanups(self) -> None:
         """Wait for this run's cleanup hooks; a cancelled caller stops waiting, they go on."""
@@ -513,7 +553,7 @@ class Run:
             step=self.monitor.state.steps,
             node=self.monitor.state.node,
             grace_seconds=min(graces, default=DEFAULT_GRACE_SECONDS),
-            found_at=self.supervisor.clock(),
+            found_at=self.host.clock(),
         )
 
     def cancel_manually(self, reason: str, policy: str | None = None) -> bool:
@@ -521,4 +561,4 @@ class Run:
         return self.cancel(self._manual(reason, policy))
 
     def internal_error(self, error: BaseException) -> None:
-        self.supervisor.internal_error(error, self)
+        self.host.internal_error(error, self)

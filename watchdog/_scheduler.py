@@ -1,8 +1,10 @@
 """One deadline heap and one thread for every timer of a supervisor.
 
 Runs never get a task or a thread of their own: a run that is due is an entry in the heap.
-Entries are not removed when a run's deadline moves; the action checks whether it is still
-wanted, which keeps scheduling O(log n) and free of bookkeeping on the hot path.
+An entry holds its callback weakly, and a run takes its entries back when it ends, so a
+finished run is never kept alive by a deadline it no longer has. Taken-back entries stay in
+the heap until they come up, or until they are the larger part of it and it is rebuilt:
+scheduling stays O(log n) with no search on the hot path.
 """
 
 from __future__ import annotations
@@ -10,28 +12,59 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+import weakref
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["Scheduler"]
+__all__ = ["Scheduler", "Timer"]
 
-Action = Callable[[], None]
+COMPACT_AT = 64  # taken-back entries before a rebuild is considered
+
+
+class Timer:
+    """One scheduled call: ``method(*args)`` at ``when``, unless cancelled first."""
+
+    __slots__ = ("args", "method", "pending", "when")
+
+    def __init__(self, when: float, method: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.when = when
+        self.method = weakref.WeakMethod(method)
+        self.args = args
+        self.pending = True  # in the heap and not cancelled
 
 
 class Scheduler:
+    # _wake guards _heap, _cancelled, _thread and _closed.
     def __init__(self, clock: Callable[[], float], *, on_error: Callable[[BaseException], None]):
         self._clock = clock
         self._on_error = on_error
-        self._heap: list[tuple[float, int, Action]] = []
-        self._order = itertools.count()  # ties keep their order, and actions are never compared
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._order = itertools.count()  # ties keep their order, and timers are never compared
+        self._cancelled = 0  # cancelled timers still in the heap
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def call_at(self, when: float, action: Action) -> None:
+    def call_at(self, when: float, method: Callable[..., None], *args: Any) -> Timer:
+        """Call the bound ``method(*args)`` at ``when``; it is held weakly."""
+        timer = Timer(when, method, args)
         with self._wake:
-            heapq.heappush(self._heap, (when, next(self._order), action))
-            if self._heap[0][2] is action:
+            heapq.heappush(self._heap, (when, next(self._order), timer))
+            if self._heap[0][2] is timer:
                 self._wake.notify()
+        return timer
+
+    def cancel(self, timer: Timer) -> None:
+        with self._wake:
+            if not timer.pending:
+                return
+            timer.pending = False
+            self._cancelled += 1
+            heap = self._heap
+            if self._cancelled > COMPACT_AT and self._cancelled * 2 > len(heap):
+                self._heap = [entry for entry in heap if entry[2].pending]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
 
     def start(self) -> None:
         """Run due actions from a daemon thread from now on (real clocks only)."""
@@ -43,15 +76,22 @@ class Scheduler:
                 self._thread.start()
 
     def run_due(self) -> int:
-        """Run every action that is due; returns how many ran. For tests with a fake clock."""
+        """Run every timer that is due; returns how many ran. For tests with a fake clock."""
         ran = 0
         while True:
             with self._wake:
                 if not self._heap or self._heap[0][0] > self._clock():
                     return ran
-                _, _, action = heapq.heappop(self._heap)
+                _, _, timer = heapq.heappop(self._heap)
+                if not timer.pending:
+                    self._cancelled -= 1
+                    continue
+                timer.pending = False
+            method = timer.method()
+            if method is None:
+                continue  # its owner is gone
             try:
-                action()
+                method(*timer.args)
             except Exception as exc:
                 self._on_error(exc)
             ran += 1
@@ -60,12 +100,10 @@ class Scheduler:
         with self._wake:
             self._closed = True
             self._heap.clear()
+            self._cancelled = 0
             self._wake.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=1)
-
-    def __len__(self) -> int:
-        return len(self._heap)
 
     def _serve(self) -> None:
         while True:

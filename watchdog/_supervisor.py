@@ -9,34 +9,29 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from fnmatch import fnmatchcase
 from http.server import HTTPServer
 from typing import Any, TypeVar, overload
 
-from langchain_core.callbacks import BaseCallbackManager
-from langchain_core.runnables.config import get_config_list, get_executor_for_config
-from langgraph.graph import END
+from langchain_core.runnables import RunnableConfig
+from langgraph.pregel import Pregel
 from langgraph.runtime import RunControl
-from langgraph.types import Command
 from prometheus_client import CollectorRegistry, start_http_server
 
 from . import _events
-from . import _thread_totals as _totals
-from ._callbacks import ChainHandler, WatchdogHandler
-from ._cleanup import DEFAULT_HOOK_TIMEOUT, Hook
 from ._engine import Engine
 from ._errors import PolicyError, PolicyProblem
+from ._graph import SupervisedGraph, supervise
+from ._hooks import DEFAULT_HOOK_TIMEOUT, Hook
 from ._loading import load_policies
 from ._metrics import Metrics
 from ._policies import Policy, PolicySet
-from ._probe import RUN_KEY, probed
 from ._remote import SidecarError, SidecarLink, fetch_policies
 from ._run import Run, RunInfo
 from ._scheduler import Scheduler
 
-__all__ = ["SupervisedGraph", "Supervisor"]
+__all__ = ["RunHandle", "Supervisor"]
 
 RunId = str | uuid.UUID
 HookT = TypeVar("HookT", bound=Hook)
@@ -51,17 +46,6 @@ def _as_uuid(run_id: object) -> uuid.UUID | None:
         except ValueError:
             return None
     return None
-
-
-def _with_handler(callbacks: Any, handler: WatchdogHandler) -> Any:
-    """The caller's callbacks, list or manager, with ours added."""
-    if callbacks is None:
-        return [handler]
-    if isinstance(callbacks, BaseCallbackManager):
-        manager = callbacks.copy()
-        manager.add_handler(handler, inherit=True)
-        return manager
-    return [*callbacks, handler]
 
 
 class Supervisor:
@@ -84,11 +68,13 @@ class Supervisor:
         self.metrics = Metrics.on(registry)
         self.scheduler = Scheduler(self.clock, on_error=self.internal_error)
         self._real_clock = clock is None
-        self._runs: dict[uuid.UUID, Run] = {}
+        self._runs: dict[uuid.UUID, Run] = {}  # live runs; _runs_lock guards it
         self._runs_lock = threading.Lock()
         self._token_counters: dict[str, tuple[Any, Any]] = {}
         self.cancel_hooks: list[tuple[Hook, float]] = []
         self.link: SidecarLink | None = None  # set by connect()
+        # Listeners of this supervisor's events alone; replaced, never mutated, on change.
+        self._listeners: list[_events.Listener] = []
 
     @overload
     def on_cancel(self, hook: HookT, *, timeout: float = DEFAULT_HOOK_TIMEOUT) -> HookT: ...
@@ -183,7 +169,7 @@ class Supervisor:
 
     def _loaded(self, policies: PolicySet, source: str) -> None:
         self.metrics.policy_reloads.labels("ok").inc()
-        _events.emit(
+        self.emit(
             "policy_loaded",
             source=source,
             files=list(policies.files),
@@ -192,12 +178,18 @@ class Supervisor:
 
     # -- attaching -----------------------------------------------------------------------
 
-    def attach(self, graph: Any, *, name: str) -> SupervisedGraph:
-        """A supervised graph: the compiled graph's API, with every run watched.
+    def attach(self, graph: Any, *, name: str) -> Any:
+        """A supervised copy of a compiled graph: a graph of the same kind (``Pregel``,
+        ``CompiledStateGraph``), whose every run is watched.
 
-        ``PolicyError`` when a policy that can apply to this graph names a ``cleanup_node``
-        the graph lacks, or when the graph has no checkpointer to resume it from.
+        ``TypeError`` when ``graph`` is not a compiled graph; ``PolicyError`` when a policy
+        that can apply to this graph names a ``cleanup_node`` the graph lacks, or when the
+        graph has no checkpointer to resume it from.
         """
+        if not isinstance(graph, Pregel):
+            hint = " (call .compile() first)" if hasattr(graph, "compile") else ""
+            msg = f"attach() takes a compiled LangGraph graph, got {type(graph).__name__}{hint}"
+            raise TypeError(msg)
         problems = [
             problem
             for policy in self.policies.policies
@@ -206,7 +198,7 @@ class Supervisor:
         ]
         if problems:
             raise PolicyError(problems)
-        return SupervisedGraph(self, graph, name)
+        return supervise(graph, self, name)
 
     # -- runs ----------------------------------------------------------------------------
 
@@ -252,22 +244,14 @@ class Supervisor:
             self.link.close()
         self.scheduler.close()
 
-    def _begin(
-        self, graph: str, config: Any, kwargs: dict[str, Any], *, probed: bool
-    ) -> tuple[Run, Any]:
-        """Register a new run; returns it and the config to run the graph with.
-
-        A ``probed`` graph reports its nodes itself; any other needs chain callbacks.
-        """
-        config = dict(config or {})
+    def start_run(self, graph: str, config: RunnableConfig, control: RunControl) -> Run:
+        """Register a new run of ``graph``, as its config (``config``) describes it."""
         # Not written into the config: LangGraph formats a run id at every step.
         run_id = _as_uuid(config.get("run_id")) or uuid.uuid4()
         thread_id = (config.get("configurable") or {}).get("thread_id")
         monitor = self.engine.start_run(
             graph, config.get("tags") or (), config.get("metadata") or {}
         )
-        control = kwargs.get("control") or RunControl()
-        kwargs["control"] = control
         run = Run(
             self,
             graph,
@@ -276,9 +260,6 @@ class Supervisor:
             monitor=monitor,
             control=control,
         )
-        handler = (WatchdogHandler if probed else ChainHandler)(run)
-        config["callbacks"] = _with_handler(config.get("callbacks"), handler)
-        config["configurable"] = {**(config.get("configurable") or {}), RUN_KEY: run}
         superseding = next((p for p in monitor.policies if p.supersede), None)
         if superseding is not None and run.thread_id is not None:
             for older in self._live_on(run.thread_id):
@@ -290,19 +271,31 @@ class Supervisor:
             self._runs[run_id] = run
         self.metrics.runs_started.labels(graph).inc()
         self.metrics.active_runs.labels(graph).inc()
-        _events.emit("run_started", **run.fields, policies=[p.name for p in monitor.policies])
+        self.emit("run_started", **run.fields, policies=[p.name for p in monitor.policies])
         if monitor.has_timers:
             if self._real_clock:
                 self.scheduler.start()
             run.schedule_timers()
-        return run, config
+        return run
 
-    def _forget(self, run: Run) -> None:
+    # -- what runs use of their supervisor (RunHost) ------------------------------------
+
+    def emit(self, name: str, **fields: Any) -> None:
+        """Log an event, and hand it to this supervisor's listeners (its sidecar link)."""
+        _events.emit_to(self._listeners, name, **fields)
+
+    def add_listener(self, listener: _events.Listener) -> None:
+        self._listeners = [*self._listeners, listener]  # copied: emit reads it unlocked
+
+    def remove_listener(self, listener: _events.Listener) -> None:
+        self._listeners = [x for x in self._listeners if x is not listener]
+
+    def forget(self, run: Run) -> None:
         with self._runs_lock:
             if self._runs.get(run.run_id) is run:
                 del self._runs[run.run_id]
 
-    def _count_tokens(self, graph: str, input_tokens: int, output_tokens: int) -> None:
+    def count_tokens(self, graph: str, input_tokens: int, output_tokens: int) -> None:
         counters = self._token_counters.get(graph)
         if counters is None:
             tokens = self.metrics.tokens
@@ -319,7 +312,7 @@ class Supervisor:
         """A bug of ours: log it, count it, never let it reach the run."""
         self.metrics.internal_errors.inc()
         fields = run.fields if run is not None else {}
-        _events.emit(
+        self.emit(
             "internal_error",
             **fields,
             error=f"{type(error).__name__}: {error}",
@@ -357,242 +350,6 @@ def _cleanup_problems(policy: Policy, graph: Any, name: str) -> list[PolicyProbl
     return problems
 
 
-def _thread_config(config: Any) -> dict[str, Any]:
-    """The config to resume a run's thread with, unsupervised: the cleanup node's run."""
-    configurable = {k: v for k, v in config["configurable"].items() if k != RUN_KEY}
-    return {"configurable": configurable}
-
-
-def _cleanup_input(node: str, snapshot: Any) -> Command[Any] | None:
-    """How to resume a stopped run so that it runs ``node``: None when it routed itself
-    there (a node that caught the cancel); else its pending tasks are cleared and it goes
-    to ``node``."""
-    return None if tuple(snapshot.next) == (node,) else Command(goto=node)
-
-
-@contextmanager
-def _supervising(run: Run) -> Iterator[None]:
-    """Turn how the graph call ended into the run's outcome, and what the caller sees."""
-    try:
-        yield
-    except BaseException as error:
-        outcome = run.end(error)
-        if outcome is error:
-            raise
-        raise outcome from None  # type: ignore[misc]
-    outcome = run.end(None)
-    if outcome is not None:
-        raise outcome
-
-
-class SupervisedGraph:
-    """A compiled graph whose runs are supervised; everything else passes through."""
-
-    def __init__(self, supervisor: Supervisor, graph: Any, name: str) -> None:
-        self.supervisor = supervisor
-        self.graph = graph
-        self.name = name
-        # Runs go to a copy with probes in its nodes, when the graph allows one.
-        self._probed = probed(graph)
-        self._runnable = graph if self._probed is None else self._probed
-
-    def _begin(self, config: Any, kwargs: dict[str, Any]) -> tuple[Run, Any]:
-        return self.supervisor._begin(self.name, config, kwargs, probed=self._probed is not None)
-
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(self.graph, attribute)
-
-    def __repr__(self) -> str:
-        return f"SupervisedGraph({self.name!r}, {self.graph!r})"
-
-    def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
-        run, config = self._begin(config, kwargs)
-        with _supervising(run), self._thread_totals(run):
-            try:
-                return self._runnable.invoke(input, config, **kwargs)
-            except BaseException:
-                self._cleanup(run, config)
-                raise
-        raise AssertionError  # pragma: no cover - for type checkers: with re-raises
-
-    async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
-        run, config = self._begin(config, kwargs)
-        run.bind_task()
-        try:
-            with _supervising(run):
-                await self._load_thread_totals(run)
-                try:
-                    return await self._runnable.ainvoke(input, config, **kwargs)
-                except BaseException:
-                    await self._acleanup(run, config)
-                    raise
-                finally:
-                    await self._save_thread_totals(run)
-        finally:
-            await run.settle_cleanups()
-        raise AssertionError  # pragma: no cover
-
-    def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Iterator[Any]:
-        run, config = self._begin(config, kwargs)
-        with _supervising(run), self._thread_totals(run):
-            try:
-                yield from self._runnable.stream(input, config, **kwargs)
-            except BaseException:
-                self._cleanup(run, config)
-                raise
-
-    # -- scope: thread: totals kept with the thread -------------------------------------
-
-    def _thread_checkpointer(self, run: Run) -> Any:
-        """The checkpointer to keep this run's thread totals in, if it needs them."""
-        if run.thread_id is None or not any(p.kind.per_thread for p in run.monitor.policies):
-            return None
-        return getattr(self.graph, "checkpointer", None) or None
-
-    @contextmanager
-    def _thread_totals(self, run: Run) -> Iterator[None]:
-        checkpointer = self._thread_checkpointer(run)
-        if checkpointer is None:
-            yield
-            return
-        assert run.thread_id is not None
-        base = run.monitor.state.thread = _totals.load(checkpointer, run.thread_id)
-        try:
-            yield
-        finally:
-            _totals.save(checkpointer, run.thread_id, base.plus(run.monitor.state))
-
-    async def _load_thread_totals(self, run: Run) -> None:
-        checkpointer = self._thread_checkpointer(run)
-        if checkpointer is not None and run.thread_id is not None:
-            run.monitor.state.thread = await _totals.aload(checkpointer, run.thread_id)
-
-    async def _save_thread_totals(self, run: Run) -> None:
-        checkpointer = self._thread_checkpointer(run)
-        if checkpointer is not None and run.thread_id is not None:
-            state = run.monitor.state
-            await _totals.asave(checkpointer, run.thread_id, state.thread.plus(state))
-
-    # -- the cleanup node: where a cancelled run goes to wrap up ------------------------
-
-    def _cleanup(self, run: Run, config: Any) -> None:
-        node = run.cleanup_node()
-        if node is None:
-            return
-        thread = _thread_config(config)
-        run.cleanup_started(node)
-        try:
-            resume = _cleanup_input(node, self.graph.get_state(thread))
-            if resume is not None:
-                self.graph.update_state(thread, None, as_node=END)  # drop pending tasks
-            self.graph.invoke(resume, thread)
-        except Exception as error:
-            run.cleanup_finished(node, error)
-        else:
-            run.cleanup_finished(node, None)
-
-    async def _acleanup(self, run: Run, config: Any) -> None:
-        node = run.cleanup_node()
-        if node is None:
-            return
-        thread = _thread_config(config)
-        run.cleanup_started(node)
-        try:
-            async with asyncio.timeout(run.cleanup_budget()):
-                resume = _cleanup_input(node, await self.graph.aget_state(thread))
-                if resume is not None:
-                    await self.graph.aupdate_state(thread, None, as_node=END)
-                await self.graph.ainvoke(resume, thread)
-        except Exception as error:
-            run.cleanup_finished(node, error)
-        else:
-            run.cleanup_finished(node, None)
-
-    def astream(self, input: Any, config: Any = None, **kwargs: Any) -> AsyncIterator[Any]:
-        return self._stream_async("astream", input, config, kwargs)
-
-    def astream_events(
-        self,
-        input: Any,
-        config: Any = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[Any]:
-        return self._stream_async("astream_events", input, config, kwargs)
-
-    async def _stream_async(
-        self,
-        method: str,
-        input: Any,
-        config: Any,
-        kwargs: dict[str, Any],
-        caller_gone: str | None = None,
-    ) -> AsyncGenerator[Any, None]:
-        run, config = self._begin(config, kwargs)
-        run.bind_task()
-        run.caller_gone = caller_gone
-        try:
-            with _supervising(run):
-                await self._load_thread_totals(run)
-                stream = getattr(self._runnable, method)(input, config, **kwargs)
-                try:
-                    async for item in stream:
-                        yield item
-                except BaseException:
-                    await self._acleanup(run, config)
-                    raise
-                finally:
-                    await stream.aclose()
-                    await self._save_thread_totals(run)
-        finally:
-            await run.settle_cleanups()
-
-    def batch(
-        self,
-        inputs: Sequence[Any],
-        config: Any = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[Any]:
-        if not inputs:
-            return []
-        configs = get_config_list(config, len(inputs))
-
-        def one(item: Any, item_config: Any) -> Any:
-            try:
-                return self.invoke(item, item_config, **kwargs)
-            except Exception as exc:
-                if return_exceptions:
-                    return exc
-                raise
-
-        with get_executor_for_config(configs[0]) as executor:
-            return list(executor.map(one, inputs, configs))
-
-    async def abatch(
-        self,
-        inputs: Sequence[Any],
-        config: Any = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[Any]:
-        if not inputs:
-            return []
-        configs = get_config_list(config, len(inputs))
-        limit = configs[0].get("max_concurrency") or len(inputs)
-        gate = asyncio.Semaphore(limit)
-
-        async def one(item: Any, item_config: Any) -> Any:
-            async with gate:
-                return await self.ainvoke(item, item_config, **kwargs)
-
-        return await asyncio.gather(
-            *(one(i, c) for i, c in zip(inputs, configs, strict=True)),
-            return_exceptions=return_exceptions,
-        )
-
-
 class RunHandle:
     """A run started in the background: stream it, cancel it, await its result.
 
@@ -610,6 +367,7 @@ class RunHandle:
         config["run_id"] = self._run_id
         self.run_id = str(self._run_id)
         self._app = app
+        self._supervisor: Supervisor = app._watchdog.supervisor  # type: ignore[assignment]
         kwargs.setdefault("stream_mode", "values")  # so the last chunk is the final state
         self._chunks: asyncio.Queue[Any] = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._pump(input, config, kwargs))
@@ -636,7 +394,7 @@ class RunHandle:
 
     async def cancel(self, reason: str = "cancelled by request") -> bool:
         """Cancel the run and wait until it has stopped; True when this call cancelled it."""
-        supervisor = self._app.supervisor
+        supervisor = self._supervisor
         while self._run_id not in supervisor._runs and not self._task.done():
             await asyncio.sleep(0)  # the run registers as it takes its first step
         cancelled = supervisor.cancel(self._run_id, reason)

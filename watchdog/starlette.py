@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from ._supervisor import SupervisedGraph
+from ._graph import SupervisedGraph, caller_gone
 
 __all__ = ["CLIENT_DISCONNECTED", "supervised_stream"]
 
@@ -39,9 +39,17 @@ async def supervised_stream(
     **kwargs: Any,
 ) -> AsyncIterator[Any]:
     """``app.astream(...)`` (or ``astream_events``) for a streaming HTTP response."""
-    stream = app._stream_async(method, input, config, kwargs, caller_gone=CLIENT_DISCONNECTED)
+    stream = getattr(app, method)(input, config, **kwargs)
     try:
-        async for item in stream:
+        while True:
+            # Set only while the run's code runs: the run reads it as it starts.
+            token = caller_gone.set(CLIENT_DISCONNECTED)
+            try:
+                item = await anext(stream)
+            except StopAsyncIteration:
+                return
+            finally:
+                caller_gone.reset(token)
             yield item
     finally:
         # Close the run's stream now, not whenever it is collected, so the cancel is

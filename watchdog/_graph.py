@@ -1,0 +1,312 @@
+"""Supervised graphs: compiled LangGraph graphs that watch every run they make.
+
+``attach()`` returns a copy of the compiled graph whose class is a subclass of the graph's
+own (``CompiledStateGraph`` for a ``StateGraph``, ``Pregel`` for the functional API) with
+``stream`` and ``astream`` supervised. Every way of running a graph goes through one of
+those two: LangGraph's ``invoke``, ``batch`` and ``stream_events``/``astream_events`` v3 call
+them, LangChain's ``astream_events`` v1/v2, ``astream_log`` and ``transform`` too, and
+``with_config``, ``copy``, ``with_retry``, ``|`` and a parent graph's node all end in them.
+``copy`` keeps the class and the attachment, so the Agent Server's copies stay supervised.
+
+A supervised graph called while a run of the watchdog is live in its context (as a node of
+a supervised graph, or from inside a node function) joins that run: no second run. The run
+travels in a context variable, set only while the graph's own code runs, so it never shows
+in configs, checkpoints or streamed chunks, and the caller's context never keeps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from langchain_core.callbacks import BaseCallbackManager
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import ensure_config, merge_configs
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END
+from langgraph.pregel import Pregel
+from langgraph.runtime import RunControl
+from langgraph.types import Command
+
+from . import _thread_totals as totals
+from ._callbacks import ChainHandler, WatchdogHandler
+from ._probe import probed_nodes
+from ._run import Run, running
+
+__all__ = ["Attachment", "RunStarter", "SupervisedGraph", "caller_gone", "supervise"]
+
+# The reason to record when the caller goes away mid-run (see watchdog.starlette).
+caller_gone: ContextVar[str | None] = ContextVar("watchdog_caller_gone", default=None)
+
+
+class RunStarter(Protocol):
+    def start_run(self, graph: str, config: RunnableConfig, control: RunControl) -> Run: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """What a supervised graph carries: who starts its runs, and under which name."""
+
+    supervisor: RunStarter
+    name: str
+    probed: bool  # its nodes report themselves; else chain callbacks must tell of them
+
+
+def supervise(graph: Pregel[Any, Any, Any, Any], supervisor: RunStarter, name: str) -> Any:
+    """A supervised copy of a compiled graph, of a subclass of the graph's own class."""
+    nodes = probed_nodes(graph, reports_itself=lambda sub: isinstance(sub, SupervisedGraph))
+    attrs = {k: v for k, v in graph.__dict__.items() if k != "__orig_class__"}
+    if nodes is not None:
+        attrs["nodes"] = nodes
+    attrs["_watchdog"] = Attachment(supervisor, name, probed=nodes is not None)
+    return _supervised_class(type(graph))(**attrs)
+
+
+_classes: dict[type, type] = {}  # written at attach time only, never on a run's path
+
+
+def _supervised_class(cls: type) -> type:
+    if issubclass(cls, SupervisedGraph):
+        return cls
+    supervised = _classes.get(cls)
+    if supervised is None:
+        supervised = _classes[cls] = type(
+            f"Supervised{cls.__name__}",
+            (SupervisedGraph, cls),
+            {"__module__": cls.__module__, "__qualname__": f"Supervised{cls.__qualname__}"},
+        )
+    return supervised
+
+
+def _with_handler(callbacks: Any, handler: WatchdogHandler) -> Any:
+    """The caller's callbacks, list or manager, with ours added."""
+    if callbacks is None:
+        return [handler]
+    if isinstance(callbacks, BaseCallbackManager):
+        manager = callbacks.copy()
+        manager.add_handler(handler, inherit=True)
+        return manager
+    return [*callbacks, handler]
+
+
+def _joins(run: Run | None) -> bool:
+    return run is not None and run.status in ("running", "cancelling")
+
+
+@contextlib.contextmanager
+def _supervising(run: Run) -> Iterator[None]:
+    """Turn how the graph call ended into the run's outcome, and what the caller sees."""
+    try:
+        yield
+    except BaseException as error:
+        outcome = run.end(error)
+        if outcome is error:
+            raise
+        raise outcome from None  # type: ignore[misc]
+    outcome = run.end(None)
+    if outcome is not None:
+        raise outcome
+
+
+class SupervisedGraph(Pregel[Any, Any, Any, Any]):
+    """A compiled graph whose runs are supervised: ``isinstance(app, SupervisedGraph)``.
+
+    The class ``attach()`` returns derives from this one and from the graph's own class.
+    """
+
+    _watchdog: Attachment
+
+    def __init__(
+        self,
+        *,
+        _watchdog: Attachment,
+        _output_mapper: Callable[[Any], Any] | None = None,
+        _state_mapper: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._watchdog = _watchdog
+        # Pregel's copy() passes these on, and its constructor would drop them: v2 output
+        # of a pydantic or dataclass state needs them.
+        if _output_mapper is not None:
+            self._output_mapper = _output_mapper
+        if _state_mapper is not None:
+            self._state_mapper = _state_mapper
+
+    # -- running ---------------------------------------------------------------------------
+
+    def stream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        if _joins(running.get()):
+            yield from super().stream(input, config, **kwargs)
+            return
+        run, config, seen = self._start(config, kwargs)
+        with _supervising(run):
+            try:
+                with self._thread_totals(run):
+                    chunks = cast(Generator[Any], super().stream(input, config, **kwargs))
+                    try:
+                        while True:
+                            token = running.set(run)
+                            try:
+                                chunk = next(chunks)
+                            except StopIteration:
+                                break
+                            finally:
+                                running.reset(token)
+                            yield chunk
+                    finally:
+                        token = running.set(run)
+                        try:
+                            chunks.close()
+                        finally:
+                            running.reset(token)
+            except BaseException:
+                self._cleanup(run, seen)
+                raise
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        if _joins(running.get()):
+            async for chunk in super().astream(input, config, **kwargs):
+                yield chunk
+            return
+        run, config, seen = self._start(config, kwargs)
+        run.bind_task()
+        try:
+            with _supervising(run):
+                await self._load_thread_totals(run)
+                chunks = cast(AsyncGenerator[Any], super().astream(input, config, **kwargs))
+                try:
+                    while True:
+                        token = running.set(run)
+                        try:
+                            chunk = await anext(chunks)
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            running.reset(token)
+                        yield chunk
+                except BaseException:
+                    await self._acleanup(run, seen)
+                    raise
+                finally:
+                    token = running.set(run)
+                    try:
+                        await chunks.aclose()
+                    finally:
+                        running.reset(token)
+                    await self._save_thread_totals(run)
+        finally:
+            await run.settle_cleanups()
+
+    def _start(
+        self, config: RunnableConfig | None, kwargs: dict[str, Any]
+    ) -> tuple[Run, RunnableConfig, RunnableConfig]:
+        """Start a run; returns it, the config to run the graph with, and the config as the
+        graph will see it (with_config's and the caller context's included)."""
+        attachment = self._watchdog
+        control = kwargs.get("control") or RunControl()
+        kwargs["control"] = control
+        seen = ensure_config(merge_configs(self.config, config))
+        run = attachment.supervisor.start_run(attachment.name, seen, control)
+        run.caller_gone = caller_gone.get()
+        handler = (WatchdogHandler if attachment.probed else ChainHandler)(run)
+        ours = RunnableConfig(**(config or {}))
+        ours["callbacks"] = _with_handler(ours.get("callbacks"), handler)
+        return run, ours, seen
+
+    # -- scope: thread: totals kept with the thread ---------------------------------------
+
+    def _totals_saver(self, run: Run) -> BaseCheckpointSaver[Any] | None:
+        """The checkpointer to keep this run's thread totals in, if it needs them."""
+        if run.thread_id is None or not any(p.kind.per_thread for p in run.monitor.policies):
+            return None
+        saver = self.checkpointer
+        return saver if isinstance(saver, BaseCheckpointSaver) else None
+
+    @contextlib.contextmanager
+    def _thread_totals(self, run: Run) -> Iterator[None]:
+        saver = self._totals_saver(run)
+        if saver is None:
+            yield
+            return
+        assert run.thread_id is not None
+        base = run.monitor.state.thread = totals.load(saver, run.thread_id)
+        try:
+            yield
+        finally:
+            totals.save(saver, run.thread_id, base.plus(run.monitor.state))
+
+    async def _load_thread_totals(self, run: Run) -> None:
+        saver = self._totals_saver(run)
+        if saver is not None and run.thread_id is not None:
+            run.monitor.state.thread = await totals.aload(saver, run.thread_id)
+
+    async def _save_thread_totals(self, run: Run) -> None:
+        saver = self._totals_saver(run)
+        if saver is not None and run.thread_id is not None:
+            state = run.monitor.state
+            await totals.asave(saver, run.thread_id, state.thread.plus(state))
+
+    # -- the cleanup node: where a cancelled run goes to wrap up --------------------------
+
+    def _cleanup(self, run: Run, seen: RunnableConfig) -> None:
+        node = run.cleanup_node()
+        if node is None:
+            return
+        thread = _thread_config(seen)
+        run.cleanup_started(node)
+        token = running.set(None)  # the cleanup node's run is not supervised
+        try:
+            resume = _cleanup_input(node, self.get_state(thread))
+            if resume is not None:
+                self.update_state(thread, None, as_node=END)  # drop pending tasks
+            for _ in super().stream(resume, thread):
+                pass
+        except Exception as error:
+            run.cleanup_finished(node, error)
+        else:
+            run.cleanup_finished(node, None)
+        finally:
+            running.reset(token)
+
+    async def _acleanup(self, run: Run, seen: RunnableConfig) -> None:
+        node = run.cleanup_node()
+        if node is None:
+            return
+        thread = _thread_config(seen)
+        run.cleanup_started(node)
+        token = running.set(None)
+        try:
+            async with asyncio.timeout(run.cleanup_budget()):
+                resume = _cleanup_input(node, await self.aget_state(thread))
+                if resume is not None:
+                    await self.aupdate_state(thread, None, as_node=END)
+                async for _ in super().astream(resume, thread):
+                    pass
+        except Exception as error:
+            run.cleanup_finished(node, error)
+        else:
+            run.cleanup_finished(node, None)
+        finally:
+            running.reset(token)
+
+
+def _thread_config(seen: RunnableConfig) -> RunnableConfig:
+    """The config to resume a cancelled run's thread with, at its latest checkpoint."""
+    configurable = seen.get("configurable") or {}
+    return {"configurable": {k: v for k, v in configurable.items() if k != "checkpoint_id"}}
+
+
+def _cleanup_input(node: str, snapshot: Any) -> Command[Any] | None:
+    """How to resume a stopped run so that it runs ``node``: None when it routed itself
+    there (a node that caught the cancel); else its pending tasks are cleared and it goes
+    to ``node``."""
+    return None if tuple(snapshot.next) == (node,) else Command(goto=node)
