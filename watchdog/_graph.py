@@ -74,11 +74,8 @@ def _supervised_class(cls: type) -> type:
         return cls
     supervised = _classes.get(cls)
     if supervised is None:
-        supervised = _classes[cls] = type(
-            f"Supervised{cls.__name__}",
-            (SupervisedGraph, cls),
-            {"__module__": cls.__module__, "__qualname__": f"Supervised{cls.__qualname__}"},
-        )
+        name = f"Supervised{cls.__name__}"
+        supervised = _classes[cls] = type(name, (SupervisedGraph, cls), {"__module__": __name__})
     return supervised
 
 
@@ -106,10 +103,21 @@ def _supervising(run: Run) -> Iterator[None]:
         outcome = run.end(error)
         if outcome is error:
             raise
-        raise outcome from None  # type: ignore[misc]
+        # Replaced, and never shown: its traceback would hold the run's frames in a cycle
+        # with LangGraph's loop (which keeps a failed task's error), outliving the run.
+        error.__traceback__ = None
+        try:
+            raise outcome from None  # type: ignore[misc]
+        finally:
+            # The exception's traceback holds this frame: no cycle, so the run it raised
+            # for is freed as soon as the caller drops the exception.
+            outcome = None
     outcome = run.end(None)
     if outcome is not None:
-        raise outcome
+        try:
+            raise outcome
+        finally:
+            outcome = None
 
 
 class SupervisedGraph(Pregel[Any, Any, Any, Any]):
