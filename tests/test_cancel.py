@@ -6,18 +6,16 @@ import asyncio
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any, TypedDict
 
 import pytest
-from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, StateGraph
 from langgraph.runtime import Runtime
 from prometheus_client import CollectorRegistry
 
-from tests.graphs import Bodies, Counter, endless, hanging, one_node, policies, scripted
+from tests.graphs import Bodies, Counter, endless, hanging, one_node, policies
 from watchdog import RunCancelled, Supervisor
 from watchdog.testing import capture_cancellations
 
@@ -55,7 +53,9 @@ def test_the_seeds_demonstration_is_stopped_by_the_caller_through_a_run_handle()
 
     async def main() -> tuple[bool, list[Any], RunCancelled]:
         run = supervisor.start(app, {"count": 0}, thread("seed"))
-        await asyncio.sleep(0.07)  # Let it run for a few cycles
+        # Let it run for a few cycles: the seed sleeps 0.07 s; a busy machine may need more.
+        while not supervisor.runs() or supervisor.runs()[0].steps < 3:
+            await asyncio.sleep(0.01)
         cancelled = await run.cancel()  # Cancel the task
         chunks: list[Any] = []
 
@@ -73,7 +73,7 @@ def test_the_seeds_demonstration_is_stopped_by_the_caller_through_a_run_handle()
         supervisor.close()
     assert cancelled
     assert (error.kind, error.reason) == ("manual", "cancelled by request")
-    assert 2 <= len(chunks) <= 8
+    assert 2 <= len(chunks) <= 4  # the step under way when it was cancelled may complete
     # The state is checkpointed: the last completed step is there to inspect or resume.
     assert app.get_state(thread("seed")).values == chunks[-1]
 
@@ -278,62 +278,3 @@ def test_a_sync_node_blocked_in_a_call_is_stopped_as_soon_as_it_returns_to_pytho
     assert (raised.value.phase, raised.value.kind) == ("hard", "wall_time")
     assert after_the_call == []
     assert 0.06 <= time.monotonic() - started < 1.0
-
-
-THREAD_SCOPED = """\
-- {name: per-run, step_count: {max_steps: 4}}
-- {name: per-thread, step_count: {max_steps: 7, scope: thread}}
-"""
-
-
-def test_scope_thread_counts_across_resumes_and_survives_a_restart(tmp_path: Path) -> None:
-    bodies = Bodies()
-    database = str(tmp_path / "threads.sqlite")
-    config = thread("runaway")
-
-    def supervised(checkpointer: SqliteSaver) -> Any:
-        graph = endless(bodies, is_async=False).builder.compile(checkpointer=checkpointer)
-        return Supervisor(policies(THREAD_SCOPED)).attach(graph, name="runaway")
-
-    with SqliteSaver.from_conn_string(database) as checkpointer:
-        app = supervised(checkpointer)
-        with pytest.raises(RunCancelled) as first:
-            app.invoke({"count": 0}, config)
-        assert (first.value.policy, bodies.ran) == ("per-run", 4)
-        # Resumed, the run would get a fresh per-run budget; the thread's budget goes on:
-        # 5 steps begun (4 ran, the 5th was stopped), so the 3rd step of this run is the 8th.
-        with pytest.raises(RunCancelled) as second:
-            app.invoke(None, config)
-        assert (second.value.policy, second.value.observed, bodies.ran) == ("per-thread", 8, 6)
-        assert app.get_state(config).values == {"count": 6}
-
-    # A new process: a new supervisor, the same database.
-    with SqliteSaver.from_conn_string(database) as checkpointer:
-        app = supervised(checkpointer)
-        with pytest.raises(RunCancelled) as third:
-            app.invoke(None, config)
-        assert (third.value.policy, third.value.observed, bodies.ran) == ("per-thread", 9, 6)
-        # The totals live beside the thread, not in its state or its history.
-        assert next(s.values for s in app.get_state_history(config)) == {"count": 6}
-
-
-def test_scope_thread_token_budgets_carry_over_between_runs() -> None:
-    model = scripted(AIMessage("thinking..."))  # 120 tokens a call
-    supervisor = Supervisor(
-        policies(
-            """\
-            - {name: per-run, step_count: {max_steps: 3}}
-            - {name: thread-tokens, token_budget: {max_total_tokens: 500, scope: thread}}
-            """
-        )
-    )
-    bodies = Bodies()
-    app = supervisor.attach(endless(bodies, is_async=True, model=model), name="chatty")
-    config = thread("chatty")
-    with pytest.raises(RunCancelled) as first:
-        asyncio.run(app.ainvoke({"count": 0}, config))
-    assert (first.value.policy, bodies.ran) == ("per-run", 3)  # 3 calls: 360 tokens
-    with pytest.raises(RunCancelled) as second:
-        asyncio.run(app.ainvoke(None, config))
-    assert (second.value.policy, second.value.observed) == ("thread-tokens", 600)
-    assert bodies.ran == 5  # 3 + 2: the 5th call crossed 500 for the thread

@@ -44,6 +44,10 @@ caller_gone: ContextVar[str | None] = ContextVar("watchdog_caller_gone", default
 
 
 class RunStarter(Protocol):
+    """What a supervised graph needs of its supervisor."""
+
+    ledgers: totals.Ledgers  # scope: thread totals of the runs live in this process
+
     def start_run(self, graph: str, config: RunnableConfig, control: RunControl) -> Run: ...
 
 
@@ -189,28 +193,28 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         run.bind_task()
         try:
             with _supervising(run):
-                await self._load_thread_totals(run)
-                chunks = cast(AsyncGenerator[Any], super().astream(input, config, **kwargs))
                 try:
-                    while True:
-                        token = running.set(run)
+                    async with self._athread_totals(run):
+                        chunks = cast(AsyncGenerator[Any], super().astream(input, config, **kwargs))
                         try:
-                            chunk = await anext(chunks)
-                        except StopAsyncIteration:
-                            break
+                            while True:
+                                token = running.set(run)
+                                try:
+                                    chunk = await anext(chunks)
+                                except StopAsyncIteration:
+                                    break
+                                finally:
+                                    running.reset(token)
+                                yield chunk
                         finally:
-                            running.reset(token)
-                        yield chunk
+                            token = running.set(run)
+                            try:
+                                await chunks.aclose()
+                            finally:
+                                running.reset(token)
                 except BaseException:
                     await self._acleanup(run, seen)
                     raise
-                finally:
-                    token = running.set(run)
-                    try:
-                        await chunks.aclose()
-                    finally:
-                        running.reset(token)
-                    await self._save_thread_totals(run)
         finally:
             await run.settle_cleanups()
 
@@ -232,7 +236,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
 
     # -- scope: thread: totals kept with the thread ---------------------------------------
 
-    def _totals_saver(self, run: Run) -> BaseCheckpointSaver[Any] | None:
+    def _totals_saver(self, run: Run) -> totals.Saver | None:
         """The checkpointer to keep this run's thread totals in, if it needs them."""
         if run.thread_id is None or not any(p.kind.per_thread for p in run.monitor.policies):
             return None
@@ -242,26 +246,36 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
     @contextlib.contextmanager
     def _thread_totals(self, run: Run) -> Iterator[None]:
         saver = self._totals_saver(run)
-        if saver is None:
+        if saver is None or run.thread_id is None:
             yield
             return
-        assert run.thread_id is not None
-        base = run.monitor.state.thread = totals.load(saver, run.thread_id)
+        ledgers, thread, state = self._watchdog.supervisor.ledgers, run.thread_id, run.monitor.state
+        loaded = None if ledgers.has(saver, thread) else totals.load(saver, thread)
+        ledgers.join(saver, thread, loaded, state)
         try:
             yield
         finally:
-            totals.save(saver, run.thread_id, base.plus(run.monitor.state))
+            try:
+                totals.save(saver, thread, totals.used_by(state))
+            finally:
+                ledgers.leave(saver, thread, state)
 
-    async def _load_thread_totals(self, run: Run) -> None:
+    @contextlib.asynccontextmanager
+    async def _athread_totals(self, run: Run) -> AsyncIterator[None]:
         saver = self._totals_saver(run)
-        if saver is not None and run.thread_id is not None:
-            run.monitor.state.thread = await totals.aload(saver, run.thread_id)
-
-    async def _save_thread_totals(self, run: Run) -> None:
-        saver = self._totals_saver(run)
-        if saver is not None and run.thread_id is not None:
-            state = run.monitor.state
-            await totals.asave(saver, run.thread_id, state.thread.plus(state))
+        if saver is None or run.thread_id is None:
+            yield
+            return
+        ledgers, thread, state = self._watchdog.supervisor.ledgers, run.thread_id, run.monitor.state
+        loaded = None if ledgers.has(saver, thread) else await totals.aload(saver, thread)
+        ledgers.join(saver, thread, loaded, state)
+        try:
+            yield
+        finally:
+            try:
+                await totals.asave(saver, thread, totals.used_by(state))
+            finally:
+                ledgers.leave(saver, thread, state)
 
     # -- the cleanup node: where a cancelled run goes to wrap up --------------------------
 

@@ -136,9 +136,10 @@ class Limit:
         """The most one triggering event can raise ``observe``; None: no bound.
 
         A bounded limit need not be looked at again until enough events have passed to
-        reach its threshold, which keeps most checks off the hot path.
+        reach its threshold, which keeps most checks off the hot path. A thread's limit
+        also rises with the events of its other live runs: it has no bound.
         """
-        return self.MAX_RISE
+        return None if getattr(self, "thread", False) else self.MAX_RISE
 
     def observe(self, state: RunState) -> float:
         raise NotImplementedError

@@ -19,7 +19,9 @@ __all__ = [
     "Price",
     "RepeatWindow",
     "RunState",
+    "ThreadLedger",
     "ThreadTotals",
+    "ThreadView",
     "Tracker",
     "TrackerSpec",
 ]
@@ -223,6 +225,61 @@ class ThreadTotals:
 NO_TOTALS = ThreadTotals()
 
 
+class ThreadLedger:
+    """One thread while runs of it are live in this process: what its ended runs used, and
+    the states of the live ones, as one pair replaced whole, so a reader needs no lock and
+    never sees a run both ended and live."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, base: ThreadTotals) -> None:
+        self.now: tuple[ThreadTotals, tuple[RunState, ...]] = (base, ())
+
+
+class ThreadView:
+    """What the other runs of a run's thread used: the ended ones, and the live ones so far.
+
+    It reads like ``ThreadTotals``; with no other live run it costs two attribute reads.
+    """
+
+    __slots__ = ("_ledger", "_own")
+
+    def __init__(self, ledger: ThreadLedger, own: RunState) -> None:
+        self._ledger = ledger
+        self._own = own
+
+    def _others(self) -> ThreadTotals:
+        totals, live = self._ledger.now
+        for state in live:
+            if state is not self._own:
+                totals = totals.plus(state)
+        return totals
+
+    @property
+    def steps(self) -> int:
+        return self._others().steps
+
+    @property
+    def node_runs(self) -> int:
+        return self._others().node_runs
+
+    @property
+    def input_tokens(self) -> int:
+        return self._others().input_tokens
+
+    @property
+    def output_tokens(self) -> int:
+        return self._others().output_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self._others().total_tokens
+
+    @property
+    def cost_usd(self) -> dict[str, float]:
+        return self._others().cost_usd
+
+
 class RunState:
     """What the limits of every policy kind read: one object per run.
 
@@ -264,9 +321,9 @@ class RunState:
         self.node: str | None = None  # the node that started last
         self.tool: str | None = None  # the tool that was called last
         self.trackers: dict[TrackerSpec, Tracker] = {}
-        # What earlier runs of the same thread used, for limits with scope: thread; replaced,
-        # never changed, so runs that need none share one.
-        self.thread = NO_TOTALS
+        # What other runs of the same thread used, for limits with scope: thread; runs that
+        # need none share one empty total.
+        self.thread: ThreadTotals | ThreadView = NO_TOTALS
 
     @property
     def elapsed(self) -> float:

@@ -30,6 +30,7 @@ from ._policies import Policy, PolicySet
 from ._remote import SidecarError, SidecarLink, fetch_policies
 from ._run import Run, RunInfo
 from ._scheduler import Scheduler
+from ._thread_totals import Ledgers
 
 __all__ = ["RunHandle", "Supervisor"]
 
@@ -73,6 +74,7 @@ class Supervisor:
         self._token_counters: dict[str, tuple[Any, Any]] = {}
         self.cancel_hooks: list[tuple[Hook, float]] = []
         self.link: SidecarLink | None = None  # set by connect()
+        self.ledgers = Ledgers()
         # Listeners of this supervisor's events alone; replaced, never mutated, on change.
         self._listeners: list[_events.Listener] = []
 

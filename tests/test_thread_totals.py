@@ -1,0 +1,194 @@
+"""``scope: thread``: totals kept with the thread, exact however its runs overlap."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+
+from tests.graphs import Bodies, Counter, endless, one_node, policies, scripted
+from watchdog import RunCancelled, Supervisor
+from watchdog import _thread_totals as totals
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stepping(saver: Any, steps: int) -> Any:
+    """An async graph that takes ``steps`` steps, yielding to other runs at each."""
+
+    async def step(state: Counter) -> dict[str, int]:
+        await asyncio.sleep(0)
+        return {"count": state["count"] + 1}
+
+    builder = StateGraph(Counter)
+    builder.add_node("work", step)
+    builder.add_edge(START, "work")
+    builder.add_conditional_edges("work", lambda s: END if s["count"] >= steps else "work")
+    return builder.compile(checkpointer=saver)
+
+
+def thread_config(thread_id: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": thread_id}}
+
+
+UNLIMITED = "- {name: thread, step_count: {max_steps: 1000000, scope: thread}}"
+
+
+def test_concurrent_runs_on_one_thread_all_count() -> None:
+    saver = InMemorySaver()
+    app = Supervisor(policies(UNLIMITED)).attach(stepping(saver, steps=4), name="many")
+
+    async def eight_at_once() -> None:
+        await asyncio.gather(
+            *(app.ainvoke({"count": 0}, thread_config("shared")) for _ in range(8))
+        )
+
+    asyncio.run(eight_at_once())
+    assert totals.load(saver, "shared").steps == 32
+
+
+def test_concurrent_sync_runs_on_one_thread_all_count() -> None:
+    saver = InMemorySaver()
+    graph = one_node(lambda state: {"count": state["count"] + 1}, checkpointer=False)
+    app = Supervisor(policies(UNLIMITED)).attach(graph.copy({"checkpointer": saver}), name="s")
+    app.batch([{"count": 0}] * 8, thread_config("shared"))
+    assert totals.load(saver, "shared").steps == 8
+
+
+def test_a_thread_limit_holds_across_concurrent_runs() -> None:
+    saver = InMemorySaver()
+    text = "- {name: thread, step_count: {max_steps: 10, scope: thread}}"
+    app = Supervisor(policies(text)).attach(stepping(saver, steps=8), name="parallel")
+
+    async def four_at_once() -> list[Any]:
+        runs = (app.ainvoke({"count": 0}, thread_config("limited")) for _ in range(4))
+        return await asyncio.gather(*runs, return_exceptions=True)
+
+    outcomes = asyncio.run(four_at_once())
+    assert all(isinstance(outcome, RunCancelled) for outcome in outcomes)
+    # Each run checks the thread's total as its steps begin: at most one step over the
+    # limit per run live at once (a step stopped as it began counts as begun).
+    assert 11 <= totals.load(saver, "limited").steps <= 10 + 4
+
+
+def test_a_superseded_run_keeps_its_steps() -> None:
+    saver = InMemorySaver()
+    text = """\
+    - {name: newest, step_count: {max_steps: 1000}, supersede: true}
+    - {name: thread, step_count: {max_steps: 1000000, scope: thread}}
+    """
+    supervisor = Supervisor(policies(text))
+    older_app = supervisor.attach(stepping(saver, steps=1000), name="older")
+    newer_app = supervisor.attach(stepping(saver, steps=3), name="newer")
+
+    async def superseded() -> int:
+        older = asyncio.create_task(older_app.ainvoke({"count": 0}, thread_config("chat")))
+        while not supervisor.runs() or supervisor.runs()[0].steps < 24:
+            await asyncio.sleep(0)
+        taken = supervisor.runs()[0].steps
+        await newer_app.ainvoke({"count": 0}, thread_config("chat"))
+        with pytest.raises(RunCancelled):
+            await older
+        return taken
+
+    taken = asyncio.run(superseded())
+    saved = totals.load(saver, "chat").steps
+    # The older run's steps (24 or a few more, as it went on meanwhile) and the newer's 3.
+    assert saved >= taken + 3 >= 27
+
+
+def test_processes_sharing_one_checkpointer_lose_no_run(tmp_path: Path) -> None:
+    database = str(tmp_path / "shared.sqlite")
+    with SqliteSaver.from_conn_string(database):
+        pass  # create the tables before two writers race to
+    command = [sys.executable, "-m", "tests.totals_worker", database, "shared", "40"]
+    workers = [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:  # both set up before either starts
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "ready"
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    for worker in workers:
+        out, _ = worker.communicate(timeout=120)
+        assert (worker.returncode, out.strip()) == (0, "done")
+    with SqliteSaver.from_conn_string(database) as saver:
+        assert totals.load(saver, "shared").steps == 2 * 40 * 3
+
+
+THREAD_SCOPED = """\
+- {name: per-run, step_count: {max_steps: 4}}
+- {name: per-thread, step_count: {max_steps: 7, scope: thread}}
+"""
+
+
+def test_scope_thread_counts_across_resumes_and_survives_a_restart(tmp_path: Path) -> None:
+    bodies = Bodies()
+    database = str(tmp_path / "threads.sqlite")
+    config = thread_config("runaway")
+
+    def supervised(checkpointer: SqliteSaver) -> Any:
+        graph = endless(bodies, is_async=False).builder.compile(checkpointer=checkpointer)
+        return Supervisor(policies(THREAD_SCOPED)).attach(graph, name="runaway")
+
+    with SqliteSaver.from_conn_string(database) as checkpointer:
+        app = supervised(checkpointer)
+        with pytest.raises(RunCancelled) as first:
+            app.invoke({"count": 0}, config)
+        assert (first.value.policy, bodies.ran) == ("per-run", 4)
+        # Resumed, the run would get a fresh per-run budget; the thread's budget goes on:
+        # 5 steps begun (4 ran, the 5th was stopped), so the 3rd step of this run is the 8th.
+        with pytest.raises(RunCancelled) as second:
+            app.invoke(None, config)
+        assert (second.value.policy, second.value.observed, bodies.ran) == ("per-thread", 8, 6)
+        assert app.get_state(config).values == {"count": 6}
+
+    # A new process: a new supervisor, the same database.
+    with SqliteSaver.from_conn_string(database) as checkpointer:
+        app = supervised(checkpointer)
+        with pytest.raises(RunCancelled) as third:
+            app.invoke(None, config)
+        assert (third.value.policy, third.value.observed, bodies.ran) == ("per-thread", 9, 6)
+        # The totals live beside the thread, not in its state or its history.
+        assert next(s.values for s in app.get_state_history(config)) == {"count": 6}
+
+
+def test_scope_thread_token_budgets_carry_over_between_runs() -> None:
+    model = scripted(AIMessage("thinking..."))  # 120 tokens a call
+    supervisor = Supervisor(
+        policies(
+            """\
+            - {name: per-run, step_count: {max_steps: 3}}
+            - {name: thread-tokens, token_budget: {max_total_tokens: 500, scope: thread}}
+            """
+        )
+    )
+    bodies = Bodies()
+    app = supervisor.attach(endless(bodies, is_async=True, model=model), name="chatty")
+    config = thread_config("chatty")
+    with pytest.raises(RunCancelled) as first:
+        asyncio.run(app.ainvoke({"count": 0}, config))
+    assert (first.value.policy, bodies.ran) == ("per-run", 3)  # 3 calls: 360 tokens
+    with pytest.raises(RunCancelled) as second:
+        asyncio.run(app.ainvoke(None, config))
+    assert (second.value.policy, second.value.observed) == ("thread-tokens", 600)
+    assert bodies.ran == 5  # 3 + 2: the 5th call crossed 500 for the thread
