@@ -1,0 +1,111 @@
+"""The soak test: ``python -m tests.soak [--runs N]``, kept out of the test run.
+
+Runs a ReAct agent on the fake chat model under ``policies/default.yaml`` again and again,
+through ``invoke`` and ``ainvoke``, with a checkpointer and without, some runs cancelled, and
+checks that what a finished run leaves behind stays flat: the memory Python holds
+(tracemalloc, after a collection), the process's resident size, the timer heap and the
+threads. It prints one line per tenth of the runs and exits 1 when something grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import os
+import resource
+import threading
+import tracemalloc
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+from langchain_core.messages import AIMessage
+from langgraph.checkpoint.memory import InMemorySaver
+
+from tests.graphs import react_agent, scripted, tool_call
+from watchdog import RunCancelled, Supervisor
+
+ROOT = Path(__file__).resolve().parent.parent
+GROWTH_BYTES = 2 * 1024 * 1024  # allowed growth from the first tenth to the last
+
+
+def _agents() -> tuple[Any, Any]:
+    """A good agent (two tool calls, then an answer), and one that repeats its tool call
+    until the loop policy stops it."""
+    good = react_agent(
+        scripted(tool_call("weather"), tool_call("news", "second"), AIMessage("Done."))
+    )
+    looping = react_agent(scripted(tool_call("same")))
+    return good, looping
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.soak")
+    parser.add_argument("--runs", type=int, default=100_000, help="how many runs (100,000)")
+    args = parser.parse_args()
+    # Events are rendered as in production, then dropped.
+    structlog.configure(
+        processors=[structlog.processors.JSONRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(open(os.devnull, "w")),  # noqa: SIM115
+    )
+    supervisor = Supervisor.from_path(ROOT / "policies" / "default.yaml")
+    good, looping = _agents()
+    saver = InMemorySaver()
+    apps = {
+        "plain": supervisor.attach(good, name="soak"),
+        "checkpointed": supervisor.attach(good.copy({"checkpointer": saver}), name="soak"),
+        "looping": supervisor.attach(looping, name="soak-looping"),
+    }
+    question = {"messages": [("user", "what's new?")]}
+    loop = asyncio.new_event_loop()
+    tracemalloc.start()
+    samples: list[tuple[int, int, int, int]] = []
+    tenth = max(1, args.runs // 10)
+    cancelled = 0
+    for i in range(args.runs):
+        kind = ("plain", "checkpointed", "looping")[i % 3]
+        config: dict[str, Any] = {}
+        if kind == "checkpointed":
+            thread_id = str(uuid.uuid4())
+            config = {"configurable": {"thread_id": thread_id}}
+        try:
+            if i % 2:
+                loop.run_until_complete(apps[kind].ainvoke(question, config))
+            else:
+                apps[kind].invoke(question, config)
+        except RunCancelled:
+            cancelled += 1
+        if kind == "checkpointed":
+            saver.delete_thread(thread_id)  # the saver's own growth is not the watchdog's
+        if (i + 1) % tenth == 0:
+            gc.collect()
+            traced, _ = tracemalloc.get_traced_memory()
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            heap = len(supervisor.scheduler._heap)
+            samples.append((traced, rss, heap, threading.active_count()))
+            print(
+                f"{i + 1:>8} runs  traced {traced / 2**20:7.2f} MiB  max rss {rss / 2**20:7.1f} "
+                f"MiB  timer heap {heap:>4}  threads {threading.active_count()}  "
+                f"live runs {len(supervisor.runs())}  cancelled {cancelled}",
+                flush=True,
+            )
+    loop.close()
+    supervisor.close()
+    with contextlib.suppress(IndexError):
+        first, last = samples[0], samples[-1]
+        grown = last[0] - first[0]
+        flat = grown <= GROWTH_BYTES and last[2] <= max(first[2], 200) and last[3] <= first[3]
+        print(
+            f"traced memory grew {grown / 1024:.1f} KiB from the first tenth to the last "
+            f"({grown / max(1, args.runs - tenth):.2f} bytes a run); "
+            f"{'flat' if flat else 'NOT FLAT'}"
+        )
+        return 0 if flat else 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
