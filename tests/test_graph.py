@@ -51,7 +51,12 @@ def test_attach_returns_a_compiled_graph_of_the_graphs_own_kind() -> None:
     assert isinstance(app, CompiledStateGraph)
     assert isinstance(app, Pregel)
     assert isinstance(app, SupervisedGraph)
-    assert type(app).__name__ == "SupervisedCompiledStateGraph"
+    # named as the graph's own class, so serialized graphs and drawings are unchanged
+    assert (type(app).__name__, type(app).__module__) == (
+        "CompiledStateGraph",
+        "langgraph.graph.state",
+    )
+    assert app.get_graph().to_json() == one_node(lambda state: {}).get_graph().to_json()
 
     @entrypoint()
     def functional(n: int) -> int:

@@ -244,7 +244,8 @@ def test_a_loop_inside_a_subgraph_counts_its_steps(called: bool) -> None:
 def test_a_functional_api_graph_is_supervised_through_chain_callbacks() -> None:
     @task
     def work(n: int) -> int:
-        time.sleep(0.002)
+        for _ in range(500):  # a second in all: hung well past the deadline
+            time.sleep(0.002)
         return n + 1
 
     @entrypoint()

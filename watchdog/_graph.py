@@ -78,8 +78,13 @@ def _supervised_class(cls: type) -> type:
         return cls
     supervised = _classes.get(cls)
     if supervised is None:
-        name = f"Supervised{cls.__name__}"
-        supervised = _classes[cls] = type(name, (SupervisedGraph, cls), {"__module__": __name__})
+        # Named as the graph's own class, so what names a class (get_graph().to_json(),
+        # drawings, reprs) shows the user's graph as it was; isinstance tells them apart.
+        supervised = _classes[cls] = type(
+            cls.__name__,
+            (SupervisedGraph, cls),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
     return supervised
 
 

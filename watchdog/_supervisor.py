@@ -38,6 +38,12 @@ RunId = str | uuid.UUID
 HookT = TypeVar("HookT", bound=Hook)
 
 
+def new_run_id() -> uuid.UUID:
+    """A random run id, drawn without ``uuid.uuid4``, so that code which makes its own ids
+    from a seeded or mocked uuid4 (LangGraph's tests do) gets the same ids supervised."""
+    return uuid.UUID(bytes=os.urandom(16), version=4)
+
+
 def _as_uuid(run_id: object) -> uuid.UUID | None:
     if isinstance(run_id, uuid.UUID):
         return run_id
@@ -249,7 +255,7 @@ class Supervisor:
     def start_run(self, graph: str, config: RunnableConfig, control: RunControl) -> Run:
         """Register a new run of ``graph``, as its config (``config``) describes it."""
         # Not written into the config: LangGraph formats a run id at every step.
-        run_id = _as_uuid(config.get("run_id")) or uuid.uuid4()
+        run_id = _as_uuid(config.get("run_id")) or new_run_id()
         thread_id = (config.get("configurable") or {}).get("thread_id")
         monitor = self.engine.start_run(
             graph, config.get("tags") or (), config.get("metadata") or {}
@@ -365,7 +371,7 @@ class RunHandle:
 
     def __init__(self, app: SupervisedGraph, input: Any, config: Any, kwargs: dict[str, Any]):
         config = dict(config or {})
-        self._run_id = _as_uuid(config.get("run_id")) or uuid.uuid4()
+        self._run_id = _as_uuid(config.get("run_id")) or new_run_id()
         config["run_id"] = self._run_id
         self.run_id = str(self._run_id)
         self._app = app
