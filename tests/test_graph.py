@@ -21,6 +21,7 @@ from langgraph.func import entrypoint, task
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.pregel import Pregel
+from langgraph.types import RetryPolicy
 from pydantic import BaseModel
 
 from tests.graphs import Bodies, Counter, endless, one_node, policies
@@ -420,3 +421,28 @@ def test_timers_of_finished_runs_do_not_pile_up() -> None:
     for _ in range(1_000):
         app.invoke({"count": 0})
     assert len(watchdog.scheduler._heap) < 200
+
+
+def test_a_node_with_a_retry_policy_is_not_retried_when_the_run_is_stopped() -> None:
+    bodies = Bodies()
+    judged: list[BaseException] = []
+
+    def body(state: Counter) -> dict[str, int]:
+        bodies.ran += 1
+        return {"count": state["count"] + 1}
+
+    def retry_on(error: Exception) -> bool:
+        judged.append(error)
+        judge: Any = RetryPolicy().retry_on  # LangGraph's default judgement
+        return bool(judge(error))
+
+    builder = StateGraph(Counter)
+    policy = RetryPolicy(max_attempts=3, initial_interval=0.001, retry_on=retry_on)
+    builder.add_node("work", body, retry_policy=policy)
+    builder.add_edge(START, "work")
+    builder.add_conditional_edges("work", lambda state: "work")
+    app = supervisor().attach(builder.compile(), name="retrying")
+    with pytest.raises(RunCancelled):
+        app.invoke({"count": 0})
+    assert bodies.ran == 5
+    assert [type(error).__name__ for error in judged] == ["Stop"]  # judged once, not retried

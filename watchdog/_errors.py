@@ -66,12 +66,13 @@ class PolicyError(ValueError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-class RunCancelled(Exception):
+class RunCancelled(RuntimeError):
     """A supervised run was cancelled: by a policy, or by ``Supervisor.cancel``.
 
     Raised to the caller of invoke/stream instead of a bare ``CancelledError``. The last
     completed step stays checkpointed (with a checkpointer), so ``invoke(None, config)``
-    resumes from it.
+    resumes from it. A ``RuntimeError``: no retry policy retries it by default, and servers
+    that show only the errors they know (LangGraph's Agent Server) show its message.
     """
 
     def __init__(

@@ -70,8 +70,18 @@ class RunHost(Protocol):
     def internal_error(self, error: BaseException, run: Run | None = None) -> None: ...
 
 
-class Stop(Exception):
-    """Raised from a callback so a cancelled run does not start another node, call or tool."""
+def _why_cancelled(error: asyncio.CancelledError) -> str:
+    """The reason a task's canceller gave (``task.cancel(msg)``), if any."""
+    if error.args and (message := str(error.args[0])):
+        return message
+    return "The caller's task was cancelled."
+
+
+class Stop(RuntimeError):
+    """Raised where a cancelled run would start a node, call or tool, so that it does not.
+
+    A ``RuntimeError``, so LangGraph's default retry policy does not run the node again.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,10 +447,11 @@ class Run:
             # The caller stopped reading the stream: the run is abandoned mid-way.
             self.cancel(self._manual(self.caller_gone or "The caller stopped reading the stream."))
         elif (
-            # Someone else cancelled the caller's task (a server whose client went away).
+            # Someone else cancelled the caller's task (a server whose client went away, or
+            # that was asked to stop the run: its message says why).
             isinstance(error, asyncio.CancelledError)
             and not self.task_cancelled
-            and self.cancel(self._manual(self.caller_gone or "The caller's task was cancelled."))
+            and self.cancel(self._manual(self.caller_gone or _why_cancelled(error)))
         ):
             self.phase = "hard"
         now = self.host.clock()
