@@ -139,7 +139,10 @@ def test_a_hundred_concurrent_cancels_make_one_cancel(registry: CollectorRegistr
 
 
 def test_cancel_by_id_from_another_thread_while_the_run_streams() -> None:
-    supervisor = Supervisor(policies("- {name: steps, step_count: {max_steps: 100000}}"))
+    # A grace period the run needs no part of: it drains at the end of its 2 ms step.
+    supervisor = Supervisor(
+        policies("- {name: steps, step_count: {max_steps: 100000}, grace_seconds: 30}")
+    )
     started = threading.Event()
 
     def slow(state: Counter) -> dict[str, int]:
@@ -278,3 +281,24 @@ def test_a_sync_node_blocked_in_a_call_is_stopped_as_soon_as_it_returns_to_pytho
     assert (raised.value.phase, raised.value.kind) == ("hard", "wall_time")
     assert after_the_call == []
     assert 0.06 <= time.monotonic() - started < 1.0
+
+
+def test_a_manual_cancel_of_a_hung_node_is_hard_with_no_timer_policy() -> None:
+    """The grace period's timer runs even when no policy of the run has timers."""
+    supervisor = Supervisor(policies("- {name: steps, step_count: {max_steps: 100}}"))
+    app = supervisor.attach(hanging(), name="hung")
+
+    async def main() -> RunCancelled:
+        task = asyncio.create_task(app.ainvoke({"count": 0}))
+        while not supervisor.runs():
+            await asyncio.sleep(0.005)
+        assert supervisor.cancel(supervisor.runs()[0].run_id, "operator")
+        with pytest.raises(RunCancelled) as raised:
+            await asyncio.wait_for(task, timeout=30)
+        return raised.value
+
+    try:
+        cancelled = asyncio.run(main())
+    finally:
+        supervisor.close()
+    assert (cancelled.kind, cancelled.reason, cancelled.phase) == ("manual", "operator", "hard")

@@ -27,6 +27,7 @@ LABELS = {
     "watchdog_tokens": {("graph", "type")},
     "watchdog_cancel_latency_seconds": {("kind",), ("kind", "le")},
     "watchdog_policy_reloads": {("result",)},
+    "watchdog_policy_files_valid": {()},
     "watchdog_internal_errors": {()},
     "watchdog_sidecar_events_dropped": {()},
 }

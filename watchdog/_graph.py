@@ -203,6 +203,9 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
                         chunks = cast(AsyncGenerator[Any], super().astream(input, config, **kwargs))
                         try:
                             while True:
+                                # A server may read each chunk in a task of its own (the
+                                # Agent Server does): the one to hard-cancel is this one.
+                                run.task = asyncio.current_task()
                                 token = running.set(run)
                                 try:
                                     chunk = await anext(chunks)

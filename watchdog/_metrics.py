@@ -93,6 +93,13 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.policy_files_valid = Gauge(
+            "watchdog_policy_files_valid",
+            "1 when the policy files as they are now load; 0 when they do not (an invalid "
+            "edit, or files that cannot be read), while the last good set stays in force.",
+            registry=registry,
+        )
+        self.policy_files_valid.set(1)  # nothing fails to load until a watch says so
         self.events_dropped = Counter(
             "watchdog_sidecar_events_dropped",
             "Events a worker dropped: its buffer was full while the sidecar was away, or the "

@@ -34,9 +34,19 @@ class Timer:
 
 
 class Scheduler:
+    """Runs timers when they fall due: from a thread of its own, started with the first
+    timer, when ``threaded``; else only when ``run_due()`` is called (tests, fake clocks)."""
+
     # _wake guards _heap, _cancelled, _thread and _closed.
-    def __init__(self, clock: Callable[[], float], *, on_error: Callable[[BaseException], None]):
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        on_error: Callable[[BaseException], None],
+        threaded: bool = True,
+    ):
         self._clock = clock
+        self._threaded = threaded
         self._on_error = on_error
         self._heap: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()  # ties keep their order, and timers are never compared
@@ -50,7 +60,12 @@ class Scheduler:
         timer = Timer(when, method, args)
         with self._wake:
             heapq.heappush(self._heap, (when, next(self._order), timer))
-            if self._heap[0][2] is timer:
+            if self._threaded and self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._serve, name="watchdog-timers", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0][2] is timer:
                 self._wake.notify()
         return timer
 
@@ -65,15 +80,6 @@ class Scheduler:
                 self._heap = [entry for entry in heap if entry[2].pending]
                 heapq.heapify(self._heap)
                 self._cancelled = 0
-
-    def start(self) -> None:
-        """Run due actions from a daemon thread from now on (real clocks only)."""
-        with self._wake:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(
-                    target=self._serve, name="watchdog-timers", daemon=True
-                )
-                self._thread.start()
 
     def run_due(self) -> int:
         """Run every timer that is due; returns how many ran. For tests with a fake clock."""

@@ -69,12 +69,16 @@ class Supervisor:
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] | None = None,
+        lends_checkpointer: bool = False,
     ) -> None:
         self.clock = clock or time.monotonic
+        # A server lends the graphs it runs a checkpointer of its own (LangGraph's Agent
+        # Server does), so attach() need not find one on them for a cleanup_node.
+        self.lends_checkpointer = lends_checkpointer
         self.engine = Engine(policies, clock=self.clock)
         self.metrics = Metrics.on(registry)
-        self.scheduler = Scheduler(self.clock, on_error=self.internal_error)
-        self._real_clock = clock is None
+        # An injected clock moves only when told: its timers run by check_timers().
+        self.scheduler = Scheduler(self.clock, on_error=self.internal_error, threaded=clock is None)
         self._runs: dict[uuid.UUID, Run] = {}  # live runs; _runs_lock guards it
         self._runs_lock = threading.Lock()
         self._token_counters: dict[str, tuple[Any, Any]] = {}
@@ -115,10 +119,16 @@ class Supervisor:
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] | None = None,
+        lends_checkpointer: bool = False,
     ) -> Supervisor:
-        """A supervisor for the policies in a YAML file or directory; ``PolicyError`` if bad."""
+        """A supervisor for the policies in a YAML file or directory; ``PolicyError`` if bad.
+
+        It takes the constructor's keyword options.
+        """
         policies = load_policies(path)
-        supervisor = cls(policies, registry=registry, clock=clock)
+        supervisor = cls(
+            policies, registry=registry, clock=clock, lends_checkpointer=lends_checkpointer
+        )
         supervisor._loaded(policies, str(path))
         return supervisor
 
@@ -202,7 +212,7 @@ class Supervisor:
             problem
             for policy in self.policies.policies
             if policy.cleanup_node and _may_apply(policy, name)
-            for problem in _cleanup_problems(policy, graph, name)
+            for problem in _cleanup_problems(policy, graph, name, self.lends_checkpointer)
         ]
         if problems:
             raise PolicyError(problems)
@@ -281,8 +291,6 @@ class Supervisor:
         self.metrics.active_runs.labels(graph).inc()
         self.emit("run_started", **run.fields, policies=[p.name for p in monitor.policies])
         if monitor.has_timers:
-            if self._real_clock:
-                self.scheduler.start()
             run.schedule_timers()
         return run
 
@@ -333,7 +341,9 @@ def _may_apply(policy: Policy, graph: str) -> bool:
     return not policy.match.graphs or any(fnmatchcase(graph, g) for g in policy.match.graphs)
 
 
-def _cleanup_problems(policy: Policy, graph: Any, name: str) -> list[PolicyProblem]:
+def _cleanup_problems(
+    policy: Policy, graph: Any, name: str, lends_checkpointer: bool
+) -> list[PolicyProblem]:
     def problem(message: str) -> PolicyProblem:
         path = f"policies.{policy.name}.cleanup_node"
         return PolicyProblem(policy.file, policy.line, 1, path, message)
@@ -347,7 +357,7 @@ def _cleanup_problems(policy: Policy, graph: Any, name: str) -> list[PolicyProbl
                 f"expected one of {', '.join(nodes)}"
             )
         )
-    if not getattr(graph, "checkpointer", None):
+    if not lends_checkpointer and not getattr(graph, "checkpointer", None):
         problems.append(
             problem(
                 f"graph {name!r} has no checkpointer, and a cancelled run is resumed at its "

@@ -1,0 +1,92 @@
+"""``watchdog.agent_server``: the server process's supervisor and its run API, in process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.graphs import hanging
+from watchdog import RunCancelled, agent_server
+
+POLICIES = """\
+version: 1
+defaults: {grace_seconds: 0.05}
+policies:
+  - {name: steps, step_count: {max_steps: 5}}
+"""
+TOKEN = "app-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "policies.yaml"
+    path.write_text(POLICIES)
+    monkeypatch.setenv("WATCHDOG_POLICIES", str(path))
+    monkeypatch.setenv("WATCHDOG_POLL_INTERVAL", "3600")  # reloads come by request here
+    monkeypatch.setenv("WATCHDOG_TOKEN", TOKEN)
+    return path
+
+
+@pytest.fixture
+def client(policy_file: Path) -> Iterator[TestClient]:
+    with TestClient(agent_server.app) as client:  # the lifespan closes the supervisor
+        yield client
+
+
+def test_the_supervisor_needs_watchdog_policies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WATCHDOG_POLICIES", raising=False)
+    with pytest.raises(RuntimeError, match="WATCHDOG_POLICIES is not set"):
+        agent_server.supervisor()
+
+
+def test_the_supervisor_is_one_per_process_and_lends_checkpointers(client: TestClient) -> None:
+    supervisor = agent_server.supervisor()
+    assert supervisor is agent_server.supervisor()
+    assert supervisor.lends_checkpointer
+    assert [p.name for p in supervisor.policies.policies] == ["steps"]
+
+
+def test_the_run_api_needs_the_token(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert client.get("/watchdog/v1/runs").status_code == 401
+    wrong = client.get("/watchdog/v1/runs", headers={"Authorization": "Bearer nope"})
+    assert (wrong.status_code, wrong.json()) == (401, {"detail": "the bearer token was refused"})
+    assert client.get("/watchdog/v1/runs", headers=AUTH).json() == {"runs": []}
+    monkeypatch.delenv("WATCHDOG_TOKEN")
+    off = client.get("/watchdog/v1/runs", headers=AUTH)
+    assert off.status_code == 503
+    assert "WATCHDOG_TOKEN" in off.json()["detail"]
+    assert client.get("/watchdog/metrics").status_code == 200  # metrics stay open
+
+
+def test_a_live_run_is_listed_and_cancelled(client: TestClient) -> None:
+    app = agent_server.supervisor().attach(hanging(), name="hung")
+    portal = client.portal  # the app's event loop, in a thread of the test client
+    assert portal is not None
+    future = portal.start_task_soon(app.ainvoke, {"count": 0})
+    while not (runs := client.get("/watchdog/v1/runs", headers=AUTH).json()["runs"]):
+        assert not future.done(), future.result()
+    [run] = runs
+    assert client.get(f"/watchdog/v1/runs/{run['run_id']}", headers=AUTH).json() == run
+    path = f"/watchdog/v1/runs/{run['run_id']}/cancel"
+    assert client.post(path, content=b"[1]", headers=AUTH).status_code == 422
+    assert client.post(path, content=b"{", headers=AUTH).status_code == 422
+    assert client.post(path, json={"reason": "stop"}, headers=AUTH).status_code == 202
+    with pytest.raises(RunCancelled, match=r"cancelled \(manual\): stop"):
+        future.result(timeout=30)
+    assert client.post(path, json={"reason": "stop"}, headers=AUTH).status_code == 404
+
+
+def test_an_invalid_edit_keeps_the_policies_in_force(client: TestClient, policy_file: Path) -> None:
+    policy_file.write_text(POLICIES.replace("max_steps: 5", "max_steps: -1"))
+    answer = client.post("/watchdog/v1/policies/reload", headers=AUTH)
+    assert answer.status_code == 422
+    assert "max_steps" in answer.json()["error"]
+    assert agent_server.supervisor().policies.policies[0].kind.max_steps == 5  # type: ignore[attr-defined]
+    policy_file.write_text(POLICIES.replace("max_steps: 5", "max_steps: 7"))
+    answer = client.post("/watchdog/v1/policies/reload", headers=AUTH)
+    assert (answer.status_code, answer.json()["reloaded"]) == (200, True)
+    assert agent_server.supervisor().policies.policies[0].kind.max_steps == 7  # type: ignore[attr-defined]
