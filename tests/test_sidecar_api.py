@@ -78,19 +78,22 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         ("POST", "/v1/events", {"worker": "w", "events": [started("r-1")]}),
         ("POST", "/v1/runs/r-1/cancel", {"reason": "stop"}),
         ("GET", "/v1/commands?worker=w&wait=0", None),
+        ("GET", "/v1/runs", None),
+        ("GET", "/v1/runs/r-1", None),
+        ("GET", "/v1/policies", None),
     ],
 )
 @pytest.mark.parametrize(
     "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]
 )
-def test_mutating_endpoints_answer_401_without_the_token_and_change_nothing(
+def test_every_v1_endpoint_answers_401_without_the_token_and_changes_nothing(
     client: TestClient, method: str, path: str, body: Any, headers: dict[str, str]
 ) -> None:
     before = (client.get("/metrics")).text
     answer = client.request(method, path, json=body, headers=headers)
     assert answer.status_code == 401
     assert answer.headers["www-authenticate"] == "Bearer"
-    assert (client.get("/v1/runs")).json() == {"runs": []}
+    assert (client.get("/v1/runs", headers=AUTH)).json() == {"runs": []}
     after = samples((client.get("/metrics")).text)
     assert {k: v for k, v in after.items() if "created" not in k[0]} == {
         k: v for k, v in samples(before).items() if "created" not in k[0]
@@ -117,7 +120,7 @@ def test_events_build_the_live_run_table_and_the_pods_metrics(
         json={"worker": "w-1", "events": [cancel, finished("r-1", "cancelled")]},
         headers=AUTH,
     )
-    assert (client.get("/v1/runs")).json() == {"runs": []}
+    assert (client.get("/v1/runs", headers=AUTH)).json() == {"runs": []}
     values = samples((client.get("/metrics")).text)
     assert values[("watchdog_runs_started_total", (("graph", "agent"),))] == 1
     assert (
@@ -135,7 +138,7 @@ def test_a_cancel_is_delivered_to_the_worker_that_owns_the_run(
     client: TestClient,
 ) -> None:
     client.post("/v1/events", json={"worker": "w-2", "events": [started("r-9")]}, headers=AUTH)
-    assert (client.get("/v1/runs/r-9")).json()["worker"] == "w-2"
+    assert (client.get("/v1/runs/r-9", headers=AUTH)).json()["worker"] == "w-2"
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(client.get, "/v1/commands?worker=w-2&wait=5", headers=AUTH)
         answer = client.post("/v1/runs/r-9/cancel", json={"reason": "ops said so"}, headers=AUTH)
@@ -143,13 +146,13 @@ def test_a_cancel_is_delivered_to_the_worker_that_owns_the_run(
     assert answer.status_code == 202
     assert commands == {"commands": [{"type": "cancel", "run_id": "r-9", "reason": "ops said so"}]}
     assert (client.post("/v1/runs/nope/cancel", headers=AUTH)).status_code == 404
-    assert (client.get("/v1/runs/nope")).status_code == 404
+    assert (client.get("/v1/runs/nope", headers=AUTH)).status_code == 404
 
 
 def test_policies_are_served_with_an_etag(client: TestClient) -> None:
-    answer = client.get("/v1/policies")
+    answer = client.get("/v1/policies", headers=AUTH)
     assert answer.json()["files"] == {"policies.yaml": GOOD}
-    again = client.get("/v1/policies", headers={"If-None-Match": answer.headers["etag"]})
+    again = client.get("/v1/policies", headers={**AUTH, "If-None-Match": answer.headers["etag"]})
     assert again.status_code == 304
 
 
@@ -167,7 +170,7 @@ def test_a_broken_edit_is_refused_reported_and_the_last_good_set_kept(
     ready = (client.get("/readyz")).json()
     assert ready["policies"]["reload_error"] == answer.json()["reload_error"]
     assert [e["event"] for e in events] == ["watchdog.policy_reload_failed"]
-    assert (client.get("/v1/policies")).json()["files"] == {"policies.yaml": GOOD}
+    assert (client.get("/v1/policies", headers=AUTH)).json()["files"] == {"policies.yaml": GOOD}
     values = samples((client.get("/metrics")).text)
     assert values[("watchdog_policy_reloads_total", (("result", "failed"),))] == 1
     policy_file.write_text(GOOD.replace("10", "5"))
@@ -250,9 +253,9 @@ def test_a_lone_surrogate_reads_as_a_question_mark_and_breaks_no_endpoint(
     assert post_raw(client, json.dumps({"worker": "w", "events": [event]}).encode()).json() == {
         "accepted": 1
     }
-    assert [(r["run_id"], r["graph"]) for r in client.get("/v1/runs").json()["runs"]] == [
-        ("r-?", "g-?")
-    ]
+    assert [
+        (r["run_id"], r["graph"]) for r in client.get("/v1/runs", headers=AUTH).json()["runs"]
+    ] == [("r-?", "g-?")]
     values = samples(client.get("/metrics").text)
     assert values[("watchdog_runs_started_total", (("graph", "g-?"),))] == 1
 
@@ -301,7 +304,7 @@ def test_any_values_in_an_event_are_taken_and_every_endpoint_still_answers(
     body = json.dumps({"worker": "w", "events": batch}).encode()
     assert post_raw(client, body).json() == {"accepted": len(batch)}
     for path in ("/metrics", "/v1/runs", "/readyz"):
-        assert client.get(path).status_code == 200, path
+        assert client.get(path, headers=AUTH).status_code == 200, path
 
 
 def _app_for_the_schema() -> Any:

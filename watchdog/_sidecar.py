@@ -16,8 +16,10 @@ import json
 import math
 import os
 import signal
+import socket
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -39,10 +41,23 @@ from ._loading import load_policy_texts, read_policy_files
 from ._metrics import Metrics
 from ._policies import PolicySet
 
-__all__ = ["PolicySource", "SidecarState", "create_app"]
+__all__ = ["PolicySource", "SidecarState", "StartError", "create_app", "serve"]
 
 MAX_BATCH = 10_000
 MAX_WAIT_SECONDS = 30.0
+# Request bodies are read only once the token is checked, and never past these sizes: an
+# event batch of 1,000 events takes about 300 KB, every other body a few hundred bytes.
+EVENTS_BODY_LIMIT = 4 * 1024 * 1024
+BODY_LIMIT = 64 * 1024
+READ_TIMEOUT = 10.0  # seconds for a request's headers, and again for its body
+KEEP_ALIVE_TIMEOUT = 5.0
+OPEN_PATHS = frozenset(("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"))
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _digest(files: Mapping[str, str]) -> str:
@@ -361,6 +376,110 @@ class CancelRequest(BaseModel):
     reason: str = Field(default="cancelled through the sidecar", max_length=1000)
 
 
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        detail = f"the request body is larger than this endpoint takes ({limit} bytes)"
+        super().__init__(status_code=413, detail=detail, headers={"Connection": "close"})
+
+
+class BodyTooSlow(HTTPException):
+    def __init__(self, seconds: float) -> None:
+        detail = f"the request body did not arrive within {seconds:g} s"
+        super().__init__(status_code=408, detail=detail, headers={"Connection": "close"})
+
+
+def _bearer(scope: Scope, token: bytes) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, given = value.partition(b" ")
+            return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
+    return False
+
+
+async def _refuse(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """Answer without reading the body, and close the connection: what is left of the body
+    is never read."""
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """The sidecar's door, in front of FastAPI, which reads and parses a body before any
+    dependency runs: every path but the open ones needs the token before anything is read,
+    a body is refused past its size (at once when its Content-Length says so), and must
+    arrive within ``read_timeout``."""
+
+    def __init__(self, app: ASGIApp, *, token: str, read_timeout: float) -> None:
+        self.app = app
+        self.token = token.encode()
+        self.read_timeout = read_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if (
+            path not in OPEN_PATHS
+            and not path.startswith("/docs/")
+            and not _bearer(scope, self.token)
+        ):
+            await _refuse(
+                send, 401, "a bearer token is required", [(b"www-authenticate", b"Bearer")]
+            )
+            return
+        limit = EVENTS_BODY_LIMIT if path == "/v1/events" else BODY_LIMIT
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                error = BodyTooLarge(limit)
+                await _refuse(send, error.status_code, error.detail, [])
+                return
+        await self.app(scope, self._bounded(receive, limit), send)
+
+    def _bounded(self, receive: Receive, limit: int) -> Receive:
+        """``receive``, refusing a body past ``limit`` bytes or past the read deadline.
+
+        Once the body is in, later calls (a long-poll waiting to hear of a disconnect) are
+        not timed.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout
+        received = 0
+        complete = False
+
+        async def receive_body() -> Message:
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTooSlow(self.read_timeout) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+                complete = not message.get("more_body", False)
+            else:
+                complete = True  # the client is gone
+            return message
+
+        return receive_body
+
+
 def create_app(  # noqa: PLR0915 - the routes are closures over the state
     source: PolicySource,
     *,
@@ -368,8 +487,11 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
     registry: CollectorRegistry | None = None,
     poll_interval: float = 1.0,
     worker_timeout: float = 15.0,
+    read_timeout: float = READ_TIMEOUT,
+    docs: bool = False,
 ) -> FastAPI:
-    """The sidecar's ASGI app; ``token`` guards every endpoint that changes something."""
+    """The sidecar's ASGI app. ``token`` guards every path but ``/healthz``, ``/readyz``,
+    ``/metrics`` and the API's description; ``docs`` serves ``/docs`` and ``/redoc``."""
     registry = registry if registry is not None else source.metrics.registry
     state = SidecarState(source, registry, worker_timeout=worker_timeout)
 
@@ -406,8 +528,12 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         description="Policies, events, metrics and cancels for the agent workers of a pod.",
         version="1",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
+    app.add_middleware(Guard, token=token, read_timeout=read_timeout)
     app.state.sidecar = state
+    # The Guard has checked the token already; this documents it, and holds if it moves.
     guarded = [Depends(authorized)]
 
     @app.get("/healthz")
@@ -431,7 +557,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/policies")
+    @app.get("/v1/policies", dependencies=guarded)
     async def policies(request: Request, response: Response) -> Any:
         etag = f'"{source.hash}"'
         if request.headers.get("if-none-match") == etag:
@@ -469,11 +595,11 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         sent, row.commands = row.commands, []
         return {"commands": sent}
 
-    @app.get("/v1/runs")
+    @app.get("/v1/runs", dependencies=guarded)
     async def runs() -> dict[str, list[dict[str, Any]]]:
         return {"runs": [row.as_dict() for row in state.runs.values()]}
 
-    @app.get("/v1/runs/{run_id}")
+    @app.get("/v1/runs/{run_id}", dependencies=guarded)
     async def run(run_id: str) -> dict[str, Any]:
         row = state.runs.get(run_id)
         if row is None:
@@ -491,6 +617,10 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
     return app
 
 
+class StartError(Exception):
+    """``watchdog serve`` cannot start; the message says why, in one line."""
+
+
 def serve(
     policies: str,
     *,
@@ -499,8 +629,14 @@ def serve(
     token_file: str | None = None,
     poll_interval: float = 1.0,
     worker_timeout: float = 15.0,
+    read_timeout: float = READ_TIMEOUT,
+    docs: bool = False,
 ) -> int:
-    """Run the sidecar until interrupted."""
+    """Run the sidecar until interrupted.
+
+    ``StartError`` when the token cannot be read or the address cannot be listened on,
+    ``PolicyError`` when the policies are invalid.
+    """
     import uvicorn  # noqa: PLC0415 - the sidecar extra
 
     token = _read_token(token_file)
@@ -508,21 +644,114 @@ def serve(
     source = PolicySource(policies, metrics)
     metrics.policy_reloads.labels("ok").inc()
     app = create_app(
-        source, token=token, poll_interval=poll_interval, worker_timeout=worker_timeout
+        source,
+        token=token,
+        poll_interval=poll_interval,
+        worker_timeout=worker_timeout,
+        read_timeout=read_timeout,
+        docs=docs,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    listener = _listen(host, port)
+    address, bound_port = listener.getsockname()[:2]
+    shown = f"[{address}]" if ":" in address else address
+    names = ", ".join(p.name for p in source.policies.policies)
+    print(f"watchdog serve: listening on http://{shown}:{bound_port}", file=sys.stderr)
+    print(
+        f"watchdog serve: {len(source.policies)} policies from {policies} "
+        f"(hash {source.hash}): {names}",
+        file=sys.stderr,
+        flush=True,
+    )
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        http=_http_protocol(read_timeout),
+        timeout_keep_alive=int(KEEP_ALIVE_TIMEOUT),
+    )
+    uvicorn.Server(config).run(sockets=[listener])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as error:
+        msg = f"cannot listen on {host}:{port}: {error.strerror or error}"
+        raise StartError(msg) from error
+    return listener
+
+
+def _http_protocol(header_timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request line and headers do not
+    all arrive within ``header_timeout``: uvicorn times idle connections out only between
+    requests, so a client that sends nothing, or trickles its headers, held its socket for
+    ever. (The body has its own deadline, in ``Guard``.)"""
+    from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: PLC0415
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            before = self.cycle
+            super().data_received(data)
+            if self.cycle is not before:  # a request's headers are all in
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request on this connection has its own deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_deadline = self.loop.call_later(header_timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def _expired(self) -> None:
+            self._header_deadline = None
+            waiting = self.cycle is None or self.cycle.response_complete
+            if waiting and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
 
 
 def _read_token(token_file: str | None) -> str:
     if token_file is not None:
-        token = open(token_file, encoding="utf-8").read().strip()  # noqa: SIM115
-    else:
-        token = os.environ.get("WATCHDOG_SIDECAR_TOKEN", "").strip()
+        try:
+            with open(token_file, encoding="utf-8") as file:
+                token = file.read().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            msg = f"cannot read the token file {token_file}: {reason}"
+            raise StartError(msg) from error
+        if not token:
+            msg = f"the token file {token_file} is empty"
+            raise StartError(msg)
+        return token
+    token = os.environ.get("WATCHDOG_SIDECAR_TOKEN", "").strip()
     if not token:
         msg = (
-            "the sidecar needs a bearer token for its mutating endpoints: "
-            "--token-file FILE, or WATCHDOG_SIDECAR_TOKEN"
+            "the sidecar needs a bearer token for its API: --token-file FILE, "
+            "or WATCHDOG_SIDECAR_TOKEN"
         )
-        raise SystemExit(msg)
+        raise StartError(msg)
     return token
