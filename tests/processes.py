@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +127,16 @@ class Process:
 class Pod:
     """A sidecar and its workers, on a free loopback port, with the token and a policy file."""
 
-    def __init__(self, tmp_path: Path, policies: str = POLICIES) -> None:
+    def __init__(
+        self, tmp_path: Path, policies: str = POLICIES, *, directory: bool = False
+    ) -> None:
+        """``directory``: the sidecar watches the policy file's directory, not the file."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.policy_file = tmp_path / "policies" / "watchdog.yaml"
         self.policy_file.parent.mkdir()
         self.policy_file.write_text(policies)
+        self.policy_path = self.policy_file.parent if directory else self.policy_file
         self.token_file = tmp_path / "token"
         self.token_file.write_text(TOKEN + "\n")
         self.env = {
@@ -143,11 +148,16 @@ class Pod:
         self.workers: list[Process] = []
 
     def start_sidecar(
-        self, poll_interval: float = 0.2, *options: str, worker_timeout: float = 5
+        self,
+        poll_interval: float = 0.2,
+        *options: str,
+        worker_timeout: float = 5,
+        prefix: Sequence[str] = (),
     ) -> Process:
         """``watchdog serve`` on this pod's port, once it answers (it may take a while to
-        start on a busy machine)."""
-        args = [sys.executable, "-m", "watchdog", "serve", "--policies", str(self.policy_file)]
+        start on a busy machine); ``prefix`` goes before the command (``setpriv ...``)."""
+        args = [*prefix, sys.executable, "-m", "watchdog", "serve"]
+        args += ["--policies", str(self.policy_path)]
         args += ["--port", str(self.port), "--token-file", str(self.token_file)]
         args += ["--poll-interval", str(poll_interval), "--worker-timeout", str(worker_timeout)]
         sidecar = self.sidecar = Process([*args, *options], self.env)

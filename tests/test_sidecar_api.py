@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.processes import wait_for
 from watchdog._metrics import Metrics
 from watchdog._sidecar import PolicySource, create_app
 from watchdog.testing import capture_events
@@ -325,3 +326,39 @@ def test_no_request_makes_the_sidecar_fail(case: Any) -> None:
     for headers in ({}, AUTH):
         response = case.call(headers=headers)
         assert response.status_code < 500, response.text
+
+
+class FailingSource(PolicySource):
+    """Policies whose next ``failing`` checks raise, as a bug in a round would."""
+
+    failing = 0
+
+    def check(self, *, force: bool = False) -> bool:
+        if self.failing:
+            self.failing -= 1
+            raise RuntimeError("a bug in this round")
+        return super().check(force=force)
+
+
+def test_a_background_loop_survives_any_error_reports_it_and_goes_on(policy_file: Path) -> None:
+    source = FailingSource(str(policy_file), Metrics(CollectorRegistry()))
+    source.failing = 3
+    app = create_app(source, token=TOKEN, poll_interval=0.01, worker_timeout=60)
+    with capture_events() as events, TestClient(app) as client:
+        wait_for("three failed rounds", lambda: source.failing == 0)
+        loop = client.get("/readyz").json()["loops"]["policy_watch"]
+        assert (loop["errors"], loop["last_error"]) == (3, "RuntimeError: a bug in this round")
+        before = client.get("/readyz").json()["policies"]["hash"]
+        policy_file.write_text(GOOD.replace("max_steps: 10", "max_steps: 5"))
+        wait_for(
+            "the next edit to load",
+            lambda: client.get("/readyz").json()["policies"]["hash"] != before,
+        )
+        assert not client.get("/readyz").json()["loops"]["policy_watch"]["failing"]
+        values = samples(client.get("/metrics").text)
+    assert values[("watchdog_sidecar_loop_errors_total", (("loop", "policy_watch"),))] == 3
+    failed = [e for e in events if e["event"] == "watchdog.sidecar_loop_failed"]
+    assert [(e["loop"], e["error"], e["failures"]) for e in failed] == [
+        ("policy_watch", "RuntimeError: a bug in this round", 1)
+    ], "one report for a run of the same error"
+    assert "a bug in this round" in failed[0]["traceback"]

@@ -27,7 +27,9 @@ WARNING_EVENTS = frozenset(
         "sidecar_unauthorized",
     }
 )
-ERROR_EVENTS = frozenset({"internal_error", "policy_reload_failed", "cleanup_abandoned"})
+ERROR_EVENTS = frozenset(
+    {"internal_error", "policy_reload_failed", "cleanup_abandoned", "sidecar_loop_failed"}
+)
 
 Listener = Callable[[dict[str, Any]], None]
 _listeners: list[Listener] = []

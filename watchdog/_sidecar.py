@@ -19,8 +19,10 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
@@ -71,7 +73,9 @@ class PolicySource:
     """A policy path, watched by the hash of its content.
 
     Kubernetes swaps a ConfigMap's files through a symlink; mtimes and inotify can miss
-    that, a content hash cannot. An invalid edit never replaces the last good set.
+    that, a content hash cannot. An invalid edit never replaces the last good set, and
+    neither does a file that cannot be read (a remount, a stale NFS handle): both are
+    reported, and ``watchdog_policy_files_valid`` stays 0 while they last.
     """
 
     def __init__(self, path: str, metrics: Metrics) -> None:
@@ -82,22 +86,36 @@ class PolicySource:
         self.hash = _digest(self.files)
         self.error: str | None = None
         self.checked_hash = self.hash
+        self.files_valid = Gauge(
+            "watchdog_policy_files_valid",
+            "1 when the policy files as they are now load; 0 when they do not (an invalid "
+            "edit, or files that cannot be read), while the last good set stays in force.",
+            registry=metrics.registry,
+        )
+        self.files_valid.set(1)
 
-    def check(self) -> bool:
-        """Reload when the content changed; True when a new set was loaded."""
+    def check(self, *, force: bool = False) -> bool:
+        """Reload when the content changed (or ``force``); True when a new set was loaded."""
         try:
             files = read_policy_files(self.path)
         except PolicyError as error:
             return self._failed(str(error), None)
+        except OSError as error:  # PermissionError, ESTALE...: the next poll reads again
+            reason = error.strerror or str(error)
+            return self._failed(f"{self.path}: cannot read the policies: {reason}", None)
         digest = _digest(files)
-        if digest == self.checked_hash:
+        if digest == self.checked_hash and not force:
             return False
         self.checked_hash = digest
+        if digest == self.hash and not force:  # back to the set in force
+            self._valid()
+            return False
         try:
             policies = load_policy_texts(files)
         except PolicyError as error:
             return self._failed(str(error), digest)
-        self.files, self.policies, self.hash, self.error = files, policies, digest, None
+        self.files, self.policies, self.hash = files, policies, digest
+        self._valid()
         self.metrics.policy_reloads.labels("ok").inc()
         _events.emit(
             "policy_loaded",
@@ -107,7 +125,14 @@ class PolicySource:
         )
         return True
 
+    def _valid(self) -> None:
+        self.error = None
+        self.files_valid.set(1)
+
     def _failed(self, error: str, digest: str | None) -> bool:
+        # Files that could not be read are read again at the next poll, whatever they hold.
+        self.checked_hash = digest or ""
+        self.files_valid.set(0)
         if error != self.error:  # report each broken edit once, not on every poll
             self.error = error
             self.metrics.policy_reloads.labels("failed").inc()
@@ -175,6 +200,57 @@ class WorkerRow:
     polling: int = 0  # long-polls in progress: a worker waiting for commands is alive
 
 
+class BackgroundLoop:
+    """One of the sidecar's background loops: it survives any error in a round, reports it
+    (a ``watchdog.sidecar_loop_failed`` event, ``watchdog_sidecar_loop_errors_total``,
+    ``/readyz``), backs off while the errors last, and goes on."""
+
+    MAX_BACKOFF = 30.0
+
+    def __init__(self, name: str, errors: Counter) -> None:
+        self.name = name
+        self.errors = errors.labels(name)
+        self.failures = 0  # in a row
+        self.error_count = 0
+        self.last_error: str | None = None
+
+    async def run(self, step: Callable[[], object], interval: float) -> None:
+        while True:
+            backoff = interval * 2 ** min(self.failures, 10)
+            await asyncio.sleep(min(backoff, max(interval, self.MAX_BACKOFF)))
+            self.once(step)
+
+    def once(self, step: Callable[[], object]) -> None:
+        try:
+            step()
+        except Exception as error:
+            self.failed(error)
+        else:
+            self.failures = 0
+
+    def failed(self, error: Exception) -> None:
+        self.failures += 1
+        self.error_count += 1
+        self.errors.inc()
+        described = f"{type(error).__name__}: {error}"
+        if self.failures == 1 or described != self.last_error:  # not once a poll
+            _events.emit(
+                "sidecar_loop_failed",
+                loop=self.name,
+                error=described,
+                failures=self.failures,
+                traceback="".join(traceback.format_exception(error)),
+            )
+        self.last_error = described
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "errors": self.error_count,
+            "failing": self.failures > 0,
+            "last_error": self.last_error,
+        }
+
+
 class SidecarState:
     """The live-run table of the pod, its workers, and the metrics computed from events."""
 
@@ -206,6 +282,16 @@ class SidecarState:
             "watchdog_sidecar_workers", "Workers heard from recently.", registry=registry
         )
         self.workers_connected.set_function(lambda: len(self.workers))
+        loop_errors = Counter(
+            "watchdog_sidecar_loop_errors",
+            "Errors in the sidecar's background loops, by loop; each was reported and the "
+            "loop went on.",
+            ["loop"],
+            registry=registry,
+        )
+        self.loops = {
+            name: BackgroundLoop(name, loop_errors) for name in ("policy_watch", "reaper")
+        }
         m = self.metrics
         self._runs_started = _Children(m.runs_started)
         self._active_runs = _Children(m.active_runs)
@@ -506,22 +592,23 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async def watch() -> None:
-            while True:
-                await asyncio.sleep(poll_interval)
-                source.check()
-                state.reap()
-
-        watcher = asyncio.create_task(watch())
+        tasks = [
+            asyncio.create_task(state.loops["policy_watch"].run(source.check, poll_interval)),
+            asyncio.create_task(state.loops["reaper"].run(state.reap, poll_interval)),
+        ]
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGHUP, source.check)
+            loop.add_signal_handler(
+                signal.SIGHUP, state.loops["policy_watch"].once, partial(source.check, force=True)
+            )
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     app = FastAPI(
         title="langgraph-watchdog sidecar",
@@ -542,13 +629,17 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
 
     @app.get("/readyz")
     async def readyz() -> dict[str, Any]:
+        # Always ready: a pod's readiness gates its agent's traffic, and a sidecar that
+        # keeps the last good policies while it reports a problem still serves them.
         return {
             "ready": True,
             "policies": {
                 "hash": source.hash,
                 "count": len(source.policies),
+                "files_valid": source.error is None,
                 "reload_error": source.error,
             },
+            "loops": {name: loop.as_dict() for name, loop in state.loops.items()},
             "workers": len(state.workers),
             "runs": len(state.runs),
         }
@@ -567,8 +658,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
 
     @app.post("/v1/policies/reload", dependencies=guarded)
     async def reload() -> dict[str, Any]:
-        source.checked_hash = ""  # reload even when the hash did not change
-        source.check()
+        state.loops["policy_watch"].once(partial(source.check, force=True))
         return {"hash": source.hash, "reload_error": source.error}
 
     @app.post("/v1/events", status_code=202, dependencies=guarded, openapi_extra=EVENT_BATCH_BODY)
