@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.graphs import Bodies, endless, policies
 from watchdog import RunCancelled, Supervisor
-from watchdog._remote import SidecarLink
+from watchdog._remote import BATCH, EVENTS_BODY_LIMIT, MAX_EVENT_TEXT, SidecarLink
 from watchdog.testing import capture_events
 
 POLICIES = "version: 1\npolicies:\n- {name: local-steps, step_count: {max_steps: 2}}\n"
@@ -258,3 +258,31 @@ def test_values_json_cannot_write_are_sent_as_text_and_never_stop_the_link(
     assert (odd["value"], odd["when"]) == ("1.5", "{1, 2}")
     assert keys["value"] == {"null": "b", "3": "<unprintable Unprintable>"}
     assert "test.cycle" not in sidecar.names()
+
+
+def test_long_texts_are_cut_and_a_batch_too_large_for_the_sidecar_is_sent_in_parts(
+    registry: CollectorRegistry,
+) -> None:
+    sizes: list[int] = []
+
+    def take(events: list[dict[str, Any]]) -> int:
+        sizes.append(len(json.dumps({"worker": "w", "events": events})))
+        return 202
+
+    huge = "x" * 10_000_000
+    wide = {f"text-{i}": "y" * 10_000 for i in range(5)}
+    with stub_sidecar(take) as sidecar, linked(sidecar, registry) as link:
+        link.enqueue({"event": "test.huge", "graph": huge, "n": 1})
+        wait_for("the huge event", lambda: "test.huge" in sidecar.names())
+        for i in range(BATCH):
+            link.enqueue({"event": "test.wide", "i": i, **wide})
+        wait_for("every wide event", lambda: sidecar.names().count("test.wide") == BATCH)
+    [cut] = [e for e in sidecar.taken() if e["event"] == "test.huge"]
+    assert (
+        cut["graph"]
+        == "x" * MAX_EVENT_TEXT + f"... ({10_000_000 - MAX_EVENT_TEXT} more characters)"
+    )
+    assert cut["n"] == 1
+    assert max(sizes) <= EVENTS_BODY_LIMIT
+    assert [e["i"] for e in sidecar.taken() if e["event"] == "test.wide"] == list(range(BATCH))
+    assert dropped(registry) == 0

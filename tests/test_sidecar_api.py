@@ -20,7 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import wait_for
 from watchdog._metrics import Metrics
-from watchdog._sidecar import PolicySource, create_app
+from watchdog._sidecar import (
+    MAX_LABEL_LENGTH,
+    MAX_RUN_POLICIES,
+    MAX_RUNS,
+    MAX_SERIES,
+    MAX_TABLE_TEXT,
+    PolicySource,
+    create_app,
+)
 from watchdog.testing import capture_events
 
 TOKEN = "s3cret-token"
@@ -362,3 +370,48 @@ def test_a_background_loop_survives_any_error_reports_it_and_goes_on(policy_file
         ("policy_watch", "RuntimeError: a bug in this round", 1)
     ], "one report for a run of the same error"
     assert "a bug in this round" in failed[0]["traceback"]
+
+
+def test_label_sets_past_a_metrics_cap_are_collapsed_and_counted(app: Any) -> None:
+    state = app.state.sidecar
+    cancels = [
+        {
+            "event": "watchdog.run_cancelled",
+            "graph": f"g-{i % 90}",
+            "policy": f"p-{i // 90}",
+            "kind": "loop",
+            "phase": "drained",
+        }
+        for i in range(90 * 30)
+    ]
+    state.ingest("w-1", cancels)
+    registry = state.registry
+    series = [
+        s
+        for family in registry.collect()
+        if family.name == "watchdog_cancellations"
+        for s in family.samples
+        if s.name == "watchdog_cancellations_total"
+    ]
+    assert len(series) == MAX_SERIES + 1  # and the one all of __overflow__
+    assert sum(s.value for s in series) == 90 * 30
+    overflow = {"metric": "watchdog_cancellations", "label": "*"}
+    assert registry.get_sample_value("watchdog_sidecar_label_overflow_total", overflow) == (
+        90 * 30 - MAX_SERIES
+    )
+
+
+def test_the_run_table_keeps_bounded_text_and_a_bounded_number_of_runs(app: Any) -> None:
+    state = app.state.sidecar
+    huge = "x" * 100_000
+    state.ingest(
+        "w-1",
+        [{**started("r-1", graph=huge), "thread_id": huge, "policies": [huge] * 1000}],
+    )
+    row = state.runs["r-1"]
+    assert (len(row.graph), len(row.thread_id)) == (MAX_TABLE_TEXT, MAX_TABLE_TEXT)
+    assert len(row.policies) == MAX_RUN_POLICIES
+    assert {len(p) for p in row.policies} == {MAX_LABEL_LENGTH}
+    state.ingest("w-1", [started(f"r-{i}") for i in range(2, MAX_RUNS + 11)])
+    assert len(state.runs) == MAX_RUNS
+    assert state.registry.get_sample_value("watchdog_sidecar_runs_untracked_total") == 10

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.processes import TOKEN, Pod, wait_for
-from watchdog._sidecar import BODY_LIMIT, EVENTS_BODY_LIMIT
+from watchdog._remote import EVENTS_BODY_LIMIT
+from watchdog._sidecar import BODY_LIMIT
 
 READ_TIMEOUT = 0.5  # the sidecar's, for these tests: a slow client is cut off after it
 

@@ -33,6 +33,10 @@ __all__ = ["SidecarLink", "fetch_policies"]
 
 BATCH = 1000
 MAX_BACKOFF = 5.0
+# The most the sidecar takes in one event batch; a batch larger than this is sent with its
+# long texts cut, and in halves if it is still too large.
+EVENTS_BODY_LIMIT = 4 * 1024 * 1024
+MAX_EVENT_TEXT = 4096  # characters of one text of an event; the worker's own log has it whole
 # Answers that say the token (or a proxy's credentials) is wrong, not the batch: an operator
 # fixes those while the worker runs, so the link keeps its events and retries, as when the
 # sidecar is away, and reports the problem once rather than losing every event meanwhile.
@@ -71,16 +75,35 @@ def _encode(body: Any) -> bytes:
     return json.dumps(body, default=_text, skipkeys=True).encode()
 
 
+def _trimmed(event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` with each text longer than ``MAX_EVENT_TEXT`` cut, and saying so."""
+    long = [
+        key
+        for key, value in event.items()
+        if isinstance(value, str) and len(value) > MAX_EVENT_TEXT
+    ]
+    if not long:
+        return event
+    trimmed = dict(event)
+    for key in long:
+        text = event[key]
+        trimmed[key] = f"{text[:MAX_EVENT_TEXT]}... ({len(text) - MAX_EVENT_TEXT} more characters)"
+    return trimmed
+
+
 def _request(
     url: str,
     *,
     token: str | None,
     body: Any = None,
+    data: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float,
 ) -> tuple[int, dict[str, str], Any]:
-    data = None if body is None else _encode(body)
-    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    """One request: a POST of ``body`` (as JSON) or of ``data`` when either is given."""
+    if body is not None:
+        data = _encode(body)
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
     request.add_header("Accept", "application/json")
     if data is not None:
         request.add_header("Content-Type", "application/json")
@@ -211,12 +234,8 @@ class SidecarLink:
         """
         while batch := self._take():
             try:
-                _request(
-                    f"{self.url}/v1/events",
-                    token=self.token,
-                    body={"worker": self.worker, "events": batch},
-                    timeout=5.0,
-                )
+                batch, data = self._fitting(batch)
+                _request(f"{self.url}/v1/events", token=self.token, data=data, timeout=5.0)
             except SidecarError as error:
                 if (status := _refusal(error)) is not None:
                     self._refused(batch, status)
@@ -236,6 +255,20 @@ class SidecarLink:
                 raise
             self._auth_reported = False
         return True
+
+    def _fitting(self, batch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bytes]:
+        """The batch as a body the sidecar takes: long texts cut if it is too large, and only
+        its first half (the rest back in the buffer) while it still is."""
+        data = _encode({"worker": self.worker, "events": batch})
+        if len(data) > EVENTS_BODY_LIMIT:
+            batch = [_trimmed(event) for event in batch]
+            data = _encode({"worker": self.worker, "events": batch})
+        while len(data) > EVENTS_BODY_LIMIT and len(batch) > 1:
+            half = len(batch) // 2
+            self._give_back(batch[half:])
+            batch = batch[:half]
+            data = _encode({"worker": self.worker, "events": batch})
+        return batch, data
 
     def _send_loop(self) -> None:
         backoff = 0.0

@@ -42,6 +42,7 @@ from ._errors import PolicyError
 from ._loading import load_policy_texts, read_policy_files
 from ._metrics import Metrics
 from ._policies import PolicySet
+from ._remote import EVENTS_BODY_LIMIT
 
 __all__ = ["PolicySource", "SidecarState", "StartError", "create_app", "serve"]
 
@@ -49,10 +50,17 @@ MAX_BATCH = 10_000
 MAX_WAIT_SECONDS = 30.0
 # Request bodies are read only once the token is checked, and never past these sizes: an
 # event batch of 1,000 events takes about 300 KB, every other body a few hundred bytes.
-EVENTS_BODY_LIMIT = 4 * 1024 * 1024
 BODY_LIMIT = 64 * 1024
 READ_TIMEOUT = 10.0  # seconds for a request's headers, and again for its body
 KEEP_ALIVE_TIMEOUT = 5.0
+# Label values from workers: see LabelBounds. The run table keeps this much of each text.
+MAX_LABEL_LENGTH = 128
+MAX_LABEL_VALUES = 100
+MAX_SERIES = 1000
+OVERFLOW = "__overflow__"
+MAX_TABLE_TEXT = 256
+MAX_RUN_POLICIES = 50
+MAX_RUNS = 20_000
 OPEN_PATHS = frozenset(("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"))
 
 Scope = MutableMapping[str, Any]
@@ -170,24 +178,81 @@ class RunRow:
         }
 
 
+class LabelBounds:
+    """Keeps the label values workers send bounded, whoever holds the token.
+
+    A value longer than ``MAX_LABEL_LENGTH``, or new once a label has ``MAX_LABEL_VALUES``
+    values, is collapsed into ``__overflow__``, and so is a new label set once a metric has
+    ``MAX_SERIES``; each collapse is counted in ``watchdog_sidecar_label_overflow_total``.
+    A label takes the same values in every metric, so ``graph`` stays one dimension.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._values: dict[str, set[str]] = {}
+        self._overflow = Counter(
+            "watchdog_sidecar_label_overflow",
+            f"Label values from workers collapsed into {OVERFLOW}: too long, or new once a "
+            f"label had {MAX_LABEL_VALUES} values (label), or new label sets once a metric "
+            f"had {MAX_SERIES} (label *).",
+            ["metric", "label"],
+            registry=registry,
+        )
+
+    def value(self, metric: str, label: str, value: str) -> str:
+        known = self._values.setdefault(label, set())
+        if value in known:
+            return value
+        if len(value) > MAX_LABEL_LENGTH or len(known) >= MAX_LABEL_VALUES:
+            self.overflowed(metric, label)
+            return OVERFLOW
+        known.add(value)
+        return value
+
+    def overflowed(self, metric: str, label: str) -> None:
+        self._overflow.labels(metric, label).inc()
+
+
 class _Children:
-    """A metric's children by their label values, looked up without ``labels()``.
+    """A metric's children by their label values, looked up without ``labels()``, and
+    bounded by ``LabelBounds``.
 
     ``labels()`` takes a lock and checks its arguments on every call, which made it most of
     the cost of ingesting an event. The children are the metric's own: this holds no label
     set the metric does not.
     """
 
-    __slots__ = ("_children", "_metric")
+    __slots__ = ("_bounds", "_children", "_labels", "_metric", "_name", "_series")
 
-    def __init__(self, metric: MetricWrapperBase) -> None:
+    def __init__(self, metric: MetricWrapperBase, bounds: LabelBounds, *labels: str) -> None:
         self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
+        self._name = metric._name
+        self._bounds = bounds
+        self._labels = labels
+        self._children: dict[tuple[str, ...], Any] = {}  # values as sent, when kept as sent
+        self._series: dict[tuple[str, ...], Any] = {}  # every label set, as bounded
 
     def __call__(self, *values: str) -> Any:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = self._metric.labels(*values)
+            child = self._bounded(values)
+        return child
+
+    def _bounded(self, values: tuple[str, ...]) -> Any:
+        bounds = self._bounds
+        kept = tuple(
+            bounds.value(self._name, label, value)
+            for label, value in zip(self._labels, values, strict=True)
+        )
+        child = self._series.get(kept)
+        if child is None:
+            if len(self._series) >= MAX_SERIES:
+                bounds.overflowed(self._name, "*")
+                kept = (OVERFLOW,) * len(values)
+                child = self._series.get(kept)
+            if child is None:
+                child = self._series[kept] = self._metric.labels(*kept)
+        if kept == values:
+            self._children[values] = child
         return child
 
 
@@ -292,16 +357,23 @@ class SidecarState:
         self.loops = {
             name: BackgroundLoop(name, loop_errors) for name in ("policy_watch", "reaper")
         }
-        m = self.metrics
-        self._runs_started = _Children(m.runs_started)
-        self._active_runs = _Children(m.active_runs)
-        self._runs_finished = _Children(m.runs_finished)
-        self._run_duration = _Children(m.run_duration)
-        self._run_steps = _Children(m.run_steps)
-        self._tokens = _Children(m.tokens)
-        self._cancellations = _Children(m.cancellations)
-        self._cancel_latency = _Children(m.cancel_latency)
-        self._violations = _Children(m.violations)
+        self.runs_untracked = Counter(
+            "watchdog_sidecar_runs_untracked",
+            f"Runs left out of the run table, which holds at most {MAX_RUNS} runs.",
+            registry=registry,
+        )
+        m, bounds = self.metrics, LabelBounds(registry)
+        self._runs_started = _Children(m.runs_started, bounds, "graph")
+        self._active_runs = _Children(m.active_runs, bounds, "graph")
+        self._runs_finished = _Children(m.runs_finished, bounds, "graph", "outcome")
+        self._run_duration = _Children(m.run_duration, bounds, "graph", "outcome")
+        self._run_steps = _Children(m.run_steps, bounds, "graph", "outcome")
+        self._tokens = _Children(m.tokens, bounds, "graph", "type")
+        self._cancellations = _Children(m.cancellations, bounds, "graph", "policy", "kind", "phase")
+        self._cancel_latency = _Children(m.cancel_latency, bounds, "kind")
+        self._violations = _Children(m.violations, bounds, "graph", "policy", "kind", "mode")
+        self._runs_lost = _Children(self.runs_lost, bounds, "graph")
+        self._policy_lists: dict[tuple[str, ...], list[str]] = {}
 
     def worker(self, worker: str) -> WorkerRow:
         row = self.workers.get(worker)
@@ -332,20 +404,23 @@ class SidecarState:
         graph = str(event.get("graph", ""))
         run_id = str(event.get("run_id", ""))
         if name == "run_started":
-            thread_id, policies = event.get("thread_id"), event.get("policies")
+            _move(moves, self._runs_started(graph), 1)
+            if len(self.runs) >= MAX_RUNS or len(run_id) > MAX_TABLE_TEXT:
+                self.runs_untracked.inc()
+                return
+            thread_id = event.get("thread_id")
             self.runs[run_id] = RunRow(
                 run_id=run_id,
                 worker=worker,
-                thread_id=None if thread_id is None else str(thread_id),
-                graph=graph,
-                started_at=str(event.get("timestamp", "")),
-                policies=[str(p) for p in policies] if isinstance(policies, list) else [],
+                thread_id=None if thread_id is None else str(thread_id)[:MAX_TABLE_TEXT],
+                graph=graph[:MAX_TABLE_TEXT],
+                started_at=str(event.get("timestamp", ""))[:MAX_TABLE_TEXT],
+                policies=self._policies(event.get("policies")),
             )
-            _move(moves, self._runs_started(graph), 1)
             _move(moves, self._active_runs(graph), 1)
         elif name == "run_finished":
-            if self.runs.pop(run_id, None) is not None:
-                _move(moves, self._active_runs(graph), -1)
+            if (row := self.runs.pop(run_id, None)) is not None:
+                _move(moves, self._active_runs(row.graph), -1)
             outcome = str(event.get("outcome", "failed"))
             _move(moves, self._runs_finished(graph, outcome), 1)
             self._run_duration(graph, outcome).observe(_number(event.get("elapsed_s")))
@@ -366,6 +441,18 @@ class SidecarState:
             _move(moves, self.metrics.internal_errors, 1)
         elif name == "drain_requested" and run_id in self.runs:
             self.runs[run_id].status = "cancelling"
+
+    def _policies(self, policies: object) -> list[str]:
+        """A run's policy names, bounded, and shared by the runs that have the same."""
+        if not isinstance(policies, list):
+            return []
+        names = tuple(str(p)[:MAX_LABEL_LENGTH] for p in policies[:MAX_RUN_POLICIES])
+        shared = self._policy_lists.get(names)
+        if shared is None:
+            shared = list(names)
+            if len(self._policy_lists) < MAX_RUNS:
+                self._policy_lists[names] = shared
+        return shared
 
     def cancel(self, run_id: str, reason: str) -> RunRow | None:
         row = self.runs.get(run_id)
@@ -390,7 +477,7 @@ class SidecarState:
             for run_id in [r for r, row in self.runs.items() if row.worker == name]:
                 row = self.runs.pop(run_id)
                 self._active_runs(row.graph).dec()
-                self.runs_lost.labels(row.graph).inc()
+                self._runs_lost(row.graph).inc()
 
 
 def _move(moves: dict[Any, float], child: Any, amount: float) -> None:
