@@ -198,6 +198,21 @@ class Pod:
             body = response.read().decode()
             return json.loads(body) if path != "/metrics" else body
 
+    def call(
+        self, method: str, path: str, body: Any = None, token: str | None = TOKEN
+    ) -> tuple[int, Any]:
+        """A request with a JSON body: the status, and the JSON answer."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return int(response.status), json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
     def post(self, path: str, body: Any = None, token: str | None = TOKEN) -> int:
         request = urllib.request.Request(
             self.url + path, data=json.dumps(body or {}).encode(), method="POST"

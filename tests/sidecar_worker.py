@@ -4,7 +4,8 @@ It connects to the sidecar named by ``WATCHDOG_SIDECAR_URL`` and ``WATCHDOG_SIDE
 runs the supervised graphs its JSON plan asks for, and prints one JSON line per finished
 run (with the wall-clock time it ended), then ``{"done": ...}`` once it has flushed its events.
 
-Plan keys: ``hang`` (run ids of runs that hang until cancelled), ``loops`` (how many endless
+Plan keys: ``worker`` (the worker's name, when it is not NAME: two workers may share one),
+``hang`` (run ids of runs that hang until cancelled), ``loops`` (how many endless
 loops for the step policy to stop), ``slow`` (run ids of slow endless loops), ``chat`` (how
 many ReAct runs that complete, using tokens), ``steady`` (seconds of short runs that
 complete, one after another), ``flood`` (events to push through the link per round, no
@@ -186,7 +187,7 @@ def dropped(supervisor: Supervisor) -> float | None:
 
 
 async def main(name: str, plan: dict[str, Any]) -> None:
-    supervisor = Supervisor.connect(worker=name)
+    supervisor = Supervisor.connect(worker=plan.get("worker", name))
     runs = [one(supervisor, hanging(), "hang", uuid.UUID(r)) for r in plan.get("hang", [])]
     runs += [
         one(supervisor, endless(Bodies(), is_async=True, checkpointer=False), "loop", uuid.uuid4())

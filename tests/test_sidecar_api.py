@@ -86,7 +86,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         ("POST", "/v1/policies/reload", None),
         ("POST", "/v1/events", {"worker": "w", "events": [started("r-1")]}),
         ("POST", "/v1/runs/r-1/cancel", {"reason": "stop"}),
-        ("GET", "/v1/commands?worker=w&wait=0", None),
+        ("POST", "/v1/commands", {"worker": "w", "wait": 0}),
         ("GET", "/v1/runs", None),
         ("GET", "/v1/runs/r-1", None),
         ("GET", "/v1/policies", None),
@@ -143,19 +143,110 @@ def test_events_build_the_live_run_table_and_the_pods_metrics(
     assert values[("watchdog_sidecar_events_total", ())] == 5
 
 
-def test_a_cancel_is_delivered_to_the_worker_that_owns_the_run(
+def poll(
+    client: TestClient, worker: str, incarnation: str, wait: float = 0, acks: Any = ()
+) -> list[dict[str, Any]]:
+    body = {"worker": worker, "incarnation": incarnation, "wait": wait, "acks": list(acks)}
+    answer = client.post("/v1/commands", json=body, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    commands: list[dict[str, Any]] = answer.json()["commands"]
+    return commands
+
+
+def ingest(client: TestClient, worker: str, incarnation: str, *events: Any, **extra: Any) -> None:
+    batch = {"worker": worker, "incarnation": incarnation, "events": list(events), **extra}
+    assert client.post("/v1/events", json=batch, headers=AUTH).status_code == 202
+
+
+def test_a_cancel_is_answered_once_the_owning_worker_has_taken_it(client: TestClient) -> None:
+    ingest(client, "w-2", "i-1", started("r-9"))
+    assert client.get("/v1/runs/r-9", headers=AUTH).json()["incarnation"] == "i-1"
+    with ThreadPoolExecutor(1) as pool:
+        cancelling = pool.submit(
+            client.post, "/v1/runs/r-9/cancel?wait=20", json={"reason": "ops"}, headers=AUTH
+        )
+        [command] = poll(client, "w-2", "i-1", wait=10)
+        assert command == {"id": command["id"], "type": "cancel", "run_id": "r-9", "reason": "ops"}
+        cancel = client.get("/v1/runs/r-9", headers=AUTH).json()["cancel"]
+        assert (cancel["delivered"], cancel["applied"]) == (False, None)
+        assert not cancelling.done(), "answered before the worker took it"
+        poll(client, "w-2", "i-1", acks=[{"id": command["id"], "applied": True, "live": True}])
+        answer = cancelling.result(timeout=20)
+    assert answer.status_code == 202
+    assert answer.json() == {
+        "run_id": "r-9",
+        "worker": "w-2",
+        "incarnation": "i-1",
+        "reason": "ops",
+        "delivered": True,
+        "applied": True,
+    }
+    cancel = client.get("/v1/runs/r-9", headers=AUTH).json()["cancel"]
+    assert (cancel["delivered"], cancel["applied"]) == (True, True)
+    ingest(client, "w-2", "i-1", finished("r-9", "cancelled"))
+    ended = client.get("/v1/runs/r-9", headers=AUTH).json()
+    assert (ended["status"], ended["cancel"]["applied"]) == ("cancelled", True)
+    assert client.post("/v1/runs/nope/cancel", headers=AUTH).status_code == 404
+    assert client.get("/v1/runs/nope", headers=AUTH).status_code == 404
+
+
+def test_a_cancel_no_worker_takes_is_a_504_and_stays_queued_for_its_worker(
     client: TestClient,
 ) -> None:
-    client.post("/v1/events", json={"worker": "w-2", "events": [started("r-9")]}, headers=AUTH)
-    assert (client.get("/v1/runs/r-9", headers=AUTH)).json()["worker"] == "w-2"
+    ingest(client, "w-1", "old", started("r-1"))
+    ingest(client, "w-1", "new", started("r-2"))
+    answer = client.post("/v1/runs/r-1/cancel?wait=0.05", headers=AUTH)
+    assert answer.status_code == 504
+    assert "worker 'w-1' (incarnation old) did not take the cancel" in answer.json()["detail"]
+    assert client.get("/v1/runs/r-1", headers=AUTH).json()["cancel"]["delivered"] is False
+    assert poll(client, "w-1", "new") == [], "a worker of the same name took it"
+    [command] = poll(client, "w-1", "old")
+    assert command["run_id"] == "r-1"
+
+
+def test_a_command_answered_into_a_lost_poll_is_sent_again(client: TestClient) -> None:
+    ingest(client, "w-1", "i-1", started("r-1"))
+    client.post("/v1/runs/r-1/cancel?wait=0", headers=AUTH)
+    [first] = poll(client, "w-1", "i-1")
+    [again] = poll(client, "w-1", "i-1")  # no ack: the answer never reached the worker
+    assert again == first
+    assert poll(client, "w-1", "i-1", acks=[{"id": first["id"], "applied": True}]) == []
+
+
+def test_a_cancel_of_a_run_its_worker_no_longer_has_is_a_404_and_it_leaves_the_table(
+    client: TestClient,
+) -> None:
+    ingest(client, "w-1", "i-1", started("r-1"))
     with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(client.get, "/v1/commands?worker=w-2&wait=5", headers=AUTH)
-        answer = client.post("/v1/runs/r-9/cancel", json={"reason": "ops said so"}, headers=AUTH)
-        commands = waiting.result(timeout=10).json()
-    assert answer.status_code == 202
-    assert commands == {"commands": [{"type": "cancel", "run_id": "r-9", "reason": "ops said so"}]}
-    assert (client.post("/v1/runs/nope/cancel", headers=AUTH)).status_code == 404
-    assert (client.get("/v1/runs/nope", headers=AUTH)).status_code == 404
+        cancelling = pool.submit(client.post, "/v1/runs/r-1/cancel?wait=20", headers=AUTH)
+        [command] = poll(client, "w-1", "i-1", wait=10)
+        poll(client, "w-1", "i-1", acks=[{"id": command["id"], "applied": False, "live": False}])
+        answer = cancelling.result(timeout=20)
+    assert answer.status_code == 404
+    assert "has no run 'r-1'" in answer.json()["detail"]
+    assert client.get("/v1/runs", headers=AUTH).json() == {"runs": []}
+    assert client.get("/v1/runs/r-1", headers=AUTH).json()["status"] == "lost"
+
+
+def test_a_workers_list_of_live_runs_makes_its_part_of_the_table(client: TestClient) -> None:
+    ingest(client, "w-1", "i-1", started("r-1"), started("r-2"))
+    ingest(client, "w-2", "i-1", started("r-3"))
+    # r-1's end was lost; r-4 started while its start was lost.
+    ingest(client, "w-1", "i-1", live=[["r-2", "agent", "t"], ["r-4", "billing", None]])
+    rows = {r["run_id"]: r for r in client.get("/v1/runs", headers=AUTH).json()["runs"]}
+    assert sorted(rows) == ["r-2", "r-3", "r-4"]
+    assert (rows["r-4"]["graph"], rows["r-4"]["worker"]) == ("billing", "w-1")
+    values = samples(client.get("/metrics").text)
+    assert values[("watchdog_active_runs", (("graph", "agent"),))] == 2
+    assert values[("watchdog_active_runs", (("graph", "billing"),))] == 1
+    assert values[("watchdog_sidecar_runs_lost_total", (("graph", "agent"),))] == 1
+    # A run that ended after the list was made is not brought back by it.
+    ingest(client, "w-1", "i-1", finished("r-4", "completed", "billing"))
+    ingest(client, "w-1", "i-1", live=[["r-2", "agent", "t"], ["r-4", "billing", None]])
+    left = {r["run_id"] for r in client.get("/v1/runs", headers=AUTH).json()["runs"]}
+    assert left == {"r-2", "r-3"}
+    values = samples(client.get("/metrics").text)
+    assert values[("watchdog_active_runs", (("graph", "billing"),))] == 0
 
 
 def test_policies_are_served_with_an_etag(client: TestClient) -> None:
@@ -329,8 +420,8 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", _app_for_the_schema())
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_request_makes_the_sidecar_fail(case: Any) -> None:
-    if case.path == "/v1/commands" and isinstance(case.query, dict):
-        case.query["wait"] = 0  # a long-poll would hold the test for its whole wait
+    if case.path == "/v1/commands" and isinstance(case.body, dict):
+        case.body["wait"] = 0  # a long-poll would hold the test for its whole wait
     for headers in ({}, AUTH):
         response = case.call(headers=headers)
         assert response.status_code < 500, response.text

@@ -25,6 +25,7 @@ WARNING_EVENTS = frozenset(
         "near_limit",
         "sidecar_batch_refused",
         "sidecar_unauthorized",
+        "sidecar_events_unsent",
     }
 )
 ERROR_EVENTS = frozenset(

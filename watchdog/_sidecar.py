@@ -9,9 +9,11 @@ run (each worker long-polls for its commands).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import os
@@ -48,6 +50,7 @@ __all__ = ["PolicySource", "SidecarState", "StartError", "create_app", "serve"]
 
 MAX_BATCH = 10_000
 MAX_WAIT_SECONDS = 30.0
+CANCEL_WAIT = 5.0  # seconds a cancel waits for its worker to take it, by default
 # Request bodies are read only once the token is checked, and never past these sizes: an
 # event batch of 1,000 events takes about 300 KB, every other body a few hundred bytes.
 BODY_LIMIT = 64 * 1024
@@ -61,6 +64,8 @@ OVERFLOW = "__overflow__"
 MAX_TABLE_TEXT = 256
 MAX_RUN_POLICIES = 50
 MAX_RUNS = 20_000
+MAX_ENDED_RUNS = 1000  # ended runs kept for GET /v1/runs/{run_id}
+MAX_WORKERS = 1000
 OPEN_PATHS = frozenset(("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"))
 
 Scope = MutableMapping[str, Any]
@@ -156,25 +161,63 @@ class PolicySource:
         }
 
 
+WorkerKey = tuple[str, str]  # a worker's name, and the incarnation of its process
+
+
+@dataclass
+class CancelCommand:
+    """A cancel on its way to the worker that owns the run: queued, then sent in the answer
+    to a long-poll, then ``taken`` when the worker acknowledges it with the next one."""
+
+    id: str
+    run_id: str
+    reason: str
+    requested_at: float = field(default_factory=time.time)
+    taken: asyncio.Event = field(default_factory=asyncio.Event)
+    applied: bool | None = None  # whether the worker's cancel stopped the run
+    live: bool | None = None  # whether the worker had the run at all
+
+    def as_message(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "cancel", "run_id": self.run_id, "reason": self.reason}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "requested_at": self.requested_at,
+            "delivered": self.taken.is_set(),
+            "applied": self.applied,
+        }
+
+
 @dataclass
 class RunRow:
     run_id: str
     worker: str
+    incarnation: str
     thread_id: str | None
     graph: str
     started_at: str
     status: str = "running"
     policies: list[str] = field(default_factory=list)
+    cancel: CancelCommand | None = None  # the latest cancel asked for through the sidecar
+    finished_at: float | None = None
+
+    @property
+    def owner(self) -> WorkerKey:
+        return (self.worker, self.incarnation)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "worker": self.worker,
+            "incarnation": self.incarnation,
             "thread_id": self.thread_id,
             "graph": self.graph,
             "started_at": self.started_at,
             "status": self.status,
             "policies": self.policies,
+            "cancel": None if self.cancel is None else self.cancel.as_dict(),
+            "finished_at": self.finished_at,
         }
 
 
@@ -258,11 +301,20 @@ class _Children:
 
 @dataclass
 class WorkerRow:
+    """One worker process: its name may be shared (two containers of a pod, a restarted
+    container), the incarnation its link drew at start is not."""
+
     worker: str
+    incarnation: str
     last_seen: float
-    commands: list[dict[str, Any]] = field(default_factory=list)
+    runs: set[str] = field(default_factory=set)  # the ids of its runs in the table
+    queued: list[CancelCommand] = field(default_factory=list)  # to send at its next poll
+    sent: dict[str, CancelCommand] = field(default_factory=dict)  # sent, not acknowledged
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     polling: int = 0  # long-polls in progress: a worker waiting for commands is alive
+    # Runs whose end arrived since the worker last listed its live runs: a list taken just
+    # before that end must not bring them back.
+    ended_since_sync: set[str] = field(default_factory=set)
 
 
 class BackgroundLoop:
@@ -333,13 +385,17 @@ class SidecarState:
         self.worker_timeout = worker_timeout
         self.clock = clock
         self.runs: dict[str, RunRow] = {}
-        self.workers: dict[str, WorkerRow] = {}
+        self.workers: dict[WorkerKey, WorkerRow] = {}
+        # Runs that ended lately, so a client that cancelled one can see how it ended.
+        self.ended: collections.OrderedDict[str, RunRow] = collections.OrderedDict()
+        self._command_ids = itertools.count(1)
         self.events_ingested = Counter(
             "watchdog_sidecar_events", "Events received from workers.", registry=registry
         )
         self.runs_lost = Counter(
             "watchdog_sidecar_runs_lost",
-            "Runs whose worker stopped reporting before they finished.",
+            "Runs that left the table without their end: their worker went silent, or no "
+            "longer had them when it listed its live runs (their last events were lost).",
             ["graph"],
             registry=registry,
         )
@@ -375,53 +431,97 @@ class SidecarState:
         self._runs_lost = _Children(self.runs_lost, bounds, "graph")
         self._policy_lists: dict[tuple[str, ...], list[str]] = {}
 
-    def worker(self, worker: str) -> WorkerRow:
-        row = self.workers.get(worker)
+    def worker(self, worker: str, incarnation: str = "") -> WorkerRow:
+        """A worker's row, made on first contact, and marked as heard from now."""
+        key = (worker, incarnation)
+        row = self.workers.get(key)
         if row is None:
-            row = self.workers[worker] = WorkerRow(worker, self.clock())
+            if len(self.workers) >= MAX_WORKERS:
+                msg = f"the sidecar already has {MAX_WORKERS} workers; try again later"
+                raise HTTPException(status_code=503, detail=msg)
+            row = self.workers[key] = WorkerRow(worker, incarnation, self.clock())
         row.last_seen = self.clock()
         return row
 
-    def ingest(self, worker: str, events: list[dict[str, Any]]) -> None:
-        """Apply a worker's batch of events to the live-run table and the pod's metrics.
+    def ingest(
+        self,
+        worker: str,
+        events: list[dict[str, Any]],
+        *,
+        incarnation: str = "",
+        live: list[LiveRun] | None = None,
+    ) -> None:
+        """Apply a worker's batch of events to the live-run table and the pod's metrics,
+        then, when it sent the list of its ``live`` runs, make its part of the table that.
 
         Counters and gauges move once a batch by what the whole batch adds up to, as each
         ``inc`` takes a lock; a batch is applied within one step of the event loop, so no
         scrape sees part of one. A field of any JSON type is taken without error (a wrong
         one counts as absent): a worker never has its batch refused for what one event holds.
         """
-        self.worker(worker)
+        row = self.worker(worker, incarnation)
         moves: dict[Any, float] = {}  # counter or gauge child -> how much it moves
         for event in events:
-            self._apply(worker, event, moves)
+            self._apply(row, event, moves)
         self.events_ingested.inc(len(events))
         for child, amount in moves.items():
             if amount:
                 child.inc(amount)
+        if live is not None:
+            self.reconcile(row, live)
 
-    def _apply(self, worker: str, event: Mapping[str, Any], moves: dict[Any, float]) -> None:
+    def reconcile(self, worker: WorkerRow, live: list[LiveRun]) -> None:
+        """Make the worker's part of the table its runs as it listed them.
+
+        The list was taken after every event sent before it, so a run of the table that is
+        not in it has ended and its end was lost (dropped from a full buffer, in a refused
+        batch): it leaves the table, counted as lost. A listed run the table lacks (its
+        start was lost, or this sidecar restarted since) comes in.
+        """
+        listed = {
+            run_id: (graph[:MAX_TABLE_TEXT], thread_id and thread_id[:MAX_TABLE_TEXT])
+            for run_id, graph, thread_id in live
+        }
+        for run_id in [r for r in worker.runs if r not in listed]:
+            self._lose(run_id)
+        for run_id, (graph, thread_id) in listed.items():
+            if run_id not in self.runs and run_id not in worker.ended_since_sync:
+                self._add(
+                    RunRow(
+                        run_id=run_id,
+                        worker=worker.worker,
+                        incarnation=worker.incarnation,
+                        thread_id=thread_id,
+                        graph=graph,
+                        started_at="",
+                    )
+                )
+        worker.ended_since_sync.clear()
+
+    def _apply(self, worker: WorkerRow, event: Mapping[str, Any], moves: dict[Any, float]) -> None:
         name = str(event.get("event", "")).removeprefix("watchdog.")
         graph = str(event.get("graph", ""))
         run_id = str(event.get("run_id", ""))
         if name == "run_started":
             _move(moves, self._runs_started(graph), 1)
-            if len(self.runs) >= MAX_RUNS or len(run_id) > MAX_TABLE_TEXT:
-                self.runs_untracked.inc()
-                return
             thread_id = event.get("thread_id")
-            self.runs[run_id] = RunRow(
+            row = RunRow(
                 run_id=run_id,
-                worker=worker,
+                worker=worker.worker,
+                incarnation=worker.incarnation,
                 thread_id=None if thread_id is None else str(thread_id)[:MAX_TABLE_TEXT],
                 graph=graph[:MAX_TABLE_TEXT],
                 started_at=str(event.get("timestamp", ""))[:MAX_TABLE_TEXT],
                 policies=self._policies(event.get("policies")),
             )
-            _move(moves, self._active_runs(graph), 1)
+            known = self.runs.get(run_id)
+            if known is not None and known.owner == row.owner:
+                row.cancel, self.runs[run_id] = known.cancel, row  # listed before it started
+            else:
+                self._add(row, moves)
         elif name == "run_finished":
-            if (row := self.runs.pop(run_id, None)) is not None:
-                _move(moves, self._active_runs(row.graph), -1)
             outcome = str(event.get("outcome", "failed"))
+            self._end(run_id, worker, outcome, moves)
             _move(moves, self._runs_finished(graph, outcome), 1)
             self._run_duration(graph, outcome).observe(_number(event.get("elapsed_s")))
             self._run_steps(graph, outcome).observe(_number(event.get("steps")))
@@ -442,6 +542,55 @@ class SidecarState:
         elif name == "drain_requested" and run_id in self.runs:
             self.runs[run_id].status = "cancelling"
 
+    # -- the run table: every row comes in and leaves through these --------------------------
+
+    def _add(self, row: RunRow, moves: dict[Any, float] | None = None) -> None:
+        if len(self.runs) >= MAX_RUNS or len(row.run_id) > MAX_TABLE_TEXT:
+            self.runs_untracked.inc()
+            return
+        if (known := self.runs.get(row.run_id)) is not None:  # another worker said it first
+            self._drop(known)
+        self.runs[row.run_id] = row
+        if (owner := self.workers.get(row.owner)) is not None:
+            owner.runs.add(row.run_id)
+        if moves is None:
+            self._active_runs(row.graph).inc()
+        else:
+            _move(moves, self._active_runs(row.graph), 1)
+
+    def _drop(self, row: RunRow, moves: dict[Any, float] | None = None) -> None:
+        del self.runs[row.run_id]
+        if (owner := self.workers.get(row.owner)) is not None:
+            owner.runs.discard(row.run_id)
+        if moves is None:
+            self._active_runs(row.graph).dec()
+        else:
+            _move(moves, self._active_runs(row.graph), -1)
+
+    def _end(
+        self, run_id: str, worker: WorkerRow, status: str, moves: dict[Any, float] | None = None
+    ) -> None:
+        """A run of ``worker`` ended: it leaves the table, and is kept a while in ``ended``."""
+        worker.ended_since_sync.add(run_id)
+        row = self.runs.get(run_id)
+        if row is None or row.owner != (worker.worker, worker.incarnation):
+            return
+        self._drop(row, moves)
+        row.status, row.finished_at = status, time.time()
+        self.ended[run_id] = row
+        self.ended.move_to_end(run_id)
+        while len(self.ended) > MAX_ENDED_RUNS:
+            self.ended.popitem(last=False)
+
+    def _lose(self, run_id: str) -> None:
+        row = self.runs[run_id]
+        owner = self.workers.get(row.owner)
+        if owner is not None:
+            self._end(run_id, owner, "lost")
+        else:
+            self._drop(row)
+        self._runs_lost(row.graph).inc()
+
     def _policies(self, policies: object) -> list[str]:
         """A run's policy names, bounded, and shared by the runs that have the same."""
         if not isinstance(policies, list):
@@ -454,30 +603,48 @@ class SidecarState:
                 self._policy_lists[names] = shared
         return shared
 
-    def cancel(self, run_id: str, reason: str) -> RunRow | None:
-        row = self.runs.get(run_id)
-        if row is None:
-            return None
-        worker = self.worker_row(row.worker)
-        worker.commands.append({"type": "cancel", "run_id": run_id, "reason": reason})
-        worker.wake.set()
-        return row
+    # -- cancels ---------------------------------------------------------------------------
 
-    def worker_row(self, worker: str) -> WorkerRow:
-        return self.workers.get(worker) or self.worker(worker)
+    def cancel(self, row: RunRow, reason: str) -> CancelCommand:
+        """Queue a cancel for the worker that owns the run, and wake its long-poll."""
+        worker = self.workers.get(row.owner) or self.worker(*row.owner)
+        command = CancelCommand(f"c-{next(self._command_ids)}", row.run_id, reason)
+        row.cancel = command
+        worker.queued.append(command)
+        worker.wake.set()
+        return command
+
+    def acknowledged(self, worker: WorkerRow, acks: list[Ack]) -> None:
+        """The worker took these commands. A worker acknowledges what it got with its next
+        poll, so what is still unacknowledged then never reached it: it is sent again."""
+        for ack in acks:
+            command = worker.sent.pop(ack.id, None)
+            if command is None:
+                continue
+            command.applied, command.live = ack.applied, ack.live
+            command.taken.set()
+            if not ack.live and command.run_id in worker.runs:
+                self._lose(command.run_id)  # the worker does not have it: a ghost
+        if worker.sent:
+            worker.queued[:0] = worker.sent.values()
+            worker.sent.clear()
+
+    def take_commands(self, worker: WorkerRow) -> list[dict[str, Any]]:
+        taken, worker.queued = worker.queued, []
+        for command in taken:
+            worker.sent[command.id] = command
+        return [command.as_message() for command in taken]
 
     def reap(self) -> None:
         """Forget workers not heard from in ``worker_timeout``; their runs are lost."""
         horizon = self.clock() - self.worker_timeout
         silent = [
-            w for w, row in self.workers.items() if row.last_seen < horizon and not row.polling
+            row for row in self.workers.values() if row.last_seen < horizon and not row.polling
         ]
-        for name in silent:
-            del self.workers[name]
-            for run_id in [r for r, row in self.runs.items() if row.worker == name]:
-                row = self.runs.pop(run_id)
-                self._active_runs(row.graph).dec()
-                self._runs_lost(row.graph).inc()
+        for worker in silent:
+            for run_id in list(worker.runs):
+                self._lose(run_id)
+            del self.workers[(worker.worker, worker.incarnation)]
 
 
 def _move(moves: dict[Any, float], child: Any, amount: float) -> None:
@@ -496,9 +663,28 @@ def _number(value: object) -> float:
     return number if 0 <= number < math.inf else 0.0
 
 
+LiveRun = tuple[str, str, str | None]  # run id, graph, thread id
+
+
 class EventBatch(BaseModel):
     worker: str = Field(min_length=1, max_length=200)
+    incarnation: str = Field(default="", max_length=64)
     events: list[dict[str, Any]] = Field(max_length=MAX_BATCH)
+    # Every run the worker has now, listed after the events before it were taken.
+    live: list[LiveRun] | None = Field(default=None, max_length=MAX_RUNS)
+
+
+class Ack(BaseModel):
+    id: str = Field(max_length=64)
+    applied: bool  # the cancel stopped the run
+    live: bool = True  # the worker had the run
+
+
+class CommandPoll(BaseModel):
+    worker: str = Field(min_length=1, max_length=200)
+    incarnation: str = Field(default="", max_length=64)
+    wait: float = Field(default=20.0, ge=0, le=MAX_WAIT_SECONDS)
+    acks: list[Ack] = Field(default_factory=list, max_length=1000)
 
 
 # /v1/events reads its body itself (see ``_event_batch``); this documents it all the same.
@@ -751,26 +937,25 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
     @app.post("/v1/events", status_code=202, dependencies=guarded, openapi_extra=EVENT_BATCH_BODY)
     async def events(request: Request) -> dict[str, int]:
         batch = _event_batch(await request.body())
-        state.ingest(batch.worker, batch.events)
+        state.ingest(batch.worker, batch.events, incarnation=batch.incarnation, live=batch.live)
         return {"accepted": len(batch.events)}
 
-    @app.get("/v1/commands", dependencies=guarded)
-    async def commands(
-        worker: Annotated[str, Query(min_length=1, max_length=200)],
-        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 20.0,
-    ) -> dict[str, list[dict[str, Any]]]:
-        row = state.worker(worker)
-        if not row.commands and wait > 0:
+    @app.post("/v1/commands", dependencies=guarded)
+    async def commands(poll: CommandPoll, request: Request) -> dict[str, list[dict[str, Any]]]:
+        """A worker's long-poll: it acknowledges the commands of its last answer, and waits
+        up to ``wait`` seconds for more."""
+        row = state.worker(poll.worker, poll.incarnation)
+        state.acknowledged(row, poll.acks)
+        if not row.queued and poll.wait > 0:
             row.wake.clear()
             row.polling += 1
             try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(row.wake.wait(), timeout=wait)
+                if not await _woken(row.wake, request, poll.wait):
+                    return {"commands": []}  # it went away: what is queued waits for it
             finally:
                 row.polling -= 1
-        state.worker(worker)
-        sent, row.commands = row.commands, []
-        return {"commands": sent}
+                row.last_seen = state.clock()
+        return {"commands": state.take_commands(row)}
 
     @app.get("/v1/runs", dependencies=guarded)
     async def runs() -> dict[str, list[dict[str, Any]]]:
@@ -778,20 +963,70 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
 
     @app.get("/v1/runs/{run_id}", dependencies=guarded)
     async def run(run_id: str) -> dict[str, Any]:
-        row = state.runs.get(run_id)
+        """A live run, or one that ended lately (``status`` says how: ``completed``,
+        ``cancelled``, ``failed``, or ``lost`` when its end never arrived)."""
+        row = state.runs.get(run_id) or state.ended.get(run_id)
         if row is None:
-            raise HTTPException(status_code=404, detail=f"no live run {run_id!r}")
+            raise HTTPException(status_code=404, detail=f"no run {run_id!r} in the table")
         return row.as_dict()
 
     @app.post("/v1/runs/{run_id}/cancel", status_code=202, dependencies=guarded)
-    async def cancel(run_id: str, request: CancelRequest | None = None) -> dict[str, Any]:
+    async def cancel(
+        run_id: str,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = CANCEL_WAIT,
+        request: CancelRequest | None = None,
+    ) -> dict[str, Any]:
+        """Cancel a run in the worker that owns it. The answer comes once that worker has
+        taken the cancel (``applied``: whether it stopped the run; false when it was
+        stopping already), or 504 when it did not within ``wait`` seconds."""
         reason = (request or CancelRequest()).reason
-        row = state.cancel(run_id, reason)
+        row = state.runs.get(run_id)
         if row is None:
             raise HTTPException(status_code=404, detail=f"no live run {run_id!r}")
-        return {"run_id": run_id, "worker": row.worker, "reason": reason}
+        command = state.cancel(row, reason)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(command.taken.wait(), timeout=wait)
+        where = f"worker {row.worker!r} (incarnation {row.incarnation or 'unknown'})"
+        if not command.taken.is_set():
+            msg = (
+                f"{where} did not take the cancel of run {run_id!r} within {wait:g} s; it "
+                f"stays queued for that worker, and GET /v1/runs/{run_id} shows when it is "
+                "delivered"
+            )
+            raise HTTPException(status_code=504, detail=msg)
+        if not command.live:
+            msg = f"{where} has no run {run_id!r}: it has left the table"
+            raise HTTPException(status_code=404, detail=msg)
+        return {
+            "run_id": run_id,
+            "worker": row.worker,
+            "incarnation": row.incarnation,
+            "reason": reason,
+            "delivered": True,
+            "applied": command.applied,
+        }
 
     return app
+
+
+async def _woken(wake: asyncio.Event, request: Request, timeout: float) -> bool:
+    """Wait for ``wake`` up to ``timeout``; False when the client went away first.
+
+    A long-poll whose worker is gone (killed, restarted) must not take the commands meant for
+    it: they would be answered into a closed socket and lost.
+    """
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    woken, left = asyncio.ensure_future(wake.wait()), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({woken, left}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        left.cancel()
+    return not (left.done() and not left.cancelled())
 
 
 class StartError(Exception):
