@@ -66,6 +66,8 @@ MODEL_CACHE_SIZE = 100_000
 # Containers at least this long are tried with the C pickler, several times faster than
 # reading them here; shorter ones cost less read here than setting the pickler up.
 PICKLE_FROM = 8
+# What the C pickler writes itself; a container holding anything else is read here.
+PLAIN = SCALARS_AND_NUMBERS | {bytes, bytearray, dict, list, tuple, set, frozenset}
 
 # Markers that keep prints of different shapes apart: a list is not the dict of its pairs.
 SEQUENCE, SET, NUMBER, BYTES, BYTEARRAY, PICKLED, UNIQUE = (
@@ -111,9 +113,10 @@ def _hash_apart(kinds: set[type], values: Any) -> bool:
 def _mapping(value: Mapping[Any, Any]) -> object:
     if not set(map(type, value)) <= SCALARS:  # keys of another kind: read them too
         return _pairs(value)
-    if _hash_apart(set(map(type, value.values())), value.values()):
+    kinds = set(map(type, value.values()))
+    if _hash_apart(kinds, value.values()):
         return tuple(value.items())  # made in C: the common flat dict
-    if len(value) >= PICKLE_FROM and (plain := _pickled(value)) is not None:
+    if len(value) >= PICKLE_FROM and kinds <= PLAIN and (plain := _pickled(value)) is not None:
         return plain
     return tuple(
         [
@@ -136,9 +139,10 @@ def _pairs(value: Mapping[Any, Any]) -> tuple[Any, ...]:
 
 
 def _sequence(value: Any) -> object:
-    if _hash_apart(set(map(type, value)), value):
+    kinds = set(map(type, value))
+    if _hash_apart(kinds, value):
         return (SEQUENCE, *value)
-    if len(value) >= PICKLE_FROM and (plain := _pickled(value)) is not None:
+    if len(value) >= PICKLE_FROM and kinds <= PLAIN and (plain := _pickled(value)) is not None:
         return plain
     return (
         SEQUENCE,
