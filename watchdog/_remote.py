@@ -131,7 +131,8 @@ def _request(
     except urllib.error.HTTPError as error:
         if error.code == 304:
             return 304, dict(error.headers), None
-        msg = f"{url}: HTTP {error.code}"
+        refused = " (the sidecar refused the token)" if error.code in AUTH_STATUSES else ""
+        msg = f"{url}: HTTP {error.code}{refused}"
         raise SidecarError(msg, error.code) from error
     # OSError covers URLError, timeouts and connection errors; http.client's errors are a
     # connection cut mid-answer; ValueError a body that is not JSON, or not even UTF-8.
