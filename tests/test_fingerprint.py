@@ -121,7 +121,20 @@ def test_any_change_gives_another_print_even_made_in_place(
 
 @pytest.mark.parametrize(
     ("first", "second"),
-    [(-1, -2), (-1.0, -2.0), (0, 2**61 - 1), (1, 2**61), ("abc", b"abc"), (b"x", bytearray(b"x"))],
+    [
+        (-1, -2),
+        (-1.0, -2.0),
+        (0, 2**61 - 1),
+        (1, 2**61),
+        ("", False),
+        ("", 0),
+        ("", 0.0),
+        (1.0000000000000002, 513),
+        (1.0000000000000002, 513.0),
+        (0.5, 2**60),
+        ("abc", b"abc"),
+        (b"x", bytearray(b"x")),
+    ],
 )
 def test_values_that_python_hashes_alike_print_apart(first: Any, second: Any) -> None:
     assert fingerprint({"x": first}) != fingerprint({"x": second})
@@ -182,6 +195,14 @@ def test_different_plain_values_never_share_a_print(first: Any, second: Any) -> 
     assert fingerprint(first) == fingerprint(copy.deepcopy(first))
     if first != second:
         assert fingerprint(first) != fingerprint(second)
+
+
+@given(st.one_of(st.floats(allow_nan=False), st.integers()), st.floats(allow_nan=False))
+@settings(max_examples=400, deadline=None)
+def test_different_numbers_never_share_a_print(first: float, second: float) -> None:
+    if first != second:
+        assert fingerprint([first, "x"]) != fingerprint([second, "x"])
+        assert fingerprint({"n": first}) != fingerprint({"n": second})
 
 
 # -- through a real supervised graph ---------------------------------------------------------

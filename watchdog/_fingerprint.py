@@ -30,6 +30,7 @@ import io
 import itertools
 import pathlib
 import pickle
+import struct
 import threading
 import uuid
 import weakref
@@ -41,12 +42,15 @@ from pydantic import BaseModel
 
 __all__ = ["fingerprint"]
 
-# Immutable types whose hash tells any two different values apart, at hash-collision odds.
+# Immutable types whose hash tells any two different values apart, at hash-collision odds,
+# but for "": Python hashes it as 0, as it does 0 and False, so it stands in as EMPTY_TEXT.
 SCALARS = frozenset((str, bool, type(None)))
-# Python hashes -1 as -2, and numbers modulo 2**61 - 1: numbers from 0 below that are safe.
-NUMBERS = frozenset((int, float))
-SCALARS_AND_NUMBERS = SCALARS | NUMBERS
+# Python hashes an int modulo 2**61 - 1, and -1 as -2: ints from 0 below that stand for
+# themselves. A float is hashed as the fraction it is, modulo the same (1.0000000000000002 as
+# 513), so floats are printed by their bits.
+SCALARS_AND_INTS = SCALARS | {int}
 HASH_MODULUS = 2**61 - 1
+IMMUTABLE = SCALARS_AND_INTS | {float, bytes}  # what a copy of a model's fields can share
 # Immutable value types, hashed by their value.
 VALUES = (
     datetime.date,
@@ -67,20 +71,23 @@ MODEL_CACHE_SIZE = 100_000
 # reading them here; shorter ones cost less read here than setting the pickler up.
 PICKLE_FROM = 8
 # What the C pickler writes itself; a container holding anything else is read here.
-PLAIN = SCALARS_AND_NUMBERS | {bytes, bytearray, dict, list, tuple, set, frozenset}
+PLAIN = SCALARS_AND_INTS | {float, bytes, bytearray, dict, list, tuple, set, frozenset}
 
 # Markers that keep prints of different shapes apart: a list is not the dict of its pairs.
-SEQUENCE, SET, NUMBER, BYTES, BYTEARRAY, PICKLED, UNIQUE = (
+SEQUENCE, SET, NUMBER, FLOAT, BYTES, BYTEARRAY, PICKLED, UNIQUE, EMPTY_TEXT = (
     "\0seq",
     "\0set",
     "\0number",
+    "\0float",
     "\0bytes",
     "\0bytearray",
     "\0pickle",
     "\0unique",
+    "\0empty",
 )
 
 Handler = Callable[[Any], Any]
+_DOUBLE = struct.Struct("<d").pack
 _unique = itertools.count()
 _unique_lock = threading.Lock()
 
@@ -88,7 +95,9 @@ _unique_lock = threading.Lock()
 def fingerprint(value: Any) -> int:
     """An int that equals another input's print only if the two inputs are equal."""
     try:
-        return hash(value if type(value) in SCALARS else _HANDLERS[type(value)](value))
+        return hash(
+            value if type(value) in SCALARS and value != "" else _HANDLERS[type(value)](value)
+        )
     except RecursionError:  # nested too deep to read, or it contains itself
         return hash(_never_equal(value))
 
@@ -98,20 +107,23 @@ def _never_equal(_value: object) -> tuple[str, int]:
         return (UNIQUE, next(_unique))
 
 
-def _number(value: float) -> object:
+def _int(value: int) -> object:
     return value if 0 <= value < HASH_MODULUS else (NUMBER, repr(value))
+
+
+def _float(value: float) -> object:
+    return (FLOAT, _DOUBLE(value))
 
 
 def _hash_apart(kinds: set[type], values: Any) -> bool:
     """Whether values of these kinds can stand for themselves in a print."""
-    return kinds <= SCALARS or (
-        kinds <= SCALARS_AND_NUMBERS
-        and all(0 <= v < HASH_MODULUS for v in values if type(v) in NUMBERS)
-    )
+    if not kinds <= SCALARS_AND_INTS or (str in kinds and "" in values):
+        return False
+    return int not in kinds or all(0 <= v < HASH_MODULUS for v in values if type(v) is int)
 
 
 def _mapping(value: Mapping[Any, Any]) -> object:
-    if not set(map(type, value)) <= SCALARS:  # keys of another kind: read them too
+    if not set(map(type, value)) <= SCALARS or "" in value:  # keys to read too
         return _pairs(value)
     kinds = set(map(type, value.values()))
     if _hash_apart(kinds, value.values()):
@@ -120,7 +132,7 @@ def _mapping(value: Mapping[Any, Any]) -> object:
         return plain
     return tuple(
         [
-            (key, item if type(item) in SCALARS else _HANDLERS[type(item)](item))
+            (key, item if type(item) in SCALARS and item != "" else _HANDLERS[type(item)](item))
             for key, item in value.items()
         ]
     )
@@ -130,8 +142,8 @@ def _pairs(value: Mapping[Any, Any]) -> tuple[Any, ...]:
     return tuple(
         [
             (
-                key if type(key) in SCALARS else _HANDLERS[type(key)](key),
-                item if type(item) in SCALARS else _HANDLERS[type(item)](item),
+                key if type(key) in SCALARS and key != "" else _HANDLERS[type(key)](key),
+                item if type(item) in SCALARS and item != "" else _HANDLERS[type(item)](item),
             )
             for key, item in value.items()
         ]
@@ -146,7 +158,10 @@ def _sequence(value: Any) -> object:
         return plain
     return (
         SEQUENCE,
-        *[item if type(item) in SCALARS else _HANDLERS[type(item)](item) for item in value],
+        *[
+            item if type(item) in SCALARS and item != "" else _HANDLERS[type(item)](item)
+            for item in value
+        ],
     )
 
 
@@ -209,7 +224,7 @@ def _model(value: BaseModel) -> object:
         return cached[2]
     extra = value.__pydantic_extra__
     read = [
-        (name, item if type(item) in SCALARS else _HANDLERS[type(item)](item))
+        (name, item if type(item) in SCALARS and item != "" else _HANDLERS[type(item)](item))
         for name, item in fields.items()
         if name not in REPORT_FIELDS
     ]
@@ -233,14 +248,14 @@ def _remember(key: int, value: BaseModel, fields: dict[str, Any], print_: int) -
 def _copy(value: Any) -> Any:
     """A copy with new containers, so that ``==`` with it sees changes made in place."""
     kind = type(value)
-    if kind in SCALARS_AND_NUMBERS or kind is bytes:
+    if kind in IMMUTABLE:
         return value
     if kind is dict:
-        return {k: v if type(v) in SCALARS_AND_NUMBERS else _copy(v) for k, v in value.items()}
+        return {k: v if type(v) in IMMUTABLE else _copy(v) for k, v in value.items()}
     if kind is list:
-        return [v if type(v) in SCALARS_AND_NUMBERS else _copy(v) for v in value]
+        return [v if type(v) in IMMUTABLE else _copy(v) for v in value]
     if kind is tuple:
-        return tuple([v if type(v) in SCALARS_AND_NUMBERS else _copy(v) for v in value])
+        return tuple([v if type(v) in IMMUTABLE else _copy(v) for v in value])
     raise _Refused
 
 
@@ -260,7 +275,10 @@ def _scalar_subclass(value: Any) -> object:
         plain = float(value)
     else:
         plain = bytes(value)
-    return (type(value), plain if type(plain) in SCALARS else _HANDLERS[type(plain)](plain))
+    return (
+        type(value),
+        plain if type(plain) in SCALARS and plain != "" else _HANDLERS[type(plain)](plain),
+    )
 
 
 def _handler_for(kind: type) -> Handler:
@@ -296,9 +314,10 @@ _HANDLERS = _Handlers(
         dict: _mapping,
         list: _sequence,
         tuple: _sequence,
-        int: _number,
-        float: _number,
+        int: _int,
+        float: _float,
         # The hash of bytes is that of the str of the same characters.
+        str: lambda value: EMPTY_TEXT,  # comes here only when it is ""
         bytes: lambda value: (BYTES, value),
         bytearray: lambda value: (BYTEARRAY, bytes(value)),  # what it holds now
     }
