@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for(what: str, check: Any, timeout: float = 30) -> None:
+    """Wait until ``check()`` is true; the bound is generous, as machines are shared."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.02)
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 class Process:
     """A subprocess whose stdout lines are read, as JSON, by a thread; ``tell`` writes it
-    JSON lines on its stdin."""
+    JSON lines on its stdin. Its stderr lines are kept in ``errors``."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.popen = subprocess.Popen(
@@ -47,12 +65,28 @@ class Process:
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
         )
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.errors: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+        self.error_reader = threading.Thread(target=self._read_errors, daemon=True)
+        self.error_reader.start()
+
+    def _read_errors(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.errors.append(line.rstrip("\n"))
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The watchdog events named ``watchdog.<name>`` it has logged on stderr."""
+        return [
+            json.loads(line)
+            for line in list(self.errors)
+            if line.startswith("{") and f'"watchdog.{name}"' in line
+        ]
 
     def _read(self) -> None:
         assert self.popen.stdout is not None
@@ -84,19 +118,25 @@ class Process:
             self.close_stdin()
         self.popen.wait(10)
         self.reader.join(10)  # it reads to the end of the output, then closes it
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
+        self.error_reader.join(10)
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                stream.close()
 
 
 class Pod:
     """A sidecar and its workers, on a free loopback port, with the token and a policy file."""
 
-    def __init__(self, tmp_path: Path, policies: str = POLICIES) -> None:
+    def __init__(
+        self, tmp_path: Path, policies: str = POLICIES, *, directory: bool = False
+    ) -> None:
+        """``directory``: the sidecar watches the policy file's directory, not the file."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.policy_file = tmp_path / "policies" / "watchdog.yaml"
         self.policy_file.parent.mkdir()
         self.policy_file.write_text(policies)
+        self.policy_path = self.policy_file.parent if directory else self.policy_file
         self.token_file = tmp_path / "token"
         self.token_file.write_text(TOKEN + "\n")
         self.env = {
@@ -107,15 +147,29 @@ class Pod:
         self.sidecar: Process | None = None
         self.workers: list[Process] = []
 
-    def start_sidecar(self, poll_interval: float = 0.2) -> None:
-        args = [sys.executable, "-m", "watchdog", "serve", "--policies", str(self.policy_file)]
+    def start_sidecar(
+        self,
+        poll_interval: float = 0.2,
+        *options: str,
+        worker_timeout: float = 5,
+        prefix: Sequence[str] = (),
+    ) -> Process:
+        """``watchdog serve`` on this pod's port, once it answers (it may take a while to
+        start on a busy machine); ``prefix`` goes before the command (``setpriv ...``)."""
+        args = [*prefix, sys.executable, "-m", "watchdog", "serve"]
+        args += ["--policies", str(self.policy_path)]
         args += ["--port", str(self.port), "--token-file", str(self.token_file)]
-        args += ["--poll-interval", str(poll_interval), "--worker-timeout", "5"]
-        self.sidecar = Process(args, self.env)
-        deadline = time.monotonic() + 20
-        while not self.answers("/healthz"):
-            assert time.monotonic() < deadline, "the sidecar did not start"
-            time.sleep(0.05)
+        args += ["--poll-interval", str(poll_interval), "--worker-timeout", str(worker_timeout)]
+        sidecar = self.sidecar = Process([*args, *options], self.env)
+
+        def answering() -> bool:
+            assert sidecar.popen.poll() is None, "\n".join(
+                ["watchdog serve exited:", *sidecar.errors]
+            )
+            return self.answers("/healthz")
+
+        self.wait_for("the sidecar to answer", answering, timeout=60)
+        return sidecar
 
     def worker(self, name: str, plan: dict[str, Any]) -> Process:
         return self.start_workers({name: plan})[name]
@@ -134,16 +188,30 @@ class Pod:
         return started
 
     def answers(self, path: str) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return answers(self.url + path)
 
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=5) as response:
+    def get(self, path: str, token: str | None = TOKEN) -> Any:
+        request = urllib.request.Request(self.url + path)
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read().decode()
             return json.loads(body) if path != "/metrics" else body
+
+    def call(
+        self, method: str, path: str, body: Any = None, token: str | None = TOKEN
+    ) -> tuple[int, Any]:
+        """A request with a JSON body: the status, and the JSON answer."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return int(response.status), json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
 
     def post(self, path: str, body: Any = None, token: str | None = TOKEN) -> int:
         request = urllib.request.Request(
@@ -153,16 +221,13 @@ class Pod:
         if token is not None:
             request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:
                 return int(response.status)
         except urllib.error.HTTPError as error:
             return error.code
 
-    def wait_for(self, what: str, check: Any, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.02)
+    def wait_for(self, what: str, check: Any, timeout: float = 30) -> None:
+        wait_for(what, check, timeout)
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return {

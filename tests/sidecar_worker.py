@@ -4,11 +4,12 @@ It connects to the sidecar named by ``WATCHDOG_SIDECAR_URL`` and ``WATCHDOG_SIDE
 runs the supervised graphs its JSON plan asks for, and prints one JSON line per finished
 run (with the wall-clock time it ended), then ``{"done": ...}`` once it has flushed its events.
 
-Plan keys: ``hang`` (run ids of runs that hang until cancelled), ``loops`` (how many endless
+Plan keys: ``worker`` (the worker's name, when it is not NAME: two workers may share one),
+``hang`` (run ids of runs that hang until cancelled), ``loops`` (how many endless
 loops for the step policy to stop), ``slow`` (run ids of slow endless loops), ``chat`` (how
 many ReAct runs that complete, using tokens), ``steady`` (seconds of short runs that
-complete, one after another), ``flood`` (events to push through the link per round, no
-graphs: see ``flood``).
+complete, one after another; null: until stdin ends), ``flood`` (events to push through the
+link per round, no graphs: see ``flood``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import itertools
 import json
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -75,10 +77,19 @@ async def one(
     )
 
 
-async def steady(supervisor: Supervisor, seconds: float) -> None:
-    end = time.monotonic() + seconds
+async def steady(supervisor: Supervisor, seconds: float | None) -> None:
+    """Short runs one after another, for ``seconds``, or (None) until stdin ends."""
+    end = None if seconds is None else time.monotonic() + seconds
+    ended = threading.Event()
+
+    def read_to_the_end() -> None:
+        sys.stdin.read()
+        ended.set()
+
+    if end is None:
+        threading.Thread(target=read_to_the_end, daemon=True).start()
     graph = stepping(0.005, steps=2)
-    while time.monotonic() < end:
+    while not ended.is_set() and (end is None or time.monotonic() < end):
         await one(supervisor, graph, "steady", uuid.uuid4())
 
 
@@ -186,7 +197,7 @@ def dropped(supervisor: Supervisor) -> float | None:
 
 
 async def main(name: str, plan: dict[str, Any]) -> None:
-    supervisor = Supervisor.connect(worker=name)
+    supervisor = Supervisor.connect(worker=plan.get("worker", name))
     runs = [one(supervisor, hanging(), "hang", uuid.UUID(r)) for r in plan.get("hang", [])]
     runs += [
         one(supervisor, endless(Bodies(), is_async=True, checkpointer=False), "loop", uuid.uuid4())

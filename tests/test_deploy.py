@@ -172,3 +172,7 @@ def test_every_dashboard_query_runs_against_a_real_prometheus(prometheus: tuple[
         "Tokens per second",
     }
     assert not must_have_data & set(empty), empty
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    for rule in alerts["groups"][0]["rules"]:
+        names = set(re.findall(r"\bwatchdog_[a-z_]+", rule["expr"]))
+        assert names <= exported, rule["alert"]

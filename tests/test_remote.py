@@ -3,23 +3,26 @@ what it is sent."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import queue
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.graphs import Bodies, endless, policies
+from tests.graphs import Bodies, endless, hanging, policies
 from watchdog import RunCancelled, Supervisor
-from watchdog._remote import SidecarLink
+from watchdog._remote import BATCH, EVENTS_BODY_LIMIT, MAX_EVENT_TEXT, SidecarLink
 from watchdog.testing import capture_events
 
 POLICIES = "version: 1\npolicies:\n- {name: local-steps, step_count: {max_steps: 2}}\n"
@@ -57,11 +60,15 @@ def test_an_unreachable_sidecar_falls_back_to_local_policies_and_counts_dropped_
             app.invoke({"count": 0})  # enforced locally all the same
         assert raised.value.policy == "local-steps"
         assert not supervisor.link.flush()
+        assert registry.get_sample_value("watchdog_sidecar_events_dropped_total") == 3
     finally:
-        supervisor.close()
-    # Nothing was ever sent: all but the three the buffer holds were dropped, and counted.
+        with capture_events() as closing:
+            supervisor.close(timeout=0.05)
+    # Nothing was ever sent: all but the three the buffer held were dropped, and counted;
+    # the three left when it closed are counted too, and reported.
     assert len(emitted) == 6
-    assert registry.get_sample_value("watchdog_sidecar_events_dropped_total") == 3
+    assert registry.get_sample_value("watchdog_sidecar_events_dropped_total") == 6
+    assert [(e["event"], e["events"]) for e in closing] == [("watchdog.sidecar_events_unsent", 3)]
 
 
 # -- a sidecar that answers what a test tells it to -----------------------------------------
@@ -69,14 +76,19 @@ def test_an_unreachable_sidecar_falls_back_to_local_policies_and_counts_dropped_
 
 class StubSidecar(ThreadingHTTPServer):
     """A real HTTP server on loopback that stands in for ``watchdog serve``: ``answer`` picks
-    the status for each event batch, and every batch is kept with the status it got."""
+    the status for each event batch, and every batch is kept with the status it got; the
+    answers to the workers' long-polls are taken from ``polls`` (after a short wait when
+    there are none), and each poll's body is kept in ``polled``."""
 
     daemon_threads = True
 
-    def __init__(self, answer: Callable[[list[dict[str, Any]]], int]) -> None:
-        super().__init__(("127.0.0.1", 0), StubHandler)
+    def __init__(self, answer: Callable[[list[dict[str, Any]]], int], port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), StubHandler)
         self.answer = answer
         self.batches: list[tuple[int, list[dict[str, Any]]]] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.polls: queue.Queue[Any] = queue.Queue()
+        self.polled: list[dict[str, Any]] = []
         self.stopping = threading.Event()
 
     @property
@@ -99,17 +111,23 @@ class StubHandler(BaseHTTPRequestHandler):
     server: StubSidecar
 
     def do_GET(self) -> None:
-        if self.path.startswith("/v1/commands"):
-            self.server.stopping.wait(0.2)  # a long-poll with nothing to say
-            self._send(200, {"commands": []})
-        else:
-            self._send(304, None)  # the policies have not changed
+        self._send(304, None)  # the policies have not changed
 
     def do_POST(self) -> None:
-        batch = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        status = self.server.answer(batch["events"])
-        self.server.batches.append((status, batch["events"]))
-        self._send(status, {"accepted": len(batch["events"])} if status == 202 else {})
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/v1/commands":
+            self.server.polled.append(body)
+            try:
+                answer = self.server.polls.get(timeout=0.2)
+            except queue.Empty:  # a long-poll with nothing to say
+                answer = {"commands": []}
+            self._send(200, answer)
+            return
+        self.server.bodies.append(body)
+        status = self.server.answer(body["events"])
+        if body["events"]:  # not a list of live runs alone
+            self.server.batches.append((status, body["events"]))
+        self._send(status, {"accepted": len(body["events"])} if status == 202 else {})
 
     def _send(self, status: int, body: Any) -> None:
         data = b"" if body is None else json.dumps(body).encode()
@@ -124,8 +142,10 @@ class StubHandler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def stub_sidecar(answer: Callable[[list[dict[str, Any]]], int]) -> Iterator[StubSidecar]:
-    server = StubSidecar(answer)
+def stub_sidecar(
+    answer: Callable[[list[dict[str, Any]]], int], port: int = 0
+) -> Iterator[StubSidecar]:
+    server = StubSidecar(answer, port)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
     thread.start()
     try:
@@ -139,7 +159,9 @@ def stub_sidecar(answer: Callable[[list[dict[str, Any]]], int]) -> Iterator[Stub
 
 @contextlib.contextmanager
 def linked(sidecar: StubSidecar, registry: CollectorRegistry) -> Iterator[SidecarLink]:
-    supervisor = Supervisor(policies("- {name: s, step_count: {max_steps: 9}}"), registry=registry)
+    # A time limit, so that the supervisor's timer thread runs and hard-cancels hung runs.
+    limits = "- {name: s, step_count: {max_steps: 9}}\n- {name: w, wall_time: {max_seconds: 600}}"
+    supervisor = Supervisor(policies(limits), registry=registry)
     link = SidecarLink(
         supervisor, sidecar.url, "t", etag='"p"', flush_interval=0.02, command_wait=0.2
     )
@@ -205,7 +227,7 @@ def test_a_sidecar_that_refuses_everything_is_not_sent_reports_of_its_refusals_f
     ):
         link.enqueue({"event": "test.one"})
         wait_for("refused report", lambda: sidecar.answered(413) >= 2)
-        time.sleep(0.1)  # five flush intervals: nothing more is sent
+        assert link.flush()  # a report of the report would be sent by now
         assert sidecar.answered(413) == 2
         assert link.buffered == 0
     assert [[e["event"] for e in events] for _, events in sidecar.batches] == [
@@ -258,3 +280,102 @@ def test_values_json_cannot_write_are_sent_as_text_and_never_stop_the_link(
     assert (odd["value"], odd["when"]) == ("1.5", "{1, 2}")
     assert keys["value"] == {"null": "b", "3": "<unprintable Unprintable>"}
     assert "test.cycle" not in sidecar.names()
+
+
+def test_long_texts_are_cut_and_a_batch_too_large_for_the_sidecar_is_sent_in_parts(
+    registry: CollectorRegistry,
+) -> None:
+    sizes: list[int] = []
+
+    def take(events: list[dict[str, Any]]) -> int:
+        sizes.append(len(json.dumps({"worker": "w", "events": events})))
+        return 202
+
+    huge = "x" * 10_000_000
+    wide = {f"text-{i}": "y" * 10_000 for i in range(5)}
+    with stub_sidecar(take) as sidecar, linked(sidecar, registry) as link:
+        link.enqueue({"event": "test.huge", "graph": huge, "n": 1})
+        wait_for("the huge event", lambda: "test.huge" in sidecar.names())
+        for i in range(BATCH):
+            link.enqueue({"event": "test.wide", "i": i, **wide})
+        wait_for("every wide event", lambda: sidecar.names().count("test.wide") == BATCH)
+    [cut] = [e for e in sidecar.taken() if e["event"] == "test.huge"]
+    assert (
+        cut["graph"]
+        == "x" * MAX_EVENT_TEXT + f"... ({10_000_000 - MAX_EVENT_TEXT} more characters)"
+    )
+    assert cut["n"] == 1
+    assert max(sizes) <= EVENTS_BODY_LIMIT
+    assert [e["i"] for e in sidecar.taken() if e["event"] == "test.wide"] == list(range(BATCH))
+    assert dropped(registry) == 0
+
+
+def take_all(events: list[dict[str, Any]]) -> int:
+    return 202
+
+
+def test_junk_answers_to_the_long_poll_are_counted_and_the_next_cancel_still_lands(
+    registry: CollectorRegistry,
+) -> None:
+    """A proxy in between answers ``[]``, or worse: the command thread counts each as an
+    internal error, backs off, and goes on taking cancels."""
+    run_id = uuid.uuid4()
+    outcome: list[BaseException] = []
+
+    def run(app: Any) -> None:
+        try:
+            asyncio.run(app.ainvoke({"count": 0}, {"run_id": run_id}))
+        except RunCancelled as cancelled:
+            outcome.append(cancelled)
+
+    with stub_sidecar(take_all) as sidecar, linked(sidecar, registry) as link:
+        app = cast(Supervisor, link.supervisor).attach(hanging(), name="hung")
+        runner = threading.Thread(target=run, args=(app,), daemon=True)
+        runner.start()
+        wait_for("the run", link.supervisor.runs)
+        junk: list[Any] = [[], {"commands": "none"}, None, {"commands": [5, {"id": "c-1"}]}]
+        for answer in junk:
+            sidecar.polls.put(answer)
+        cancel = {"id": "c-2", "type": "cancel", "run_id": str(run_id), "reason": "at last"}
+        sidecar.polls.put({"commands": [cancel]})
+        wait_for("the cancel", lambda: outcome, timeout=30)
+        runner.join(30)
+        ack = {"id": "c-2", "applied": True, "live": True}
+        wait_for("its acknowledgement", lambda: any(ack in p["acks"] for p in sidecar.polled))
+    assert outcome[0].reason == "at last"  # type: ignore[attr-defined]
+    assert registry.get_sample_value("watchdog_internal_errors_total") == 5
+
+
+def test_closing_while_the_sidecar_is_down_waits_its_timeout_then_counts_what_is_left(
+    nowhere: str, registry: CollectorRegistry
+) -> None:
+    supervisor = Supervisor(policies("- {name: s, step_count: {max_steps: 9}}"), registry=registry)
+    link = supervisor.link = SidecarLink(supervisor, nowhere, "t", etag='"p"', flush_interval=0.02)
+    for i in range(5):
+        link.enqueue({"event": "test.left", "i": i})
+    started = time.monotonic()
+    with capture_events() as reported:
+        supervisor.close(timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 10
+    assert dropped(registry) == 5
+    assert reported == [
+        {"event": "watchdog.sidecar_events_unsent", "url": nowhere, "events": 5, "waited_s": 0.3}
+    ]
+
+
+def test_closing_sends_what_is_left_when_the_sidecar_comes_back_within_the_wait(
+    nowhere: str, registry: CollectorRegistry
+) -> None:
+    supervisor = Supervisor(policies("- {name: s, step_count: {max_steps: 9}}"), registry=registry)
+    link = supervisor.link = SidecarLink(supervisor, nowhere, "t", etag='"p"', flush_interval=0.02)
+    for i in range(5):
+        link.enqueue({"event": "test.left", "i": i})
+    closing = threading.Thread(target=supervisor.close, kwargs={"timeout": 60})
+    with capture_events() as reported:
+        closing.start()
+        wait_for("the close to send on its own", lambda: not link._threads[0].is_alive())
+        assert closing.is_alive(), "it gave up on its events while the sidecar was away"
+        with stub_sidecar(take_all, port=int(nowhere.rsplit(":", 1)[1])) as sidecar:
+            closing.join(60)
+    assert [e["i"] for e in sidecar.taken()] == [0, 1, 2, 3, 4]
+    assert (dropped(registry), reported) == (0, [])

@@ -18,8 +18,17 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.processes import wait_for
 from watchdog._metrics import Metrics
-from watchdog._sidecar import PolicySource, create_app
+from watchdog._sidecar import (
+    MAX_LABEL_LENGTH,
+    MAX_RUN_POLICIES,
+    MAX_RUNS,
+    MAX_SERIES,
+    MAX_TABLE_TEXT,
+    PolicySource,
+    create_app,
+)
 from watchdog.testing import capture_events
 
 TOKEN = "s3cret-token"
@@ -77,20 +86,23 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         ("POST", "/v1/policies/reload", None),
         ("POST", "/v1/events", {"worker": "w", "events": [started("r-1")]}),
         ("POST", "/v1/runs/r-1/cancel", {"reason": "stop"}),
-        ("GET", "/v1/commands?worker=w&wait=0", None),
+        ("POST", "/v1/commands", {"worker": "w", "wait": 0}),
+        ("GET", "/v1/runs", None),
+        ("GET", "/v1/runs/r-1", None),
+        ("GET", "/v1/policies", None),
     ],
 )
 @pytest.mark.parametrize(
     "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]
 )
-def test_mutating_endpoints_answer_401_without_the_token_and_change_nothing(
+def test_every_v1_endpoint_answers_401_without_the_token_and_changes_nothing(
     client: TestClient, method: str, path: str, body: Any, headers: dict[str, str]
 ) -> None:
     before = (client.get("/metrics")).text
     answer = client.request(method, path, json=body, headers=headers)
     assert answer.status_code == 401
     assert answer.headers["www-authenticate"] == "Bearer"
-    assert (client.get("/v1/runs")).json() == {"runs": []}
+    assert (client.get("/v1/runs", headers=AUTH)).json() == {"runs": []}
     after = samples((client.get("/metrics")).text)
     assert {k: v for k, v in after.items() if "created" not in k[0]} == {
         k: v for k, v in samples(before).items() if "created" not in k[0]
@@ -117,7 +129,7 @@ def test_events_build_the_live_run_table_and_the_pods_metrics(
         json={"worker": "w-1", "events": [cancel, finished("r-1", "cancelled")]},
         headers=AUTH,
     )
-    assert (client.get("/v1/runs")).json() == {"runs": []}
+    assert (client.get("/v1/runs", headers=AUTH)).json() == {"runs": []}
     values = samples((client.get("/metrics")).text)
     assert values[("watchdog_runs_started_total", (("graph", "agent"),))] == 1
     assert (
@@ -131,25 +143,116 @@ def test_events_build_the_live_run_table_and_the_pods_metrics(
     assert values[("watchdog_sidecar_events_total", ())] == 5
 
 
-def test_a_cancel_is_delivered_to_the_worker_that_owns_the_run(
+def poll(
+    client: TestClient, worker: str, incarnation: str, wait: float = 0, acks: Any = ()
+) -> list[dict[str, Any]]:
+    body = {"worker": worker, "incarnation": incarnation, "wait": wait, "acks": list(acks)}
+    answer = client.post("/v1/commands", json=body, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    commands: list[dict[str, Any]] = answer.json()["commands"]
+    return commands
+
+
+def ingest(client: TestClient, worker: str, incarnation: str, *events: Any, **extra: Any) -> None:
+    batch = {"worker": worker, "incarnation": incarnation, "events": list(events), **extra}
+    assert client.post("/v1/events", json=batch, headers=AUTH).status_code == 202
+
+
+def test_a_cancel_is_answered_once_the_owning_worker_has_taken_it(client: TestClient) -> None:
+    ingest(client, "w-2", "i-1", started("r-9"))
+    assert client.get("/v1/runs/r-9", headers=AUTH).json()["incarnation"] == "i-1"
+    with ThreadPoolExecutor(1) as pool:
+        cancelling = pool.submit(
+            client.post, "/v1/runs/r-9/cancel?wait=20", json={"reason": "ops"}, headers=AUTH
+        )
+        [command] = poll(client, "w-2", "i-1", wait=10)
+        assert command == {"id": command["id"], "type": "cancel", "run_id": "r-9", "reason": "ops"}
+        cancel = client.get("/v1/runs/r-9", headers=AUTH).json()["cancel"]
+        assert (cancel["delivered"], cancel["applied"]) == (False, None)
+        assert not cancelling.done(), "answered before the worker took it"
+        poll(client, "w-2", "i-1", acks=[{"id": command["id"], "applied": True, "live": True}])
+        answer = cancelling.result(timeout=20)
+    assert answer.status_code == 202
+    assert answer.json() == {
+        "run_id": "r-9",
+        "worker": "w-2",
+        "incarnation": "i-1",
+        "reason": "ops",
+        "delivered": True,
+        "applied": True,
+    }
+    cancel = client.get("/v1/runs/r-9", headers=AUTH).json()["cancel"]
+    assert (cancel["delivered"], cancel["applied"]) == (True, True)
+    ingest(client, "w-2", "i-1", finished("r-9", "cancelled"))
+    ended = client.get("/v1/runs/r-9", headers=AUTH).json()
+    assert (ended["status"], ended["cancel"]["applied"]) == ("cancelled", True)
+    assert client.post("/v1/runs/nope/cancel", headers=AUTH).status_code == 404
+    assert client.get("/v1/runs/nope", headers=AUTH).status_code == 404
+
+
+def test_a_cancel_no_worker_takes_is_a_504_and_stays_queued_for_its_worker(
     client: TestClient,
 ) -> None:
-    client.post("/v1/events", json={"worker": "w-2", "events": [started("r-9")]}, headers=AUTH)
-    assert (client.get("/v1/runs/r-9")).json()["worker"] == "w-2"
+    ingest(client, "w-1", "old", started("r-1"))
+    ingest(client, "w-1", "new", started("r-2"))
+    answer = client.post("/v1/runs/r-1/cancel?wait=0.05", headers=AUTH)
+    assert answer.status_code == 504
+    assert "worker 'w-1' (incarnation old) did not take the cancel" in answer.json()["detail"]
+    assert client.get("/v1/runs/r-1", headers=AUTH).json()["cancel"]["delivered"] is False
+    assert poll(client, "w-1", "new") == [], "a worker of the same name took it"
+    [command] = poll(client, "w-1", "old")
+    assert command["run_id"] == "r-1"
+
+
+def test_a_command_answered_into_a_lost_poll_is_sent_again(client: TestClient) -> None:
+    ingest(client, "w-1", "i-1", started("r-1"))
+    client.post("/v1/runs/r-1/cancel?wait=0", headers=AUTH)
+    [first] = poll(client, "w-1", "i-1")
+    [again] = poll(client, "w-1", "i-1")  # no ack: the answer never reached the worker
+    assert again == first
+    assert poll(client, "w-1", "i-1", acks=[{"id": first["id"], "applied": True}]) == []
+
+
+def test_a_cancel_of_a_run_its_worker_no_longer_has_is_a_404_and_it_leaves_the_table(
+    client: TestClient,
+) -> None:
+    ingest(client, "w-1", "i-1", started("r-1"))
     with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(client.get, "/v1/commands?worker=w-2&wait=5", headers=AUTH)
-        answer = client.post("/v1/runs/r-9/cancel", json={"reason": "ops said so"}, headers=AUTH)
-        commands = waiting.result(timeout=10).json()
-    assert answer.status_code == 202
-    assert commands == {"commands": [{"type": "cancel", "run_id": "r-9", "reason": "ops said so"}]}
-    assert (client.post("/v1/runs/nope/cancel", headers=AUTH)).status_code == 404
-    assert (client.get("/v1/runs/nope")).status_code == 404
+        cancelling = pool.submit(client.post, "/v1/runs/r-1/cancel?wait=20", headers=AUTH)
+        [command] = poll(client, "w-1", "i-1", wait=10)
+        poll(client, "w-1", "i-1", acks=[{"id": command["id"], "applied": False, "live": False}])
+        answer = cancelling.result(timeout=20)
+    assert answer.status_code == 404
+    assert "has no run 'r-1'" in answer.json()["detail"]
+    assert client.get("/v1/runs", headers=AUTH).json() == {"runs": []}
+    assert client.get("/v1/runs/r-1", headers=AUTH).json()["status"] == "lost"
+
+
+def test_a_workers_list_of_live_runs_makes_its_part_of_the_table(client: TestClient) -> None:
+    ingest(client, "w-1", "i-1", started("r-1"), started("r-2"))
+    ingest(client, "w-2", "i-1", started("r-3"))
+    # r-1's end was lost; r-4 started while its start was lost.
+    ingest(client, "w-1", "i-1", live=[["r-2", "agent", "t"], ["r-4", "billing", None]])
+    rows = {r["run_id"]: r for r in client.get("/v1/runs", headers=AUTH).json()["runs"]}
+    assert sorted(rows) == ["r-2", "r-3", "r-4"]
+    assert (rows["r-4"]["graph"], rows["r-4"]["worker"]) == ("billing", "w-1")
+    values = samples(client.get("/metrics").text)
+    assert values[("watchdog_active_runs", (("graph", "agent"),))] == 2
+    assert values[("watchdog_active_runs", (("graph", "billing"),))] == 1
+    assert values[("watchdog_sidecar_runs_lost_total", (("graph", "agent"),))] == 1
+    # A run that ended after the list was made is not brought back by it.
+    ingest(client, "w-1", "i-1", finished("r-4", "completed", "billing"))
+    ingest(client, "w-1", "i-1", live=[["r-2", "agent", "t"], ["r-4", "billing", None]])
+    left = {r["run_id"] for r in client.get("/v1/runs", headers=AUTH).json()["runs"]}
+    assert left == {"r-2", "r-3"}
+    values = samples(client.get("/metrics").text)
+    assert values[("watchdog_active_runs", (("graph", "billing"),))] == 0
 
 
 def test_policies_are_served_with_an_etag(client: TestClient) -> None:
-    answer = client.get("/v1/policies")
+    answer = client.get("/v1/policies", headers=AUTH)
     assert answer.json()["files"] == {"policies.yaml": GOOD}
-    again = client.get("/v1/policies", headers={"If-None-Match": answer.headers["etag"]})
+    again = client.get("/v1/policies", headers={**AUTH, "If-None-Match": answer.headers["etag"]})
     assert again.status_code == 304
 
 
@@ -167,7 +270,7 @@ def test_a_broken_edit_is_refused_reported_and_the_last_good_set_kept(
     ready = (client.get("/readyz")).json()
     assert ready["policies"]["reload_error"] == answer.json()["reload_error"]
     assert [e["event"] for e in events] == ["watchdog.policy_reload_failed"]
-    assert (client.get("/v1/policies")).json()["files"] == {"policies.yaml": GOOD}
+    assert (client.get("/v1/policies", headers=AUTH)).json()["files"] == {"policies.yaml": GOOD}
     values = samples((client.get("/metrics")).text)
     assert values[("watchdog_policy_reloads_total", (("result", "failed"),))] == 1
     policy_file.write_text(GOOD.replace("10", "5"))
@@ -250,9 +353,9 @@ def test_a_lone_surrogate_reads_as_a_question_mark_and_breaks_no_endpoint(
     assert post_raw(client, json.dumps({"worker": "w", "events": [event]}).encode()).json() == {
         "accepted": 1
     }
-    assert [(r["run_id"], r["graph"]) for r in client.get("/v1/runs").json()["runs"]] == [
-        ("r-?", "g-?")
-    ]
+    assert [
+        (r["run_id"], r["graph"]) for r in client.get("/v1/runs", headers=AUTH).json()["runs"]
+    ] == [("r-?", "g-?")]
     values = samples(client.get("/metrics").text)
     assert values[("watchdog_runs_started_total", (("graph", "g-?"),))] == 1
 
@@ -301,7 +404,7 @@ def test_any_values_in_an_event_are_taken_and_every_endpoint_still_answers(
     body = json.dumps({"worker": "w", "events": batch}).encode()
     assert post_raw(client, body).json() == {"accepted": len(batch)}
     for path in ("/metrics", "/v1/runs", "/readyz"):
-        assert client.get(path).status_code == 200, path
+        assert client.get(path, headers=AUTH).status_code == 200, path
 
 
 def _app_for_the_schema() -> Any:
@@ -317,8 +420,89 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", _app_for_the_schema())
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_request_makes_the_sidecar_fail(case: Any) -> None:
-    if case.path == "/v1/commands" and isinstance(case.query, dict):
-        case.query["wait"] = 0  # a long-poll would hold the test for its whole wait
+    if case.path == "/v1/commands" and isinstance(case.body, dict):
+        case.body["wait"] = 0  # a long-poll would hold the test for its whole wait
     for headers in ({}, AUTH):
         response = case.call(headers=headers)
         assert response.status_code < 500, response.text
+
+
+class FailingSource(PolicySource):
+    """Policies whose next ``failing`` checks raise, as a bug in a round would."""
+
+    failing = 0
+
+    def check(self, *, force: bool = False) -> bool:
+        if self.failing:
+            self.failing -= 1
+            raise RuntimeError("a bug in this round")
+        return super().check(force=force)
+
+
+def test_a_background_loop_survives_any_error_reports_it_and_goes_on(policy_file: Path) -> None:
+    source = FailingSource(str(policy_file), Metrics(CollectorRegistry()))
+    source.failing = 3
+    app = create_app(source, token=TOKEN, poll_interval=0.01, worker_timeout=60)
+    with capture_events() as events, TestClient(app) as client:
+        wait_for("three failed rounds", lambda: source.failing == 0)
+        loop = client.get("/readyz").json()["loops"]["policy_watch"]
+        assert (loop["errors"], loop["last_error"]) == (3, "RuntimeError: a bug in this round")
+        before = client.get("/readyz").json()["policies"]["hash"]
+        policy_file.write_text(GOOD.replace("max_steps: 10", "max_steps: 5"))
+        wait_for(
+            "the next edit to load",
+            lambda: client.get("/readyz").json()["policies"]["hash"] != before,
+        )
+        assert not client.get("/readyz").json()["loops"]["policy_watch"]["failing"]
+        values = samples(client.get("/metrics").text)
+    assert values[("watchdog_sidecar_loop_errors_total", (("loop", "policy_watch"),))] == 3
+    failed = [e for e in events if e["event"] == "watchdog.sidecar_loop_failed"]
+    assert [(e["loop"], e["error"], e["failures"]) for e in failed] == [
+        ("policy_watch", "RuntimeError: a bug in this round", 1)
+    ], "one report for a run of the same error"
+    assert "a bug in this round" in failed[0]["traceback"]
+
+
+def test_label_sets_past_a_metrics_cap_are_collapsed_and_counted(app: Any) -> None:
+    state = app.state.sidecar
+    cancels = [
+        {
+            "event": "watchdog.run_cancelled",
+            "graph": f"g-{i % 90}",
+            "policy": f"p-{i // 90}",
+            "kind": "loop",
+            "phase": "drained",
+        }
+        for i in range(90 * 30)
+    ]
+    state.ingest("w-1", cancels)
+    registry = state.registry
+    series = [
+        s
+        for family in registry.collect()
+        if family.name == "watchdog_cancellations"
+        for s in family.samples
+        if s.name == "watchdog_cancellations_total"
+    ]
+    assert len(series) == MAX_SERIES + 1  # and the one all of __overflow__
+    assert sum(s.value for s in series) == 90 * 30
+    overflow = {"metric": "watchdog_cancellations", "label": "*"}
+    assert registry.get_sample_value("watchdog_sidecar_label_overflow_total", overflow) == (
+        90 * 30 - MAX_SERIES
+    )
+
+
+def test_the_run_table_keeps_bounded_text_and_a_bounded_number_of_runs(app: Any) -> None:
+    state = app.state.sidecar
+    huge = "x" * 100_000
+    state.ingest(
+        "w-1",
+        [{**started("r-1", graph=huge), "thread_id": huge, "policies": [huge] * 1000}],
+    )
+    row = state.runs["r-1"]
+    assert (len(row.graph), len(row.thread_id)) == (MAX_TABLE_TEXT, MAX_TABLE_TEXT)
+    assert len(row.policies) == MAX_RUN_POLICIES
+    assert {len(p) for p in row.policies} == {MAX_LABEL_LENGTH}
+    state.ingest("w-1", [started(f"r-{i}") for i in range(2, MAX_RUNS + 11)])
+    assert len(state.runs) == MAX_RUNS
+    assert state.registry.get_sample_value("watchdog_sidecar_runs_untracked_total") == 10

@@ -80,11 +80,13 @@ def test_a_policy_edit_tightens_live_runs_and_a_broken_edit_is_refused(pod: Pod)
     worker = pod.worker("w-1", {"slow": [run_id]})
     pod.wait_for("the slow run", lambda: len(pod.get("/v1/runs")["runs"]) == 1)
 
+    served = pod.get("/readyz")["policies"]["hash"]
     pod.policy_file.write_text(POLICIES.replace("max_steps: 100000", "max_steps: -3"))
     pod.wait_for(
         "the broken edit to be reported", lambda: pod.get("/readyz")["policies"]["reload_error"]
     )
-    time.sleep(0.3)  # the old limits still hold: the run goes on
+    # The old limits still hold: workers are served what they had, and the run goes on.
+    assert pod.get("/readyz")["policies"]["hash"] == served
     assert [r["run_id"] for r in pod.get("/v1/runs")["runs"]] == [run_id]
 
     edited = time.time()
@@ -93,7 +95,7 @@ def test_a_policy_edit_tightens_live_runs_and_a_broken_edit_is_refused(pod: Pod)
     took = ended["at"] - edited
     print(f"edit to cancel of a live run: {took:.2f} s")
     assert (ended["outcome"], ended["policy"]) == ("cancelled", "slow-steps")
-    assert took < 2.0
+    assert took < 5.0  # a sidecar poll and a worker's policy check, on a busy machine
     assert pod.get("/readyz")["policies"]["reload_error"] is None
 
 
@@ -109,39 +111,42 @@ def test_mutating_endpoints_refuse_a_missing_or_wrong_token(pod: Pod) -> None:
     assert pod.post(f"/v1/runs/{run_id}/cancel") == 202
 
 
-def test_a_sidecar_killed_under_load_blocks_no_run_and_workers_reconnect(pod: Pod) -> None:
-    worker = pod.worker("w-1", {"steady": 4.0})
-    time.sleep(0.5)
+def test_a_sidecar_hung_then_killed_under_load_blocks_no_run_and_workers_reconnect(
+    pod: Pod,
+) -> None:
+    """A worker runs short runs one after another while its sidecar hangs (SIGSTOP: its
+    socket takes connections and never answers, so the link waits out its 5 s timeouts),
+    then is killed, then restarts. Every step waits for what it needs, however long a busy
+    machine takes; runs never wait on the sidecar."""
+    worker = pod.worker("w-1", {"steady": None})
+    ends: list[float] = []
+
+    def runs_after(moment: float, count: int) -> None:
+        while sum(t > moment for t in ends) < count:
+            line = worker.expect("run_id", timeout=60)
+            assert line["outcome"] == "completed", line
+            ends.append(line["at"])
+
+    runs_after(0, 5)
     assert pod.sidecar is not None
+    pod.sidecar.popen.send_signal(signal.SIGSTOP)
+    hung = time.time()
+    runs_after(hung, 20)
     pod.sidecar.stop()  # SIGKILL
     killed = time.time()
-    time.sleep(0.7)
+    runs_after(killed, 5)
     pod.start_sidecar()  # same port, a fresh process with empty counters
     restarted = time.time()
-    ends = []
-    while "done" not in (line := worker.lines.get(timeout=20)):
-        assert line["outcome"] == "completed"
+    completed = ("watchdog_runs_finished_total", (("graph", "steady"), ("outcome", "completed")))
+    pod.wait_for("events after the restart", lambda: pod.metrics().get(completed, 0) > 0, 60)
+    worker.close_stdin()
+    while "done" not in (line := worker.lines.get(timeout=60)):
+        assert line["outcome"] == "completed", line
         ends.append(line["at"])
-    during = [t for t in ends if killed < t < restarted]
     gaps = [b - a for a, b in itertools.pairwise(ends)]
-    print(f"{len(during)} runs completed while the sidecar was down; longest gap {max(gaps):.3f} s")
-    assert during, "runs went on while the sidecar was down"
-    assert max(gaps) < 0.5, "no run waited on the missing sidecar"
-    pod.wait_for(
-        "events after the restart",
-        lambda: (
-            (
-                pod.metrics().get(
-                    (
-                        "watchdog_runs_finished_total",
-                        (("graph", "steady"), ("outcome", "completed")),
-                    )
-                )
-                or 0
-            )
-            > 0
-        ),
-    )
+    down = [t for t in ends if hung < t < restarted]
+    print(f"{len(down)} runs completed while the sidecar was away; longest gap {max(gaps):.3f} s")
+    assert max(gaps) < 2.0, "a run waited on the sidecar (its link's timeouts are 5 s)"
 
 
 def test_sighup_reloads_the_policies_at_once(tmp_path: Path) -> None:
@@ -152,7 +157,7 @@ def test_sighup_reloads_the_policies_at_once(tmp_path: Path) -> None:
         pod.policy_file.write_text(POLICIES.replace("max_steps: 5", "max_steps: 6"))
         assert pod.sidecar is not None
         pod.sidecar.popen.send_signal(signal.SIGHUP)
-        pod.wait_for("the reload", lambda: pod.get("/readyz")["policies"]["hash"] != before, 5)
+        pod.wait_for("the reload", lambda: pod.get("/readyz")["policies"]["hash"] != before)
     finally:
         pod.stop()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,11 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_parser.add_argument("--policies", required=True, metavar="PATH")
     serve_parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=9464, help="default: 9464")
+    serve_parser.add_argument("--port", type=int, default=9464, help="default: 9464 (0: any)")
     serve_parser.add_argument(
         "--token-file",
         metavar="FILE",
-        help="bearer token for mutating endpoints (default: WATCHDOG_SIDECAR_TOKEN)",
+        help="bearer token for the /v1/ endpoints (default: WATCHDOG_SIDECAR_TOKEN)",
     )
     serve_parser.add_argument(
         "--poll-interval", type=float, default=1.0, help="seconds between policy checks"
@@ -142,13 +143,36 @@ def _parser() -> argparse.ArgumentParser:
         default=15.0,
         help="seconds of silence after which a worker's runs count as lost",
     )
+    serve_parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send a request's headers, and again its body",
+    )
+    serve_parser.add_argument(
+        "--docs", action="store_true", help="serve the API's pages at /docs and /redoc"
+    )
     serve_parser.set_defaults(run=_serve_command)
     return parser
 
 
+def _serve_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the serve options, in one line; None when nothing is."""
+    if not 0 <= args.port <= 65535:
+        return f"--port must be from 0 to 65535, got {args.port}"
+    for option in ("poll_interval", "worker_timeout", "read_timeout"):
+        value = getattr(args, option)
+        if not (math.isfinite(value) and value > 0):
+            return f"--{option.replace('_', '-')} must be a number of seconds above 0, got {value}"
+    return None
+
+
 def _serve_command(args: argparse.Namespace) -> int:
+    if problem := _serve_problem(args):
+        print(f"watchdog serve: {problem}", file=sys.stderr)
+        return 2
     try:
-        from ._sidecar import serve  # noqa: PLC0415 - the sidecar extra
+        from ._sidecar import StartError, serve  # noqa: PLC0415 - the sidecar extra
     except ImportError as error:
         print(
             f"watchdog serve needs the sidecar extra: pip install 'langgraph-watchdog[sidecar]' "
@@ -164,7 +188,12 @@ def _serve_command(args: argparse.Namespace) -> int:
             token_file=args.token_file,
             poll_interval=args.poll_interval,
             worker_timeout=args.worker_timeout,
+            read_timeout=args.read_timeout,
+            docs=args.docs,
         )
+    except StartError as error:
+        print(f"watchdog serve: {error}", file=sys.stderr)
+        return 2
     except PolicyError as error:
         print(error, file=sys.stderr)
         return 1

@@ -25,9 +25,12 @@ WARNING_EVENTS = frozenset(
         "near_limit",
         "sidecar_batch_refused",
         "sidecar_unauthorized",
+        "sidecar_events_unsent",
     }
 )
-ERROR_EVENTS = frozenset({"internal_error", "policy_reload_failed", "cleanup_abandoned"})
+ERROR_EVENTS = frozenset(
+    {"internal_error", "policy_reload_failed", "cleanup_abandoned", "sidecar_loop_failed"}
+)
 
 Listener = Callable[[dict[str, Any]], None]
 Emit = Callable[..., None]  # emit(name, **fields)

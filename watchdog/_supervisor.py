@@ -257,9 +257,9 @@ class Supervisor:
         server, _ = start_http_server(port, addr=addr, registry=self.metrics.registry)
         return server
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         if self.link is not None:
-            self.link.close()
+            self.link.close(timeout)
         self.scheduler.close()
 
     def start_run(self, graph: str, config: RunnableConfig, control: RunControl) -> Run:

@@ -15,7 +15,7 @@ import structlog
 
 from .common import Row
 
-BENCHMARKS = ("overhead", "latency", "scale", "sidecar")
+BENCHMARKS = ("overhead", "latency", "scale", "sidecar", "fingerprint")
 
 
 def main() -> None:

@@ -1,0 +1,138 @@
+"""``watchdog serve`` as a command: what it says when it starts, and when it cannot."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.processes import POLICIES, ROOT, TOKEN, Pod, Process, answers, wait_for
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "watchdog", "serve", *args],
+        cwd=ROOT,
+        env={**os.environ, "WATCHDOG_SIDECAR_TOKEN": "", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "watchdog.yaml"
+    path.write_text(POLICIES)
+    return path
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        (
+            "no such token file",
+            "cannot read the token file {tmp}/missing: No such file or directory",
+        ),
+        ("a directory as token file", "cannot read the token file {tmp}: Is a directory"),
+        ("an empty token file", "the token file {tmp}/empty is empty"),
+        (
+            "no token at all",
+            (
+                "the sidecar needs a bearer token for its API: --token-file FILE, "
+                "or WATCHDOG_SIDECAR_TOKEN"
+            ),
+        ),
+        ("port 70000", "--port must be from 0 to 65535, got 70000"),
+        ("port taken", "cannot listen on 127.0.0.1:{port}: Address already in use"),
+        ("poll interval 0", "--poll-interval must be a number of seconds above 0, got 0.0"),
+        ("read timeout nan", "--read-timeout must be a number of seconds above 0, got nan"),
+    ],
+)
+def test_a_sidecar_that_cannot_start_says_why_in_one_line_and_exits_2(
+    case: str,
+    expected: str,
+    *,
+    tmp_path: Path,
+    policy_file: Path,
+    token_file: Path,
+    taken_port: int,
+) -> None:
+    (tmp_path / "empty").write_text("\n")
+    token = {
+        "no such token file": ["--token-file", str(tmp_path / "missing")],
+        "a directory as token file": ["--token-file", str(tmp_path)],
+        "an empty token file": ["--token-file", str(tmp_path / "empty")],
+        "no token at all": [],
+    }.get(case, ["--token-file", str(token_file)])
+    port = {"port 70000": "70000", "port taken": str(taken_port)}.get(case, "0")
+    options = {
+        "poll interval 0": ["--poll-interval", "0"],
+        "read timeout nan": ["--read-timeout", "nan"],
+    }.get(case, [])
+    result = serve("--policies", str(policy_file), "--port", port, *token, *options)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "watchdog serve: " + expected.format(tmp=tmp_path, port=taken_port)
+    ]
+
+
+def test_invalid_policies_at_start_are_located_and_exit_1(tmp_path: Path, token_file: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(POLICIES.replace("max_steps: 5", "max_steps: -5"))
+    result = serve("--policies", str(bad), "--token-file", str(token_file), "--port", "0")
+    assert result.returncode == 1
+    assert f"{bad}:4:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_on_start_it_says_where_it_listens_and_which_policies_it_loaded(tmp_path: Path) -> None:
+    pod = Pod(tmp_path)
+    sidecar = pod.start_sidecar()
+    try:
+        hash_ = pod.get("/readyz")["policies"]["hash"]
+        assert sidecar.errors[:2] == [
+            f"watchdog serve: listening on http://127.0.0.1:{pod.port}",
+            (
+                f"watchdog serve: 3 policies from {pod.policy_file} (hash {hash_}): "
+                "loop-steps, slow-steps, backstop"
+            ),
+        ]
+    finally:
+        pod.stop()
+
+
+def test_port_0_takes_a_free_port_and_says_which(policy_file: Path, token_file: Path) -> None:
+    args = ["--policies", str(policy_file), "--token-file", str(token_file), "--port", "0"]
+    sidecar = Process([sys.executable, "-m", "watchdog", "serve", *args], dict(os.environ))
+    try:
+        wait_for("the listening line", lambda: bool(sidecar.errors), timeout=60)
+        listening = re.fullmatch(
+            r"watchdog serve: listening on (http://127\.0\.0\.1:\d+)", sidecar.errors[0]
+        )
+        assert listening, sidecar.errors
+        wait_for("an answer there", lambda: answers(f"{listening[1]}/healthz"), timeout=60)
+    finally:
+        sidecar.stop()
