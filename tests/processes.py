@@ -45,6 +45,22 @@ def wait_for(what: str, check: Any, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
+def call(
+    url: str, method: str, body: Any = None, token: str | None = None, timeout: float = 60
+) -> tuple[int, Any]:
+    """A request with a JSON body: the status, and the JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
 def answers(url: str) -> bool:
     """Whether ``url`` answers 200."""
     try:
@@ -202,16 +218,7 @@ class Pod:
         self, method: str, path: str, body: Any = None, token: str | None = TOKEN
     ) -> tuple[int, Any]:
         """A request with a JSON body: the status, and the JSON answer."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return int(response.status), json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
+        return call(self.url + path, method, body, token)
 
     def post(self, path: str, body: Any = None, token: str | None = TOKEN) -> int:
         request = urllib.request.Request(

@@ -7,14 +7,12 @@ The Agent Server pins its own dependencies, so it runs from a virtualenv of its 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from langgraph_sdk import get_sync_client
 from langgraph_sdk.client import SyncLangGraphClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import free_port
+from tests.processes import answers, call, free_port, wait_for
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "deploy" / "agent-server"
@@ -70,17 +68,10 @@ class Server:
 
     def wait_until_up(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
-        while not self._answers("/ok"):
+        while not answers(self.url + "/ok"):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"langgraph dev did not start:\n{self.output()}")
             time.sleep(0.1)
-
-    def _answers(self, path: str) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
 
     def output(self) -> str:
         self.log.flush()
@@ -89,16 +80,7 @@ class Server:
     def request(
         self, method: str, path: str, body: Any = None, token: str | None = TOKEN
     ) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
+        return call(self.url + path, method, body, token)
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
@@ -119,12 +101,6 @@ class Server:
         run = self.client.runs.create(thread_id, "agent", input=_user(question), **options)
         output = self.client.runs.join(thread_id, run["run_id"])
         return dict(self.client.runs.get(thread_id, run["run_id"])), output
-
-    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.05)
 
     def stop(self) -> None:
         self.client.close()
@@ -218,7 +194,7 @@ def test_the_servers_own_cancel_is_recorded_as_a_manual_cancel(server: Server) -
     before = server.metrics()
     thread_id = server.client.threads.create()["thread_id"]
     run = server.client.runs.create(thread_id, "agent", input=_user("hang"))
-    server.wait_for("the run to hang in its tool", lambda: bool(_live_runs(server)))
+    wait_for("the run to hang in its tool", lambda: bool(_live_runs(server)))
     server.client.runs.cancel(thread_id, run["run_id"], action="interrupt")
     server.client.runs.join(thread_id, run["run_id"])
     assert server.client.runs.get(thread_id, run["run_id"])["status"] == "interrupted"
@@ -236,7 +212,7 @@ def test_the_watchdog_api_lists_and_cancels_live_runs(server: Server) -> None:
     assert server.request("GET", "/watchdog/v1/runs", token="wrong")[0] == 401
     thread_id = server.client.threads.create()["thread_id"]
     run = server.client.runs.create(thread_id, "agent", input=_user("hang"))
-    server.wait_for("the run to be listed", lambda: bool(_live_runs(server)))
+    wait_for("the run to be listed", lambda: bool(_live_runs(server)))
     [live] = _live_runs(server)
     assert (live["run_id"], live["thread_id"], live["graph"]) == (
         run["run_id"],
@@ -263,7 +239,7 @@ def test_an_edited_policy_applies_to_the_next_run_without_a_restart(server: Serv
         "    step_count: {max_steps: 1}\n"
     )
     try:
-        server.wait_for("the reload", lambda: server.metrics().get(reloads, 0.0) > before)
+        wait_for("the reload", lambda: server.metrics().get(reloads, 0.0) > before)
         _, run, output = server.ask("weather Oslo", metadata={"tenant": "strict"})
         assert run["status"] == "error"
         assert "policy 'strict-tenant'" in _error(output)["message"]
@@ -271,6 +247,6 @@ def test_an_edited_policy_applies_to_the_next_run_without_a_restart(server: Serv
         assert run["status"] == "success"
     finally:
         extra.unlink()
-    server.wait_for("the reload back", lambda: server.metrics().get(reloads, 0.0) > before + 1)
+    wait_for("the reload back", lambda: server.metrics().get(reloads, 0.0) > before + 1)
     _, run, _ = server.ask("weather Oslo", metadata={"tenant": "strict"})
     assert run["status"] == "success"
