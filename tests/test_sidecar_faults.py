@@ -162,28 +162,35 @@ def test_two_workers_of_one_name_each_get_the_cancels_of_their_own_runs(pod: Pod
         assert {line["outcome"] for line in lines.values()} == {"cancelled"}
 
 
-def test_a_cancel_just_after_a_worker_restarts_reaches_the_new_process(pod: Pod) -> None:
+def test_a_cancel_just_after_a_worker_restarts_reaches_the_new_process(tmp_path: Path) -> None:
     """A restarted container is the same hostname-pid: the dead process's long-poll must
     not take the cancel meant for the new one, and the dead one's runs leave the table."""
-    before, after = str(uuid.uuid4()), str(uuid.uuid4())
-    dead = pod.worker("w-1", {"hang": [before]})
-    pod.wait_for("the first run", lambda: len(pod.get("/v1/runs")["runs"]) == 1)
-    dead.stop()  # SIGKILL, in the middle of its long-poll
-    restarted = pod.worker("w-1-again", {"worker": "w-1", "hang": [after]})
-    pod.wait_for("the second run", lambda: len(pod.get("/v1/runs")["runs"]) == 2)
+    pod = Pod(tmp_path)
+    pod.start_sidecar(worker_timeout=10)  # the dead process's run stays that long
+    try:
+        before, after = str(uuid.uuid4()), str(uuid.uuid4())
+        dead = pod.worker("w-1", {"hang": [before]})
+        pod.wait_for("the first run", lambda: len(pod.get("/v1/runs")["runs"]) == 1)
+        dead.stop()  # SIGKILL, in the middle of its long-poll
+        status, answer = pod.call("POST", f"/v1/runs/{before}/cancel?wait=0.2")
+        assert status == 504, answer  # no process took it: not answered 202
+        assert pod.get(f"/v1/runs/{before}")["cancel"]["delivered"] is False
 
-    status, answer = pod.call("POST", f"/v1/runs/{after}/cancel?wait=30", {"reason": "stop"})
-    assert (status, answer["applied"]) == (202, True), answer
-    assert ended(restarted, {after})[after]["outcome"] == "cancelled"
-
-    status, answer = pod.call("POST", f"/v1/runs/{before}/cancel?wait=0.2")
-    assert status == 504, answer
-    assert pod.get(f"/v1/runs/{before}")["cancel"]["delivered"] is False
-    pod.wait_for(
-        "the dead process's run to leave the table",
-        lambda: pod.get(f"/v1/runs/{before}")["status"] == "lost",
-        timeout=60,
-    )
+        restarted = pod.worker("w-1-again", {"worker": "w-1", "hang": [after]})
+        pod.wait_for(
+            "the new process's run",
+            lambda: after in {row["run_id"] for row in pod.get("/v1/runs")["runs"]},
+        )
+        status, answer = pod.call("POST", f"/v1/runs/{after}/cancel?wait=30", {"reason": "x"})
+        assert (status, answer["applied"]) == (202, True), answer
+        assert ended(restarted, {after})[after]["outcome"] == "cancelled"
+        pod.wait_for(
+            "the dead process's run to leave the table",
+            lambda: pod.get(f"/v1/runs/{before}")["status"] == "lost",
+            timeout=60,
+        )
+    finally:
+        pod.stop()
 
 
 def hold(release: threading.Event) -> Any:
