@@ -163,14 +163,7 @@ def test_a_runaway_is_stopped_and_its_thread_goes_on(
     assert error["message"].startswith(f"run {run['run_id']} of graph 'support-agent' ")
     assert f"cancelled ({kind}): " in error["message"]
     assert f"policy {policy!r}" in error["message"]
-    after = server.metrics()
-    cancelled = ("watchdog_cancellations_total", ("graph", "support-agent"), ("kind", kind))
-    counted = [
-        value - before.get(key, 0.0)
-        for key, value in after.items()
-        if key[0] == cancelled[0] and set(cancelled[1:]) <= set(key[1])
-    ]
-    assert sum(counted) == 1
+    assert _made(server, before, "watchdog_cancellations_total", kind=kind) == 1
     # The thread keeps its last completed checkpoint and takes a new run. A hung tool's run
     # went to its policy's cleanup_node before it ended.
     values: Any = server.client.threads.get_state(thread_id)["values"]
@@ -181,6 +174,27 @@ def test_a_runaway_is_stopped_and_its_thread_goes_on(
     run, output = server.ask_on(thread_id, "weather Quito")
     assert run["status"] == "success"
     assert output["messages"][-1]["content"] == "Here is the weather for Quito."
+    # /metrics counts exactly the two runs made, and how each ended.
+    assert _made(server, before, "watchdog_runs_started_total") == 2
+    assert _made(server, before, "watchdog_runs_finished_total", outcome="cancelled") == 1
+    assert _made(server, before, "watchdog_runs_finished_total", outcome="completed") == 1
+    assert _made(server, before, "watchdog_active_runs") == 0
+
+
+def _made(
+    server: Server,
+    before: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    name: str,
+    **labels: str,
+) -> float:
+    """How much the sum of a metric's samples of our graph with ``labels`` moved since
+    ``before``."""
+    wanted = {("graph", "support-agent"), *labels.items()}
+    return sum(
+        value - before.get(key, 0.0)
+        for key, value in server.metrics().items()
+        if key[0] == name and wanted <= set(key[1])
+    )
 
 
 def _live_runs(server: Server) -> list[dict[str, Any]]:
