@@ -19,6 +19,7 @@ import resource
 import threading
 import tracemalloc
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ def main() -> int:
     }
     question = {"messages": [("user", "what's new?")]}
     loop = asyncio.new_event_loop()
+    # One thread for sync tools in async runs: the default pool grows with the machine's
+    # cores as it pleases, which would read as threads piling up.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
     if args.tracemalloc:
         tracemalloc.start()
     samples: list[tuple[int, int, int, int, int]] = []
