@@ -112,21 +112,26 @@ def fan_out(width: int) -> Any:
     return builder.compile()
 
 
-def with_subgraph(bodies: Bodies, *, inner_steps: int, called: bool = False) -> Any:
-    """A root graph whose middle node is a subgraph looping ``inner_steps`` times: the
-    compiled subgraph itself, or a function that ``called`` it."""
+def inner_loop(bodies: Bodies, steps: int) -> Any:
+    """A graph whose one node, ``inner``, counts up until ``count`` reaches ``steps``."""
 
     def inner(state: Counter) -> dict[str, int]:
         bodies.ran += 1
         return {"count": state["count"] + 1}
 
-    sub = StateGraph(Counter)
-    sub.add_node("inner", inner)
-    sub.add_edge(START, "inner")
-    sub.add_conditional_edges("inner", lambda s: END if s["count"] >= inner_steps else "inner")
+    builder = StateGraph(Counter)
+    builder.add_node("inner", inner)
+    builder.add_edge(START, "inner")
+    builder.add_conditional_edges("inner", lambda s: END if s["count"] >= steps else "inner")
+    return builder.compile()
+
+
+def with_subgraph(bodies: Bodies, *, inner_steps: int, called: bool = False) -> Any:
+    """A root graph whose middle node is a subgraph looping ``inner_steps`` times: the
+    compiled subgraph itself, or a function that ``called`` it."""
     builder = StateGraph(Counter)
     builder.add_node("before", lambda state: {})
-    subgraph = sub.compile()
+    subgraph = inner_loop(bodies, inner_steps)
 
     def call_subgraph(state: Counter) -> Any:
         return subgraph.invoke(state)

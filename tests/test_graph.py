@@ -18,13 +18,13 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.errors import GraphRecursionError
 from langgraph.func import entrypoint, task
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.pregel import Pregel
 from langgraph.types import RetryPolicy
 from pydantic import BaseModel
 
-from tests.graphs import Bodies, Counter, endless, one_node, policies
+from tests.graphs import Bodies, Counter, endless, inner_loop, one_node, policies
 from watchdog import RunCancelled, SupervisedGraph, Supervisor
 from watchdog._run import Run, current_run
 from watchdog.testing import capture_events
@@ -186,18 +186,6 @@ def test_attributes_set_after_attach_reach_the_graph_that_runs() -> None:
 # -- composition: a supervised graph inside another ------------------------------------------
 
 
-def _inner_loop(bodies: Bodies, steps: int) -> Any:
-    def inner(state: Counter) -> dict[str, int]:
-        bodies.ran += 1
-        return {"count": state["count"] + 1}
-
-    builder = StateGraph(Counter)
-    builder.add_node("inner", inner)
-    builder.add_edge(START, "inner")
-    builder.add_conditional_edges("inner", lambda s: END if s["count"] >= steps else "inner")
-    return builder.compile()
-
-
 def _parent(child: Any, *, called: bool) -> Any:
     def call_child(state: Counter) -> Any:
         return child.invoke(state)
@@ -212,7 +200,7 @@ def _parent(child: Any, *, called: bool) -> Any:
 def test_a_supervised_subgraph_joins_its_parents_run(called: bool) -> None:
     bodies = Bodies()
     watchdog = supervisor("- {name: steps, step_count: {max_steps: 6}}")
-    child = watchdog.attach(_inner_loop(bodies, steps=100), name="child")
+    child = watchdog.attach(inner_loop(bodies, steps=100), name="child")
     parent = watchdog.attach(_parent(child, called=called), name="parent")
     with capture_events() as events, pytest.raises(RunCancelled) as raised:
         parent.invoke({"count": 0}, {"configurable": {"thread_id": "nested"}})
@@ -225,7 +213,7 @@ def test_a_supervised_subgraph_joins_its_parents_run(called: bool) -> None:
 @pytest.mark.parametrize("called", [False, True], ids=["added as a node", "called from a node"])
 def test_a_supervised_graph_inside_a_plain_one_is_its_own_run(called: bool) -> None:
     bodies = Bodies()
-    child = supervisor().attach(_inner_loop(bodies, steps=100), name="child")
+    child = supervisor().attach(inner_loop(bodies, steps=100), name="child")
     with capture_events() as events, pytest.raises(RunCancelled) as raised:
         _parent(child, called=called).invoke({"count": 0}, {"configurable": {"thread_id": "p"}})
     assert (raised.value.graph, bodies.ran) == ("child", 5)
@@ -234,7 +222,7 @@ def test_a_supervised_graph_inside_a_plain_one_is_its_own_run(called: bool) -> N
 
 def test_a_supervised_graph_called_from_a_node_is_found_as_its_subgraph() -> None:
     child = supervisor("- {name: steps, step_count: {max_steps: 50}}").attach(
-        _inner_loop(Bodies(), steps=3), name="child"
+        inner_loop(Bodies(), steps=3), name="child"
     )
     parent = supervisor().attach(_parent(child, called=True), name="parent")
     config = {"configurable": {"thread_id": "found"}}
@@ -245,8 +233,8 @@ def test_a_supervised_graph_called_from_a_node_is_found_as_its_subgraph() -> Non
 
 def test_a_stream_consumer_calling_another_supervised_graph_starts_a_second_run() -> None:
     watchdog = supervisor("- {name: steps, step_count: {max_steps: 50}}")
-    first = watchdog.attach(_inner_loop(Bodies(), steps=3), name="first")
-    second = watchdog.attach(_inner_loop(Bodies(), steps=2), name="second")
+    first = watchdog.attach(inner_loop(Bodies(), steps=3), name="first")
+    second = watchdog.attach(inner_loop(Bodies(), steps=2), name="second")
     with capture_events() as events:
         for _ in first.stream({"count": 0}):
             second.invoke({"count": 0})
