@@ -8,15 +8,15 @@ metrics.
 from __future__ import annotations
 
 import asyncio
-import json
 import operator
+import os
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, TextIO, TypedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, ClassVar, TextIO, TypedDict
 
 import structlog
 from langchain_core.messages import AIMessage, BaseMessage
@@ -27,9 +27,9 @@ from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode, tools_condition
 from prometheus_client import CollectorRegistry
 
-from . import _events
 from ._errors import RunCancelled
 from ._loading import load_policy_text
+from ._policies import Policy, PolicySet
 from ._supervisor import Supervisor
 from .testing import FakeChatModel
 
@@ -60,7 +60,7 @@ policies:
     rate: {max_events: 10, per_seconds: 1, of: llm_calls}
   - name: hung-tool
     match: {graph: [hung-tool]}
-    wall_time: {node_seconds: 0.3}
+    wall_time: {node_seconds: 0.5}
   - name: cycles
     match: {graph: [subgraph-loop]}
     loop: {max_cycle_repeats: 5}
@@ -203,12 +203,27 @@ def good_agent() -> Any:
 
 
 @dataclass(frozen=True)
+class Expected:
+    """What a scenario should show; None leaves that detail unjudged."""
+
+    policy: str | None  # None: the run must complete
+    node: str | None = None  # the node the policy stopped
+    phase: str | None = None  # drained or hard
+
+    def __str__(self) -> str:
+        if self.policy is None:
+            return "completes"
+        at = f" at node '{self.node}'" if self.node else ""
+        return f"stopped by {self.policy}{at}" + (f" ({self.phase})" if self.phase else "")
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     what: str
     build: Callable[[], Any]
     graph_input: Any
-    expected_policy: str | None  # None: must complete
+    expected: Expected
 
 
 SCENARIOS = [
@@ -217,51 +232,57 @@ SCENARIOS = [
         "a node that routes to itself forever",
         endless_loop,
         {"count": 0},
-        "steps",
+        Expected("steps"),
     ),
     Scenario(
         "same-tool-forever",
         "a ReAct agent calling one tool with the same arguments",
         same_tool_forever,
         {"messages": [("user", "where is my order?")]},
-        "tool-loop",
+        Expected("tool-loop"),
     ),
     Scenario(
         "token-hungry",
         "an agent that re-reads a long document every turn",
         token_hungry,
         {"messages": [("user", "summarise the annual report")]},
-        "tokens",
+        Expected("tokens"),
     ),
     Scenario(
         "llm-burst",
         "a node firing LLM calls as fast as it can",
         llm_burst,
         {"count": 0},
-        "llm-burst",
+        Expected("llm-burst"),
     ),
     Scenario(
         "hung-tool",
         "a tool waiting on an upstream that never answers",
         hung_tool,
         {"messages": [("user", "get the Q3 report")]},
-        "hung-tool",
+        # Only the tool hangs: the hung node must be 'tools', and only a hard cancel frees it.
+        Expected("hung-tool", node="tools", phase="hard"),
     ),
     Scenario(
         "subgraph-loop",
         "a plan/critique cycle inside a subgraph",
         subgraph_loop,
         {"notes": []},
-        "cycles",
+        Expected("cycles"),
     ),
     Scenario(
         "good-agent",
         "a support agent that answers in three tool calls",
         good_agent,
         {"messages": [("user", "I want a refund")]},
-        None,
+        Expected(None),
     ),
 ]
+
+PHASES = {
+    "drained": "the run stopped at its next step boundary; its last step is checkpointed",
+    "hard": "a node still ran grace_seconds after the stop, so its task was cancelled",
+}
 
 
 @dataclass
@@ -269,18 +290,47 @@ class Outcome:
     scenario: Scenario
     outcome: str = "running"
     policy: str = ""
+    node: str = ""
     reason: str = ""
     phase: str = ""
     steps: int = 0
     tokens: int = 0
     elapsed: float = 0.0
 
+    def __str__(self) -> str:
+        if self.outcome != "cancelled":
+            return self.outcome
+        at = f" at node '{self.node}'" if self.node else ""
+        return f"stopped by {self.policy}{at} ({self.phase})"
+
     @property
-    def as_expected(self) -> bool:
-        expected = self.scenario.expected_policy
-        if expected is None:
-            return self.outcome == "completed"
-        return self.outcome == "cancelled" and self.policy == expected
+    def mismatch(self) -> str | None:
+        """How this run differs from what its scenario should show; None when it does not."""
+        expected = self.scenario.expected
+        if expected.policy is None:
+            return None if self.outcome == "completed" else f"expected it to complete, got {self}"
+        if (
+            self.outcome != "cancelled"
+            or self.policy != expected.policy
+            or expected.node not in (None, self.node)
+            or expected.phase not in (None, self.phase)
+        ):
+            return f"expected {expected}, got {self}"
+        return None
+
+
+class Style:
+    """ANSI colour on a terminal; plain text when piped or when ``NO_COLOR`` is set."""
+
+    CODES: ClassVar[dict[str, str]] = {"bold": "1", "dim": "2", "red": "31", "green": "32"}
+    CODES |= {"yellow": "33"}
+
+    def __init__(self, stream: TextIO) -> None:
+        # no-color.org: any non-empty NO_COLOR turns colour off.
+        self.enabled = stream.isatty() and not os.environ.get("NO_COLOR")
+
+    def __call__(self, text: str, style: str) -> str:
+        return f"\x1b[{self.CODES[style]}m{text}\x1b[0m" if self.enabled else text
 
 
 def _configure_logging(as_json: bool, out: TextIO) -> None:
@@ -302,17 +352,49 @@ def _drop(logger: Any, method: str, event: Any) -> Any:
     raise structlog.DropEvent
 
 
-async def _run_all(
-    supervisor: Supervisor, outcomes: list[Outcome], say: Callable[[str], None]
-) -> None:
+def _limits(policy: Policy) -> str:
+    """A policy's limits as they are written in its file, e.g. ``max_steps: 25``."""
+    kind = policy.kind
+    written = []
+    for spec in fields(kind):
+        value = getattr(kind, spec.name)
+        if spec.init and spec.name != "prices" and value not in (None, spec.default):
+            written.append(
+                f"{spec.name}: {value:g}" if isinstance(value, float) else f"{spec.name}: {value}"
+            )
+    return ", ".join(written)
+
+
+def _policy_lines(policies: PolicySet) -> list[str]:
+    rows = [
+        (p.name, p.kind.name, _limits(p), ", ".join(p.match.graphs) or "every graph")
+        for p in policies.policies
+    ]
+    return _columns(("policy", "kind", "limits", "applies to"), rows)
+
+
+def _columns(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return [line(header), line(tuple("-" * w for w in widths)), *(line(r) for r in rows)]
+
+
+async def _run_all(supervisor: Supervisor, outcomes: list[Outcome], report: Reporter) -> None:
     by_run: dict[str, Outcome] = {}
 
-    def finished(event: dict[str, Any]) -> None:
+    def listen(event: dict[str, Any]) -> None:
         outcome = by_run.get(event.get("run_id", ""))
-        if outcome is not None and event["event"] == "watchdog.run_finished":
+        if outcome is None:
+            return
+        if event["event"] == "watchdog.run_cancelled":
+            outcome.node = event["node"] or ""
+        elif event["event"] == "watchdog.run_finished":
             outcome.steps, outcome.tokens = event["steps"], event["tokens"]
 
-    _events.add_listener(finished)
+    supervisor.add_listener(listen)
 
     async def one(outcome: Outcome) -> None:
         scenario = outcome.scenario
@@ -333,100 +415,126 @@ async def _run_all(
             outcome.outcome = "failed"
             outcome.reason = f"{type(error).__name__}: {error}"
         outcome.elapsed = time.monotonic() - started
-        mark = "ok " if outcome.as_expected else "!! "
-        if outcome.outcome == "cancelled":
-            say(
-                f"{mark}{scenario.name:<18} cancelled by {outcome.policy} ({outcome.phase}) "
-                f"after {outcome.elapsed:.2f} s: {outcome.reason}"
-            )
-        else:
-            say(f"{mark}{scenario.name:<18} {outcome.outcome} in {outcome.elapsed:.2f} s")
+        report.ended(outcome)
 
     try:
         await asyncio.gather(*(one(o) for o in outcomes))
     finally:
-        _events.remove_listener(finished)
+        supervisor.remove_listener(listen)
 
 
-def _table(outcomes: list[Outcome]) -> list[str]:
-    header = ("scenario", "outcome", "policy", "steps", "tokens", "elapsed", "reason")
-    rows = [
-        (
-            o.scenario.name,
-            o.outcome,
-            o.policy or "-",
-            str(o.steps),
-            f"{o.tokens:,}",
-            f"{o.elapsed:.2f} s",
-            _shorten(o.reason or "-", 64),
-        )
-        for o in outcomes
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+@dataclass
+class Reporter:
+    """The demo's story, for a person: on standard output, or standard error with --json."""
 
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+    stream: TextIO
 
-    return [line(header), line(tuple("-" * w for w in widths)), *(line(r) for r in rows)]
+    def __post_init__(self) -> None:
+        self.style = Style(self.stream)
 
+    def say(self, text: str = "") -> None:
+        print(text, file=self.stream, flush=True)
 
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
+    def heading(self, text: str) -> None:
+        self.say(self.style(text, "bold"))
+
+    def ended(self, outcome: Outcome) -> None:
+        mismatch = outcome.mismatch
+        verdict = self.style("PASS", "green") if mismatch is None else self.style("FAIL", "red")
+        name = outcome.scenario.name.ljust(18)
+        if outcome.outcome == "cancelled":
+            self.say(f"  {verdict}  {name} {outcome} after {outcome.elapsed:.2f} s")
+        else:
+            self.say(f"  {verdict}  {name} {outcome.outcome} in {outcome.elapsed:.2f} s")
+        indent = " " * 10
+        if outcome.reason:
+            self.say(indent + self.style(outcome.reason, "dim"))
+        if mismatch is not None:
+            self.say(indent + self.style(mismatch, "red"))
+
+    def table(self, outcomes: list[Outcome]) -> None:
+        rows = [
+            (
+                o.scenario.name,
+                o.outcome,
+                o.policy or "-",
+                o.node or "-",
+                o.phase or "-",
+                str(o.steps),
+                f"{o.tokens:,}",
+                f"{o.elapsed:.2f} s",
+                "yes" if o.mismatch is None else "NO",
+            )
+            for o in outcomes
+        ]
+        header = ("scenario", "outcome", "policy", "node", "phase", "steps", "tokens", "elapsed")
+        for line in _columns((*header, "as expected"), rows):
+            self.say(line)
 
 
 def run_demo(*, serve_metrics: int | None = None, as_json: bool = False) -> int:
     """Run every scenario concurrently; 0 when each ended as it should."""
     out = sys.stdout
     # With --json, standard output carries only events; the story goes to standard error.
-    story = sys.stderr if as_json else sys.stdout
-
-    def say(text: str) -> None:
-        print(text, file=story, flush=True)
-
+    report = Reporter(sys.stderr if as_json else sys.stdout)
     _configure_logging(as_json, out)
     registry = CollectorRegistry()
-    supervisor = Supervisor(load_policy_text(DEMO_POLICIES, "demo policies"), registry=registry)
+    policies = load_policy_text(DEMO_POLICIES, "demo policies")
+    supervisor = Supervisor(policies, registry=registry)
     server = None
     if serve_metrics is not None:
         server = supervisor.serve_metrics(serve_metrics)
-        say(f"metrics at http://127.0.0.1:{server.server_port}/metrics")
-    say(f"Supervising {len(SCENARIOS)} agents at once; each runaway has a policy waiting for it.")
+        report.say(f"metrics at http://127.0.0.1:{server.server_port}/metrics")
+    report.heading(f"{len(SCENARIOS)} agents, run at once under the watchdog (all local):")
     for scenario in SCENARIOS:
-        say(f"   {scenario.name:<18} {scenario.what}")
-    say("")
+        report.say(f"  {scenario.name:<18} {scenario.what}; should be {scenario.expected}")
+    report.say()
+    report.heading("The policies in play:")
+    for line in _policy_lines(policies):
+        report.say(f"  {line}")
+    report.say()
+    report.heading("Runs, as they end:")
     outcomes = [Outcome(s) for s in SCENARIOS]
     try:
-        asyncio.run(_run_all(supervisor, outcomes, say))
+        asyncio.run(_run_all(supervisor, outcomes, report))
     finally:
+        supervisor.emit(
+            "demo_summary",
+            runs=[
+                {
+                    "scenario": o.scenario.name,
+                    "outcome": o.outcome,
+                    "policy": o.policy or None,
+                    "node": o.node or None,
+                    "phase": o.phase or None,
+                    "as_expected": o.mismatch is None,
+                }
+                for o in outcomes
+            ],
+        )
         supervisor.close()
-    say("")
-    for line in _table(outcomes):
-        say(line)
-    good = all(o.as_expected for o in outcomes)
+    report.say()
+    report.table(outcomes)
+    report.say()
+    for phase, meaning in PHASES.items():
+        report.say(f"{phase}: {meaning}.")
+    report.say()
     cancelled = sum(o.outcome == "cancelled" for o in outcomes)
-    say("")
-    say(
-        f"{cancelled} runaway runs cancelled, "
-        f"{sum(o.outcome == 'completed' for o in outcomes)} completed; "
-        + ("every run ended as expected." if good else "SOME RUNS DID NOT END AS EXPECTED.")
-    )
-    if as_json:
-        summary = [
-            {
-                "scenario": o.scenario.name,
-                "outcome": o.outcome,
-                "policy": o.policy or None,
-                "as_expected": o.as_expected,
-            }
-            for o in outcomes
-        ]
-        print(json.dumps({"event": "demo_summary", "runs": summary}), file=out, flush=True)
+    completed = sum(o.outcome == "completed" for o in outcomes)
+    wrong = [o.scenario.name for o in outcomes if o.mismatch is not None]
+    counts = f"{cancelled} runaway runs cancelled, {completed} completed; "
+    if wrong:
+        report.say(counts + report.style(f"NOT AS EXPECTED: {', '.join(wrong)}.", "red"))
+    else:
+        report.say(counts + report.style("every run ended as expected.", "green"))
     if server is not None:
-        say(f"Serving metrics at http://127.0.0.1:{server.server_port}/metrics; Ctrl-C stops.")
+        report.say(
+            f"Serving metrics at http://127.0.0.1:{server.server_port}/metrics; Ctrl-C stops."
+        )
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
             pass
         finally:
             server.shutdown()
-    return 0 if good else 1
+    return 1 if wrong else 0
