@@ -15,7 +15,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
 from tests.graphs import Bodies, Counter, endless, one_node, policies, scripted
-from watchdog import RunCancelled, Supervisor
+from watchdog import RunCancelled, Supervisor, testing
 from watchdog import _thread_totals as totals
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,3 +192,81 @@ def test_scope_thread_token_budgets_carry_over_between_runs() -> None:
         asyncio.run(app.ainvoke(None, config))
     assert (second.value.policy, second.value.observed) == ("thread-tokens", 600)
     assert bodies.ran == 5  # 3 + 2: the 5th call crossed 500 for the thread
+
+
+def test_a_reset_lets_a_blocked_thread_run_again_in_every_process_sharing_its_checkpointer(
+    tmp_path: Path,
+) -> None:
+    bodies = Bodies()
+    database = str(tmp_path / "threads.sqlite")
+    config = thread_config("long-chat")
+    limit = "- {name: per-thread, step_count: {max_steps: 3, scope: thread}}"
+
+    def supervised(checkpointer: SqliteSaver) -> tuple[Supervisor, Any]:
+        graph = endless(bodies, is_async=False).builder.compile(checkpointer=checkpointer)
+        supervisor = Supervisor(policies(limit))
+        return supervisor, supervisor.attach(graph, name="chat")
+
+    with SqliteSaver.from_conn_string(database) as checkpointer:
+        supervisor, app = supervised(checkpointer)
+        with pytest.raises(RunCancelled):
+            app.invoke({"count": 0}, config)
+        with pytest.raises(RunCancelled) as blocked:
+            app.invoke(None, config)
+        assert (blocked.value.observed, bodies.ran) == (5, 3)  # stopped as its 1st step began
+        with testing.capture_events() as events:
+            assert supervisor.reset_thread_totals("long-chat") == 1
+            assert supervisor.reset_thread_totals("some-other-thread") == 0
+        assert events == [
+            {"event": "watchdog.thread_totals_reset", "thread_id": "long-chat", "checkpointers": 1},
+            {
+                "event": "watchdog.thread_totals_reset",
+                "thread_id": "some-other-thread",
+                "checkpointers": 0,
+            },
+        ]
+        with pytest.raises(RunCancelled) as again:
+            app.invoke(None, config)
+        assert (again.value.observed, bodies.ran) == (4, 6)  # three fresh steps ran
+
+    # Another process, the same database: it counts from the reset too.
+    with SqliteSaver.from_conn_string(database) as checkpointer:
+        _, app = supervised(checkpointer)
+        assert totals.load(checkpointer, "long-chat").steps == 4
+        with pytest.raises(RunCancelled) as later:
+            app.invoke(None, config)
+        assert (later.value.observed, bodies.ran) == (5, 6)
+        # Nothing was written for the thread that had no totals.
+        assert checkpointer.get_tuple(totals._config("some-other-thread")) is None
+
+
+def test_an_async_reset_also_zeroes_the_totals_the_live_runs_of_the_thread_share() -> None:
+    saver = InMemorySaver()
+    limit = "- {name: per-thread, step_count: {max_steps: 6, scope: thread}}"
+    supervisor = Supervisor(policies(limit))
+    app = supervisor.attach(stepping(saver, steps=4), name="chat")
+    config = thread_config("t")
+
+    async def scenario() -> None:
+        await app.ainvoke({"count": 0}, config)  # 4 steps of the thread's 6
+        paused, go_on = asyncio.Event(), asyncio.Event()
+
+        async def wait(state: Counter) -> dict[str, int]:
+            paused.set()
+            await go_on.wait()
+            return {"count": 0}
+
+        graph = one_node(wait).builder.compile(checkpointer=saver)
+        waiting = asyncio.create_task(
+            supervisor.attach(graph, name="chat").ainvoke({"count": 0}, config)
+        )
+        async with asyncio.timeout(30):
+            await paused.wait()  # a live run of the thread: the totals are shared in memory
+            assert await supervisor.areset_thread_totals("t") == 1
+            # 1 step of the live run, and these 4: within 6 only if the shared totals reset.
+            await app.ainvoke({"count": 0}, config)
+            go_on.set()
+            await waiting
+
+    asyncio.run(scenario())
+    assert totals.load(saver, "t").steps == 5

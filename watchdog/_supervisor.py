@@ -15,11 +15,13 @@ from http.server import HTTPServer
 from typing import Any, TypeVar, overload
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 from langgraph.runtime import RunControl
 from prometheus_client import CollectorRegistry, start_http_server
 
 from . import _events
+from . import _thread_totals as totals
 from ._engine import Engine
 from ._errors import PolicyError, PolicyProblem
 from ._graph import SupervisedGraph, supervise
@@ -30,7 +32,6 @@ from ._policies import Policy, PolicySet
 from ._remote import SidecarError, SidecarLink, fetch_policies
 from ._run import Run, RunInfo
 from ._scheduler import Scheduler
-from ._thread_totals import Ledgers
 
 __all__ = ["RunHandle", "Supervisor"]
 
@@ -84,7 +85,7 @@ class Supervisor:
         self._token_counters: dict[str, tuple[Any, Any]] = {}
         self.cancel_hooks: list[tuple[Hook, float]] = []
         self.link: SidecarLink | None = None  # set by connect()
-        self.ledgers = Ledgers()
+        self.ledgers = totals.Ledgers()
         # Listeners of this supervisor's events alone; replaced, never mutated, on change.
         self._listeners: list[_events.Listener] = []
 
@@ -216,6 +217,8 @@ class Supervisor:
         ]
         if problems:
             raise PolicyError(problems)
+        if isinstance(graph.checkpointer, BaseCheckpointSaver):
+            self.ledgers.note(graph.checkpointer)
         return supervise(graph, self, name)
 
     # -- runs ----------------------------------------------------------------------------
@@ -234,6 +237,30 @@ class Supervisor:
     def cancel_thread(self, thread_id: str, reason: str = "cancelled by request") -> int:
         """Cancel every live run on a thread; returns how many this call cancelled."""
         return sum(run.cancel_manually(reason) for run in self._live_on(str(thread_id)))
+
+    def reset_thread_totals(self, thread_id: str) -> int:
+        """Start a thread's ``scope: thread`` totals again from zero, so a thread that hit
+        its limit takes runs again.
+
+        The reset is a marker kept beside the totals, in every checkpointer this supervisor
+        knows (its attached graphs', and those lent to its runs) that holds totals of the
+        thread; so every process sharing one of them sees it. Runs of the thread live now
+        count in full. Returns how many checkpointers held totals of the thread (0: none
+        did). From async code, ``areset_thread_totals``.
+        """
+        reset = [saver for saver in self.ledgers.savers() if totals.reset(saver, thread_id)]
+        return self._totals_reset(thread_id, reset)
+
+    async def areset_thread_totals(self, thread_id: str) -> int:
+        """``reset_thread_totals``, through the checkpointers' async methods."""
+        reset = [saver for saver in self.ledgers.savers() if await totals.areset(saver, thread_id)]
+        return self._totals_reset(thread_id, reset)
+
+    def _totals_reset(self, thread_id: str, savers: list[totals.Saver]) -> int:
+        for saver in savers:
+            self.ledgers.reset(saver, thread_id)
+        self.emit("thread_totals_reset", thread_id=thread_id, checkpointers=len(savers))
+        return len(savers)
 
     def _live_on(self, thread_id: str) -> list[Run]:
         with self._runs_lock:

@@ -12,22 +12,33 @@ While runs of a thread are live in one process they share one ``ThreadLedger``: 
 runs used plus what the live ones use so far, so a thread's limit holds across concurrent
 runs, each checking at its own events (at most one step over per run live at once). Runs
 in other processes count once they have ended: a ledger reads the records when it is made.
+
+A reset is a record too, a marker: a thread's totals are the sum of its records newer than
+its last reset (checkpoint ids order in time), so a reset in one process holds for all.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
+from collections.abc import Iterable
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointMetadata, empty_checkpoint
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    CheckpointMetadata,
+    CheckpointTuple,
+    empty_checkpoint,
+)
 
 from ._state import RunState, ThreadLedger, ThreadTotals, ThreadView
 
-__all__ = ["Ledgers", "aload", "asave", "load", "save", "used_by"]
+__all__ = ["Ledgers", "aload", "areset", "asave", "load", "reset", "save", "used_by"]
 
 NAMESPACE = "__watchdog__"
 METADATA_KEY = "watchdog_thread_usage"
+RESET_KEY = "watchdog_thread_reset"
 
 Saver = BaseCheckpointSaver[Any]
 
@@ -36,13 +47,13 @@ def _config(thread_id: str) -> RunnableConfig:
     return {"configurable": {"thread_id": thread_id, "checkpoint_ns": NAMESPACE}}
 
 
-def _metadata(usage: ThreadTotals) -> CheckpointMetadata:
+def _metadata(record: dict[str, Any]) -> CheckpointMetadata:
     metadata: dict[str, Any] = {"source": "update", "step": -1, "parents": {}}
-    metadata[METADATA_KEY] = usage.as_dict()
+    metadata.update(record)
     return cast(CheckpointMetadata, metadata)
 
 
-def _add(totals: ThreadTotals, saved: Any) -> ThreadTotals:
+def _add(totals: ThreadTotals, saved: CheckpointTuple) -> ThreadTotals:
     record = saved.metadata.get(METADATA_KEY)
     if not isinstance(record, dict):
         return totals
@@ -56,32 +67,60 @@ def _add(totals: ThreadTotals, saved: Any) -> ThreadTotals:
     return total
 
 
+def _since_reset(records: Iterable[CheckpointTuple]) -> ThreadTotals:
+    """The sum of the records newer than the last reset among them."""
+    records = list(records)
+
+    def checkpoint_id(saved: CheckpointTuple) -> str:
+        return str(saved.config["configurable"]["checkpoint_id"])
+
+    last_reset = max((checkpoint_id(r) for r in records if r.metadata.get(RESET_KEY)), default="")
+    totals = ThreadTotals()
+    for saved in records:
+        if checkpoint_id(saved) > last_reset:
+            totals = _add(totals, saved)
+    return totals
+
+
 def used_by(state: RunState) -> ThreadTotals:
     """What one run used, as the record it adds."""
     return ThreadTotals().plus(state)
 
 
 def load(saver: Saver, thread_id: str) -> ThreadTotals:
-    totals = ThreadTotals()
-    for saved in saver.list(_config(thread_id)):
-        totals = _add(totals, saved)
-    return totals
+    return _since_reset(saver.list(_config(thread_id)))
 
 
 async def aload(saver: Saver, thread_id: str) -> ThreadTotals:
-    totals = ThreadTotals()
-    async for saved in saver.alist(_config(thread_id)):
-        totals = _add(totals, saved)
-    return totals
+    return _since_reset([saved async for saved in saver.alist(_config(thread_id))])
 
 
 def save(saver: Saver, thread_id: str, usage: ThreadTotals) -> None:
     # A fresh checkpoint id each time: a record of its own, never an overwrite.
-    saver.put(_config(thread_id), empty_checkpoint(), _metadata(usage), {})
+    saver.put(_config(thread_id), empty_checkpoint(), _metadata(_usage(usage)), {})
 
 
 async def asave(saver: Saver, thread_id: str, usage: ThreadTotals) -> None:
-    await saver.aput(_config(thread_id), empty_checkpoint(), _metadata(usage), {})
+    await saver.aput(_config(thread_id), empty_checkpoint(), _metadata(_usage(usage)), {})
+
+
+def _usage(usage: ThreadTotals) -> dict[str, Any]:
+    return {METADATA_KEY: usage.as_dict()}
+
+
+def reset(saver: Saver, thread_id: str) -> bool:
+    """Add a reset marker to a thread that has records; whether it had any."""
+    if saver.get_tuple(_config(thread_id)) is None:
+        return False
+    saver.put(_config(thread_id), empty_checkpoint(), _metadata({RESET_KEY: True}), {})
+    return True
+
+
+async def areset(saver: Saver, thread_id: str) -> bool:
+    if await saver.aget_tuple(_config(thread_id)) is None:
+        return False
+    await saver.aput(_config(thread_id), empty_checkpoint(), _metadata({RESET_KEY: True}), {})
+    return True
 
 
 class Ledgers:
@@ -93,7 +132,17 @@ class Ledgers:
 
     def __init__(self) -> None:
         self._ledgers: dict[tuple[int, str], ThreadLedger] = {}  # guarded by _lock
+        # Every checkpointer seen, attached or lent to a run: where a reset must go.
+        self._savers: weakref.WeakSet[Saver] = weakref.WeakSet()  # guarded by _lock
         self._lock = threading.Lock()
+
+    def note(self, saver: Saver) -> None:
+        with self._lock:
+            self._savers.add(saver)
+
+    def savers(self) -> list[Saver]:
+        with self._lock:
+            return list(self._savers)
 
     def has(self, saver: Saver, thread_id: str) -> bool:
         """Whether a run of this thread is live here: a new one then needs no load."""
@@ -106,6 +155,7 @@ class Ledgers:
         thread's records say, needed when no run of it is live."""
         key = (id(saver), thread_id)
         with self._lock:
+            self._savers.add(saver)
             ledger = self._ledgers.get(key)
             if ledger is None:
                 ledger = self._ledgers[key] = ThreadLedger(loaded or ThreadTotals())
@@ -127,3 +177,11 @@ class Ledgers:
             ledger.now = (base.plus(state), live)
             if not live:
                 del self._ledgers[key]
+
+    def reset(self, saver: Saver, thread_id: str) -> None:
+        """The thread's totals start again from zero; its live runs count in full, as their
+        records, saved after the reset marker, will."""
+        with self._lock:
+            ledger = self._ledgers.get((id(saver), thread_id))
+            if ledger is not None:
+                ledger.now = (ThreadTotals(), ledger.now[1])
