@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import urllib.parse
 import urllib.request
 import uuid
@@ -51,6 +52,38 @@ def test_promtool_checks_and_unit_tests_the_alert_rules() -> None:
         promtool, "check", "rules", "alerts.yml", cwd=DEPLOY / "prometheus"
     )
     assert "SUCCESS" in run(promtool, "test", "rules", "alerts_test.yml", cwd=DEPLOY / "prometheus")
+
+
+def test_every_alert_links_its_runbook_section_in_the_repository() -> None:
+    repository = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+    prefix = repository["Repository"] + "/blob/main/deploy/README.md#"
+    readme = (DEPLOY / "README.md").read_text()
+    # GitHub's anchor for a heading: lowercased, punctuation dropped, spaces as hyphens.
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+        for title in re.findall(r"^#+ (.+)$", readme, re.MULTILINE)
+    }
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    rules = [rule for group in alerts["groups"] for rule in group["rules"]]
+    for rule in rules:
+        url = rule["annotations"]["runbook_url"]
+        assert url.startswith(prefix), rule["alert"]
+        assert url.removeprefix(prefix) in anchors, rule["alert"]
+        assert url.removeprefix(prefix) == rule["alert"].lower()
+    assert len(rules) == 5
+
+
+def test_the_kustomization_sets_every_image_the_deployment_names() -> None:
+    kubernetes = DEPLOY / "kubernetes"
+    kustomization = yaml.safe_load((kubernetes / "kustomization.yaml").read_text())
+    deployment = yaml.safe_load((kubernetes / "deployment.yaml").read_text())
+    assert all((kubernetes / resource).is_file() for resource in kustomization["resources"])
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    named = {container["image"] for container in containers}
+    set_by_kustomization = {image["name"] for image in kustomization["images"]}
+    assert named == set_by_kustomization == {"langgraph-watchdog", "support-agent"}
+    # The steps to build and push the sidecar's image are written down.
+    assert "docker build -f deploy/docker/Dockerfile" in (DEPLOY / "README.md").read_text()
 
 
 def test_the_prometheus_rule_for_the_operator_is_the_alerts_file() -> None:
