@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -14,3 +18,39 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_command = next(c for c in commands if "pytest" in c)
     ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert test_command in ci_lines
+
+
+def test_the_readme_way_to_route_events_through_logging_quiets_the_info_events() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    events_section = readme[readme.index("## Events") :]
+    (configure,) = re.findall(r"```python\n(.+?)\n```", events_section, re.DOTALL)[:1]
+    runaway = textwrap.dedent(
+        """
+        from tests.graphs import Bodies, endless, policies
+        from watchdog import RunCancelled, Supervisor
+
+        supervisor = Supervisor(policies("- {name: steps, step_count: {max_steps: 2}}"))
+        app = supervisor.attach(endless(Bodies(), is_async=False), name="loop")
+        try:
+            app.invoke({"count": 0}, {"configurable": {"thread_id": "1"}})
+        except RunCancelled:
+            pass
+        """
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", configure + runaway],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [(e["event"], e["level"]) for e in events] == [
+        ("watchdog.violation", "warning"),
+        ("watchdog.drain_requested", "warning"),
+        ("watchdog.run_cancelled", "warning"),
+    ]
+    assert result.stdout == ""
