@@ -132,8 +132,11 @@ class Ledgers:
 
     def __init__(self) -> None:
         self._ledgers: dict[tuple[int, str], ThreadLedger] = {}  # guarded by _lock
-        # Every checkpointer seen, attached or lent to a run: where a reset must go.
+        # Every checkpointer seen, attached or lent to a run: where a reset must go. A server
+        # may lend each run a fresh one over one store (the Agent Server does): the last one
+        # used is kept, so a reset between runs still reaches that store.
         self._savers: weakref.WeakSet[Saver] = weakref.WeakSet()  # guarded by _lock
+        self._last_used: Saver | None = None  # guarded by _lock
         self._lock = threading.Lock()
 
     def note(self, saver: Saver) -> None:
@@ -156,6 +159,7 @@ class Ledgers:
         key = (id(saver), thread_id)
         with self._lock:
             self._savers.add(saver)
+            self._last_used = saver
             ledger = self._ledgers.get(key)
             if ledger is None:
                 ledger = self._ledgers[key] = ThreadLedger(loaded or ThreadTotals())
