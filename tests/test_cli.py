@@ -128,7 +128,13 @@ def test_invalid_file_prints_located_errors_and_a_count(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"{broken}:4:30: {MAX_SECONDS_ZERO}",
+        "  |",
+        "4 |     wall_time: {max_seconds: 0}",
+        "  |                              ^",
         f"{broken}:6:48: {OF_TYPO}",
+        "  |",
+        "6 |     rate: {max_events: 5, per_seconds: 10, of: llm_call}",
+        "  |                                                ^",
         "2 errors",
     ]
 
@@ -151,6 +157,9 @@ def test_one_bad_path_fails_the_check_but_the_good_ones_are_summarised(tmp_path:
             f"{bad}:4:29: policies[0].step_count.max_steps: "
             "expected a whole number greater than 0, got 1.5"
         ),
+        "  |",
+        "4 |     step_count: {max_steps: 1.5}",
+        "  |                             ^",
         "1 error",
     ]
 
@@ -181,6 +190,7 @@ def test_json_report_lists_files_and_errors(tmp_path: Path) -> None:
                 "column": 30,
                 "path": "policies[0].wall_time.max_seconds",
                 "message": MAX_SECONDS_ZERO.split(": ", 1)[1],
+                "source_line": "    wall_time: {max_seconds: 0}",
             },
             {
                 "file": str(broken),
@@ -188,6 +198,7 @@ def test_json_report_lists_files_and_errors(tmp_path: Path) -> None:
                 "column": 48,
                 "path": "policies[1].rate.of",
                 "message": OF_TYPO.split(": ", 1)[1],
+                "source_line": "    rate: {max_events: 5, per_seconds: 10, of: llm_call}",
             },
         ],
     }

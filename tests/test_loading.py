@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from watchdog import (
     Match,
     Policy,
     PolicyError,
+    PolicyProblem,
     PolicySet,
     Price,
     Rate,
@@ -978,6 +980,119 @@ def test_an_unclosed_quote_is_reported_as_an_unclosed_quote() -> None:
     # PyYAML says "while scanning a quoted scalar" (at 3:11) ... "found unexpected end of
     # stream" (at 5:1); without the first half the message does not point at the quote.
     assert "quoted scalar" in exc.problems[0].message
+
+
+# -- the line of each problem, and a caret under its column ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "rendered"),
+    [
+        (
+            "version: 1\npolicies:\n  - name: a\n    wall_time: {max_second: 300}\n",
+            f"""\
+{FILE}:4:17: policies[0].wall_time.max_second: unknown key 'max_second' (did you mean \
+max_seconds?); expected one of max_seconds, idle_seconds, node_seconds
+  |
+4 |     wall_time: {{max_second: 300}}
+  |                 ^""",
+        ),
+        (
+            "version: 1\npolicies:\n  - name: a\n    step_count:\n      max_steps: 0\n",
+            f"""\
+{FILE}:5:18: policies[0].step_count.max_steps: expected a whole number greater than 0, got 0
+  |
+5 |       max_steps: 0
+  |                  ^""",
+        ),
+        (
+            "version: 1\npolicies: [\n  {name: a, wall_time: {max_seconds: 1}}\n",
+            f"""\
+{FILE}:4:1: YAML: while parsing a flow sequence at line 2, column 11: expected ',' or ']', \
+but got '<stream end>'
+  |
+4 |
+  | ^""",
+        ),
+        (
+            "version: 1\npolicies:\n  - name: a\n   wall_time: {max_seconds: 1}\n",
+            f"""\
+{FILE}:4:4: YAML: while parsing a block collection at line 3, column 3: expected <block end>, \
+but found '<block mapping start>'
+  |
+4 |    wall_time: {{max_seconds: 1}}
+  |    ^""",
+        ),
+        (
+            "\n" * 9 + "version: 1\npolicies:\n  - {name: a, rate: {of: steps}}\n",
+            f"""\
+{FILE}:12:21: policies[0].rate.max_events: missing required key 'max_events'; rate needs \
+max_events, per_seconds and of (steps, node_runs, llm_calls, tool_calls, tokens)
+   |
+12 |   - {{name: a, rate: {{of: steps}}}}
+   |                     ^""",
+        ),
+    ],
+    ids=["flow-mapping", "block-mapping", "syntax-error-at-the-end", "syntax-error", "line-12"],
+)
+def test_a_problem_renders_with_its_line_and_a_caret_under_its_column(
+    text: str, rendered: str
+) -> None:
+    [problem] = load_error(text).problems
+    assert problem.render() == rendered
+    assert str(problem) == rendered.splitlines()[0]  # a log line stays one line
+
+
+def char_above_caret(rendered: str, tab_size: int) -> str:
+    """The character a terminal with tabs every ``tab_size`` cells shows above the caret."""
+    source, caret = (line.expandtabs(tab_size) for line in rendered.splitlines()[2:])
+    cells = []  # what each cell shows: a wide character takes two, a combining accent none
+    for char in source:
+        wide = unicodedata.east_asian_width(char) in ("W", "F")
+        cells.extend([char] * (0 if unicodedata.combining(char) else 2 if wide else 1))
+    return cells[caret.index("^")]
+
+
+@pytest.mark.parametrize(
+    ("line", "column", "char"),
+    [
+        ("wall_time:\t{max_seconds: 0}", 26, "0"),
+        ("\t\twall_time: {max_seconds: 0}", 28, "0"),
+        ('{description: "日本語", max_seconds: 0}', 35, "0"),
+        ('{description: "\x07\x1b", max_seconds: 0}', 34, "0"),
+        ('{description: "\u200b", max_seconds: 0}', 33, "0"),
+        ('{description: "e\u0301te\u0301", max_seconds: 0}', 37, "0"),
+    ],
+    ids=[
+        "tab",
+        "tabs-first",
+        "wide-characters",
+        "control-characters",
+        "zero-width-space",
+        "combining-accents",
+    ],
+)
+def test_the_caret_stands_under_its_column_whatever_comes_before_it(
+    line: str, column: int, char: str
+) -> None:
+    assert line[column - 1] == char
+    problem = PolicyProblem(FILE, 3, column, "policies[0]", "a problem", line)
+    rendered = problem.render()
+    assert len(rendered.splitlines()) == 4  # however the line is shown, it is one line
+    for tab_size in (2, 4, 8):
+        assert char_above_caret(rendered, tab_size) == char
+
+
+def test_a_problem_whose_line_is_not_known_renders_as_its_one_line() -> None:
+    problem = PolicyProblem(FILE, 0, 0, "", "no such file")
+    assert problem.render() == str(problem) == f"{FILE}: no such file"
+
+
+@pytest.mark.parametrize("line_break", ["\n", "\r\n", "\r", "\u2028"])
+def test_a_bad_character_is_located_by_the_line_breaks_yaml_counts(line_break: str) -> None:
+    text = line_break.join(["version: 1", "# comment", "policies: \x07", ""])
+    [problem] = load_error(text).problems
+    assert (problem.line, problem.column, problem.source_line) == (3, 11, "policies: \x07")
 
 
 # -- valid files -------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def _check_command(args: argparse.Namespace) -> int:
         for summary in summaries:
             print(summary)
         for problem in problems:
-            print(problem, file=sys.stderr)
+            print(problem.render(), file=sys.stderr)
         if problems:
             count = len(problems)
             print(f"{count} error{'s' if count > 1 else ''}", file=sys.stderr)
@@ -195,7 +195,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         print(f"watchdog serve: {error}", file=sys.stderr)
         return 2
     except PolicyError as error:
-        print(error, file=sys.stderr)
+        print("\n".join(problem.render() for problem in error.problems), file=sys.stderr)
         return 1
 
 

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, TypeVar, cast
 
@@ -54,6 +55,8 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 MAP_TAG = "tag:yaml.org,2002:map"
 SEQ_TAG = "tag:yaml.org,2002:seq"
 NULL_TAG = "tag:yaml.org,2002:null"
+# The line breaks PyYAML counts lines by (not \v or \f, which str.splitlines() also breaks on).
+LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
 # What PyYAML's constructors raise for a scalar they cannot read (a bad timestamp, say).
 UNREADABLE = (yaml.YAMLError, ValueError, TypeError, OverflowError)
 
@@ -237,7 +240,15 @@ class _FileReader:
 
     def problem(self, node: Node, path: str, message: str) -> None:
         line, column = _position(node)
-        self.problems.append(PolicyProblem(self.file, line, column, path, message))
+        self._record(line, column, path, message)
+
+    def _record(self, line: int, column: int, path: str, message: str) -> None:
+        source_line = self._lines[line - 1] if line <= len(self._lines) else None
+        self.problems.append(PolicyProblem(self.file, line, column, path, message, source_line))
+
+    @cached_property
+    def _lines(self) -> list[str]:
+        return LINE_BREAK.split(self.source)
 
     def invalid(self, node: Node, path: str, message: str) -> NoReturn:
         self.problem(node, path, message)
@@ -267,9 +278,8 @@ class _FileReader:
             self._yaml_problem(line, column, what)
         except yaml.reader.ReaderError as exc:
             # The reader's errors (bad characters) carry a character offset, not a mark.
-            offset = exc.position
-            line = self.source.count("\n", 0, offset) + 1
-            column = offset - (self.source.rfind("\n", 0, offset) + 1) + 1
+            before = LINE_BREAK.split(self.source[: exc.position])
+            line, column = len(before), len(before[-1]) + 1
             self._yaml_problem(line, column, f"unacceptable character #x{exc.character:04x}")
         except yaml.YAMLError as exc:
             self._yaml_problem(1, 1, str(exc))
@@ -278,7 +288,7 @@ class _FileReader:
         return None
 
     def _yaml_problem(self, line: int, column: int, what: str) -> None:
-        self.problems.append(PolicyProblem(self.file, line, column, "", f"YAML: {what}"))
+        self._record(line, column, "", f"YAML: {what}")
 
     def plain(self, node: Node, path: str) -> None:
         """Refuse tags on mappings and lists, as yaml.safe_load would (``!!python/...``)."""
@@ -429,7 +439,7 @@ class _FileReader:
         read: list[_ReadPolicy] = []
         root = self._compose()
         if root is None or (isinstance(root, ScalarNode) and root.tag == NULL_TAG):
-            if not self.problems:
+            if not self.problems:  # about the whole file: no line to show
                 self.problems.append(
                     PolicyProblem(
                         self.file,
