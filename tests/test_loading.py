@@ -23,6 +23,7 @@ from watchdog import (
     load_policies,
     load_policy_text,
 )
+from watchdog._loading import read_policy_files
 
 FILE = "policy.yaml"
 
@@ -1451,21 +1452,80 @@ def test_a_missing_path_is_an_error(tmp_path: Path) -> None:
     assert str(exc) == f"{missing}: no such file"
 
 
-def test_a_file_that_is_not_utf8_is_an_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("data", "line", "column", "source_line"),
+    [
+        ("version: 1\npolicies: []\n# café\n".encode("latin-1"), 3, 6, "# caf\ufffd"),
+        # columns count characters, as everywhere else, not bytes
+        ("version: 1\n# été\xa0à".encode() + b"\xff\npolicies: []\n", 2, 8, "# été\xa0à\ufffd"),
+        # \r\n is one line break; a file larger than a read buffer is located all the same
+        (
+            b"version: 1\r\n" + b"# comment\r\n" * 2000 + b"policies: \xe9\r\n",
+            2002,
+            11,
+            "policies: \ufffd",
+        ),
+    ],
+    ids=["latin-1", "after-multibyte-characters", "deep-in-a-large-file"],
+)
+def test_a_file_that_is_not_utf8_is_located_at_its_first_bad_byte(
+    tmp_path: Path, data: bytes, line: int, column: int, source_line: str
+) -> None:
     latin = tmp_path / "latin.yaml"
-    latin.write_bytes(b"version: 1\npolicies: []\n# caf\xe9\n")
+    latin.write_bytes(data)
     exc = load_errors_from(latin)
-    assert (exc.file, exc.line, exc.path) == (str(latin), 0, "")
-    assert str(exc) == f"{latin}: not UTF-8 text (invalid continuation byte at byte 29)"
+    [problem] = exc.problems
+    assert (problem.file, problem.line, problem.column, problem.path) == (
+        str(latin),
+        line,
+        column,
+        "",
+    )
+    assert problem.source_line == source_line
+    assert char_above_caret(problem.render(), 8) == "\ufffd"
 
 
-def test_one_non_utf8_file_fails_the_whole_directory(tmp_path: Path) -> None:
-    (tmp_path / "a.yaml").write_text(policy_text("a"), encoding="utf-8")
-    (tmp_path / "b.yaml").write_bytes(b"\xff\xfe")
+def test_a_file_that_is_not_utf8_says_which_byte_and_what_to_do(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("version: 1\npolicies: []\n# café\n".encode("latin-1"))
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_bytes("version: 1\npolicies: []\n".encode("utf-16"))  # as Windows tools save
+    assert str(load_errors_from(latin)) == (
+        f"{latin}:3:6: not UTF-8 text: byte 0xe9 (invalid continuation byte); expected the file "
+        "saved as UTF-8"
+    )
+    assert str(load_errors_from(utf16)) == (
+        f"{utf16}:1:1: not UTF-8 text: byte 0xff (invalid start byte) (it looks like UTF-16); "
+        "expected the file saved as UTF-8"
+    )
+
+
+def test_a_file_that_is_not_utf8_does_not_hide_the_other_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("version: 2\npolicies: []\n", encoding="utf-8")
+    (tmp_path / "b.yaml").write_bytes(b"version: 1\npolicies: \xff\n")
+    (tmp_path / "c.yaml").write_bytes(b"\xfe")
+    (tmp_path / "d.yaml").write_text(policy_text("d", "d"), encoding="utf-8")
+    (tmp_path / "e.yaml").write_text(policy_text("e"), encoding="utf-8")
     exc = load_errors_from(tmp_path)
-    assert exc.file == str(tmp_path / "b.yaml")
-    assert exc.line == 0
-    assert str(exc).startswith(f"{tmp_path / 'b.yaml'}: not UTF-8 text")
+    assert [(Path(p.file).name, p.line, p.column, p.path) for p in exc.problems] == [
+        ("a.yaml", 1, 10, "version"),
+        ("b.yaml", 2, 11, ""),
+        ("c.yaml", 1, 1, ""),
+        ("d.yaml", 5, 11, "policies[1].name"),
+    ]
+    assert exc.problems[1].message.startswith("not UTF-8 text: byte 0xff")
+
+
+def test_read_policy_files_names_every_file_it_cannot_read(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_bytes(b"\xff")
+    (tmp_path / "b.yaml").write_text(policy_text("b"), encoding="utf-8")
+    (tmp_path / "c.yaml").write_bytes(b"# \xe9")
+    with pytest.raises(PolicyError) as info:
+        read_policy_files(tmp_path)
+    assert [(Path(p.file).name, p.line, p.column) for p in info.value.problems] == [
+        ("a.yaml", 1, 1),
+        ("c.yaml", 1, 3),
+    ]
 
 
 # -- PolicySet.matching ------------------------------------------------------------------

@@ -41,6 +41,7 @@ from ._state import Price
 
 __all__ = [
     "POLICY_SUFFIXES",
+    "check_policies",
     "load_policies",
     "load_policy_text",
     "load_policy_texts",
@@ -100,11 +101,49 @@ def load_policies(path: str | os.PathLike[str]) -> PolicySet:
     A directory's files are merged in name order. Hidden files are skipped, so a Kubernetes
     ConfigMap mount (with its ``..data`` links) loads as the files it holds.
     """
-    return load_policy_texts(read_policy_files(path))
+    policies, problems = check_policies(path)
+    if problems:
+        raise PolicyError(problems)
+    return policies
+
+
+def check_policies(path: str | os.PathLike[str]) -> tuple[PolicySet, list[PolicyProblem]]:
+    """Every problem of the policy files at ``path``, and the policies that are valid.
+
+    A file that cannot be read is one problem; the other files are still read and checked.
+    The set is the whole set only when there are no problems: ``watchdog check`` sums up the
+    files that have none.
+    """
+    return _merge(_read_files(path))
 
 
 def read_policy_files(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The text of each policy file at ``path`` (a file or a directory), by file name."""
+    """The text of each policy file at ``path`` (a file or a directory), by file name.
+
+    Raises ``PolicyError`` naming every file that cannot be read.
+    """
+    files = _read_files(path)
+    unread = [problem for problem in files.values() if isinstance(problem, PolicyProblem)]
+    if unread:
+        raise PolicyError(unread)
+    return {name: text for name, text in files.items() if isinstance(text, str)}
+
+
+def load_policy_texts(files: Mapping[str, str]) -> PolicySet:
+    """Load policies from the texts of several files, merged in the order given."""
+    policies, problems = _merge(files)
+    if problems:
+        raise PolicyError(problems)
+    return policies
+
+
+def load_policy_text(text: str, file: str = "<string>") -> PolicySet:
+    """Load policies from YAML text; ``file`` names it in error messages."""
+    return load_policy_texts({file: text})
+
+
+def _read_files(path: str | os.PathLike[str]) -> dict[str, str | PolicyProblem]:
+    """Each policy file at ``path`` by name: its text, or the problem that kept it unread."""
     root = Path(path)
     if root.is_dir():
         files = sorted(
@@ -114,41 +153,50 @@ def read_policy_files(path: str | os.PathLike[str]) -> dict[str, str]:
         )
         if not files:
             suffixes = ", ".join(f"*{s}" for s in POLICY_SUFFIXES)
-            _fail(str(root), f"no policy files ({suffixes}) in this directory")
+            message = f"no policy files ({suffixes}) in this directory"
+            return {str(root): PolicyProblem(str(root), 0, 0, "", message)}
     else:
         files = [root]
-    texts = {}
-    for file in files:
-        try:
-            texts[str(file)] = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            _fail(str(file), "no such file")
-        except UnicodeDecodeError as exc:
-            _fail(str(file), f"not UTF-8 text ({exc.reason} at byte {exc.start})")
-        except OSError as exc:
-            _fail(str(file), f"cannot read it: {exc.strerror or exc}")
-    return texts
+    return {str(file): _read_file(file) for file in files}
 
 
-def load_policy_texts(files: Mapping[str, str]) -> PolicySet:
-    """Load policies from the texts of several files, merged in the order given."""
-    return _merge([_FileReader(name, text) for name, text in files.items()])
+def _read_file(file: Path) -> str | PolicyProblem:
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        return PolicyProblem(str(file), 0, 0, "", "no such file")
+    except OSError as exc:
+        return PolicyProblem(str(file), 0, 0, "", f"cannot read it: {exc.strerror or exc}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _not_utf8(str(file), data, exc)
 
 
-def load_policy_text(text: str, file: str = "<string>") -> PolicySet:
-    """Load policies from YAML text; ``file`` names it in error messages."""
-    return load_policy_texts({file: text})
+def _not_utf8(file: str, data: bytes, exc: UnicodeDecodeError) -> PolicyProblem:
+    """The first byte that is not UTF-8, located by line and column like any other problem."""
+    # Everything before the first bad byte decodes, so lines and columns count as YAML's do.
+    lines = LINE_BREAK.split(data[: exc.start].decode("utf-8"))
+    rest = LINE_BREAK.split(data[exc.start :].decode("utf-8", errors="replace"), maxsplit=1)[0]
+    looks_like = " (it looks like UTF-16)" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else ""
+    message = (
+        f"not UTF-8 text: byte 0x{data[exc.start]:02x} ({exc.reason}){looks_like}; "
+        "expected the file saved as UTF-8"
+    )
+    return PolicyProblem(file, len(lines), len(lines[-1]) + 1, "", message, lines[-1] + rest)
 
 
-def _fail(file: str, message: str) -> NoReturn:
-    raise PolicyError([PolicyProblem(file, 0, 0, "", message)])
-
-
-def _merge(readers: list[_FileReader]) -> PolicySet:
+def _merge(files: Mapping[str, str | PolicyProblem]) -> tuple[PolicySet, list[PolicyProblem]]:
     problems: list[PolicyProblem] = []
     policies: list[Policy] = []
+    read_files: list[str] = []
     first_use: dict[str, str] = {}
-    for reader in readers:
+    for file, text in files.items():
+        if isinstance(text, PolicyProblem):
+            problems.append(text)
+            continue
+        reader = _FileReader(file, text)
+        read_files.append(file)
         for read in reader.read():
             name = read.policy.name
             line, column = _position(read.name_node)
@@ -163,9 +211,7 @@ def _merge(readers: list[_FileReader]) -> PolicySet:
             first_use[name] = f"{reader.file}:{line}:{column}"
             policies.append(read.policy)
         problems.extend(sorted(reader.problems, key=lambda p: (p.line, p.column)))
-    if problems:
-        raise PolicyError(problems)
-    return PolicySet(tuple(policies), tuple(r.file for r in readers))
+    return PolicySet(tuple(policies), tuple(read_files)), problems
 
 
 def _position(node: Node) -> tuple[int, int]:
