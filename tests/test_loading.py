@@ -1419,6 +1419,64 @@ def test_a_name_used_in_two_files_is_an_error_naming_both_places(tmp_path: Path)
     assert str(exc) == f"{tmp_path / 'b.yaml'}:5:11: policies[1].name: {problem.message}"
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        # the second use is invalid in another way too
+        (
+            policy_text("shared"),
+            "version: 1\npolicies:\n  - name: shared\n    step_count: {max_steps: 0}\n",
+            [("b.yaml", 3, "policies[0].name"), ("b.yaml", 4, "policies[0].step_count.max_steps")],
+        ),
+        # the first use is the invalid one
+        (
+            "version: 1\npolicies:\n  - name: shared\n    step_count: {max_steps: 0}\n",
+            policy_text("shared"),
+            [("a.yaml", 4, "policies[0].step_count.max_steps"), ("b.yaml", 3, "policies[0].name")],
+        ),
+        # another policy, or the document, has the problem
+        (
+            policy_text("shared") + "  - name: other\n    loop: {}\n",
+            policy_text("shared").replace("version: 1", "version: 2"),
+            [
+                ("a.yaml", 6, "policies[1].loop"),
+                ("b.yaml", 1, "version"),
+                ("b.yaml", 3, "policies[0].name"),
+            ],
+        ),
+    ],
+    ids=["second-use-invalid", "first-use-invalid", "other-problems"],
+)
+def test_a_duplicate_name_is_reported_beside_other_problems(
+    tmp_path: Path, first: str, second: str, expected: list[tuple[str, int, str]]
+) -> None:
+    (tmp_path / "a.yaml").write_text(first, encoding="utf-8")
+    (tmp_path / "b.yaml").write_text(second, encoding="utf-8")
+    exc = load_errors_from(tmp_path)
+    assert [(Path(p.file).name, p.line, p.path) for p in exc.problems] == expected
+    [duplicate] = [p for p in exc.problems if p.path.endswith(".name")]
+    assert duplicate.message == (
+        f"policy name 'shared' is already used at {tmp_path / 'a.yaml'}:3:11; "
+        "expected a unique name"
+    )
+
+
+def test_a_duplicate_name_in_one_file_is_reported_beside_other_problems() -> None:
+    text = dedent("""\
+        version: 1
+        policies:
+          - name: a
+            wall_time: {max_seconds: 1}
+          - name: a
+            wall_time: {max_seconds: 0}
+        """)
+    exc = load_error(text)
+    assert [(p.line, p.column, p.path) for p in exc.problems] == [
+        (5, 11, "policies[1].name"),
+        (6, 30, "policies[1].wall_time.max_seconds"),
+    ]
+
+
 def test_problems_of_several_files_are_all_reported_file_by_file(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("version: 2\npolicies: []\n", encoding="utf-8")
     (tmp_path / "b.yaml").write_text("policies: []\n", encoding="utf-8")

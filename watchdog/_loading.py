@@ -196,20 +196,20 @@ def _merge(files: Mapping[str, str | PolicyProblem]) -> tuple[PolicySet, list[Po
             problems.append(text)
             continue
         reader = _FileReader(file, text)
+        policies.extend(reader.read())
         read_files.append(file)
-        for read in reader.read():
-            name = read.policy.name
-            line, column = _position(read.name_node)
-            if name in first_use:
-                reader.problem(
-                    read.name_node,
-                    f"{read.path}.name",
-                    f"policy name {name!r} is already used at {first_use[name]}; "
-                    "expected a unique name",
-                )
+        # Names are checked as read, valid policy or not: a duplicate is worth knowing either way.
+        for name in reader.names:
+            if name.name not in first_use:
+                line, column = _position(name.node)
+                first_use[name.name] = f"{reader.file}:{line}:{column}"
                 continue
-            first_use[name] = f"{reader.file}:{line}:{column}"
-            policies.append(read.policy)
+            reader.problem(
+                name.node,
+                name.path,
+                f"policy name {name.name!r} is already used at {first_use[name.name]}; "
+                "expected a unique name",
+            )
         problems.extend(sorted(reader.problems, key=lambda p: (p.line, p.column)))
     return PolicySet(tuple(policies), tuple(read_files)), problems
 
@@ -267,9 +267,11 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _ReadPolicy:
-    policy: Policy
-    name_node: Node  # where the name stands, for duplicate-name messages
+class _Name:
+    """A policy's name and where it stands, for duplicate-name messages."""
+
+    name: str
+    node: Node
     path: str
 
 
@@ -280,6 +282,7 @@ class _FileReader:
         self.file = file
         self.source = text
         self.problems: list[PolicyProblem] = []
+        self.names: list[_Name] = []  # every valid name, in file order, valid policy or not
         self._constructor = SafeConstructor()
 
     # -- recording problems ------------------------------------------------------------
@@ -481,8 +484,8 @@ class _FileReader:
 
     # -- the document --------------------------------------------------------------------
 
-    def read(self) -> list[_ReadPolicy]:
-        read: list[_ReadPolicy] = []
+    def read(self) -> list[Policy]:
+        read: list[Policy] = []
         root = self._compose()
         if root is None or (isinstance(root, ScalarNode) and root.tag == NULL_TAG):
             if not self.problems:  # about the whole file: no line to show
@@ -522,9 +525,9 @@ class _FileReader:
             return read
         for index, node in enumerate(entry.value.value):
             path = f"policies[{index}]"
-            result = self._field(self._policy, node, path, defaults)
-            if result is not None:
-                read.append(_ReadPolicy(*result, path))
+            policy = self._field(self._policy, node, path, defaults)
+            if policy is not None:
+                read.append(policy)
         return read
 
     def _version(self, root: Node, top: dict[str, _Entry]) -> None:
@@ -589,7 +592,7 @@ class _FileReader:
             )
         return float(value)
 
-    def _policy(self, node: Node, path: str, defaults: dict[str, Any]) -> tuple[Policy, Node]:
+    def _policy(self, node: Node, path: str, defaults: dict[str, Any]) -> Policy:
         keys = (*POLICY_KEYS, *KINDS)
         problems_before = len(self.problems)
         fields = self.mapping(node, path, keys, "a policy mapping with a name and one kind")
@@ -603,6 +606,8 @@ class _FileReader:
             )
         else:
             name = self._field(self._name, name_entry.value, f"{path}.name")
+            if name is not None:
+                self.names.append(_Name(name, name_entry.value, f"{path}.name"))
         if not kinds and not unknown_keys:
             self.problem(
                 node,
@@ -638,7 +643,7 @@ class _FileReader:
         if len(self.problems) > problems_before or name is None or kind is None or match is None:
             raise _Invalid
         line, _ = _position(node)
-        policy = Policy(
+        return Policy(
             name=name,
             kind=kind,
             match=match,
@@ -649,8 +654,6 @@ class _FileReader:
             line=line,
             **options,
         )
-        assert name_entry is not None
-        return policy, name_entry.value
 
     def _name(self, node: Node, path: str) -> str:
         name = self.text(node, path, "a policy name")
