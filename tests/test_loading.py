@@ -983,6 +983,87 @@ def test_an_unclosed_quote_is_reported_as_an_unclosed_quote() -> None:
     assert "quoted scalar" in exc.problems[0].message
 
 
+# -- YAML 1.1 traps ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "found"),
+    [
+        (
+            "wall_time: {max_seconds: 1e-12}",
+            "got the string '1e-12' (YAML 1.1 reads a number without a dot as text: write 1.0e-12)",
+        ),
+        # A dot is not enough: 1.0e5 is text too, and 1.0e+5 (or 100000) is the number.
+        (
+            "wall_time: {max_seconds: 1.0e5}",
+            (
+                "got the string '1.0e5' (YAML 1.1 reads a number without a sign on its exponent "
+                "as text: write 100000)"
+            ),
+        ),
+        (
+            "wall_time: {max_seconds: 2E20}",
+            (
+                "got the string '2E20' (YAML 1.1 reads a number without a dot or a sign on its "
+                "exponent as text: write 2.0e+20)"
+            ),
+        ),
+        ("wall_time: {max_seconds: 1e400}", "got the string '1e400' (not a finite number)"),
+        ("wall_time: {max_seconds: inf}", "got the string 'inf' (not a finite number)"),
+        (
+            'wall_time: {max_seconds: "300"}',
+            "got the string '300' (a quoted value is text: write 300)",
+        ),
+        (
+            "step_count: {max_steps: 1e3}",
+            (
+                "got the string '1e3' (YAML 1.1 reads a number without a dot or a sign on its "
+                "exponent as text: write 1000)"
+            ),
+        ),
+        (
+            # no spelling of 0.001 is a whole number
+            "step_count: {max_steps: 1e-3}",
+            "got the string '1e-3' (YAML 1.1 reads a number without a dot as text)",
+        ),
+        (
+            "warn_at: 8e-1\n    step_count: {max_steps: 1}",
+            "got the string '8e-1' (YAML 1.1 reads a number without a dot as text: write 0.8)",
+        ),
+        # Text that is no number gets no hint.
+        ("wall_time: {max_seconds: soon}", "got the string 'soon'"),
+        ("wall_time: {max_seconds: 1e}", "got the string '1e'"),
+    ],
+    ids=[
+        "no-dot",
+        "unsigned-exponent",
+        "neither",
+        "infinite",
+        "inf",
+        "quoted",
+        "whole-number",
+        "not-whole",
+        "fraction",
+        "a-word",
+        "no-exponent-digits",
+    ],
+)
+def test_a_number_yaml_reads_as_text_says_why_and_how_to_write_it(field: str, found: str) -> None:
+    exc = load_error(f"version: 1\npolicies:\n  - name: a\n    {field}\n")
+    [problem] = exc.problems
+    assert problem.message.endswith(found)
+
+
+def test_the_spelling_a_hint_suggests_is_read_as_that_number() -> None:
+    text = "version: 1\npolicies:\n  - name: a\n    wall_time: {max_seconds: VALUE}\n"
+    for value, number in [("1e-12", 1e-12), ("1.0e5", 1e5), ("2E20", 2e20), ("+.5", 0.5)]:
+        [problem] = load_error(text.replace("VALUE", value)).problems
+        spelled = problem.message.rsplit("write ", 1)[1].rstrip(")")
+        loaded = load_policy_text(text.replace("VALUE", spelled), FILE).policies[0].kind
+        assert isinstance(loaded, WallTime)
+        assert loaded.max_seconds == number
+
+
 # -- the line of each problem, and a caret under its column ----------------------------
 
 

@@ -244,6 +244,39 @@ def _describe(node: Node, value: object = _UNREAD) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+def _text_number_hint(node: Node, value: object, *, whole: bool = False) -> str:
+    """For text that Python reads as a number: why YAML read it as text, and what to write."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):  # 1e400, inf, nan
+        return " (not a finite number)"
+    # YAML 1.1 reads 1e-12 and 1.0e5 as text: its floats need a dot, and a sign on an exponent.
+    mantissa, exponent_mark, exponent = value.lower().partition("e")
+    missing = []
+    if exponent_mark and "." not in mantissa:
+        missing.append("a dot")
+    if exponent_mark and exponent[:1] not in ("+", "-"):
+        missing.append("a sign on its exponent")
+    if isinstance(node, ScalarNode) and node.style in ("'", '"'):
+        reason = "a quoted value is text"
+    elif missing:
+        reason = f"YAML 1.1 reads a number without {' or '.join(missing)} as text"
+    else:
+        reason = "YAML 1.1 reads it as text"
+    if number.is_integer() and abs(number) < 2**53:
+        spelled = str(int(number))
+    elif whole:
+        spelled = ""  # not a whole number, however it is written
+    else:
+        spelled = repr(number)  # 1e-12, 1e+20 or 0.5: an exponent has its sign
+        spelled = spelled.replace("e", ".0e") if "e" in spelled and "." not in spelled else spelled
+    return f" ({reason}: write {spelled})" if spelled else f" ({reason})"
+
+
 def _finite(value: object) -> float | None:
     """``value`` as a finite float, or None (booleans, text, NaN, infinity, huge integers)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -431,15 +464,15 @@ class _FileReader:
         expected = "a number of 0 or more" if allow_zero else "a number greater than 0"
         number = _finite(value)
         if number is None or number < 0 or (number == 0 and not allow_zero):
-            self.invalid(node, path, f"expected {expected}, got {_describe(node, value)}")
+            found = f"{_describe(node, value)}{_text_number_hint(node, value)}"
+            self.invalid(node, path, f"expected {expected}, got {found}")
         return number
 
     def whole(self, node: Node, path: str) -> int:
         value = self.scalar(node, path)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            self.invalid(
-                node, path, f"expected a whole number greater than 0, got {_describe(node, value)}"
-            )
+            found = f"{_describe(node, value)}{_text_number_hint(node, value, whole=True)}"
+            self.invalid(node, path, f"expected a whole number greater than 0, got {found}")
         return value
 
     def text(self, node: Node, path: str, what: str = "a string") -> str:
@@ -588,7 +621,7 @@ class _FileReader:
                 node,
                 path,
                 f"expected a fraction between 0 and 1 (such as 0.8), or null to turn warnings "
-                f"off, got {_describe(node, value)}",
+                f"off, got {_describe(node, value)}{_text_number_hint(node, value)}",
             )
         return float(value)
 
