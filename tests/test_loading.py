@@ -79,7 +79,7 @@ INVALID = [
         3,
         1,
         "",
-        "found character '\\t' that cannot start any token",
+        "YAML: a tab character: YAML indents with spaces only",
         id="yaml-tab-indentation",
     ),
     pytest.param(
@@ -1064,6 +1064,68 @@ def test_the_spelling_a_hint_suggests_is_read_as_that_number() -> None:
         assert loaded.max_seconds == number
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "column", "message"),
+    [
+        # a key indented less than its siblings
+        (
+            "version: 1\npolicies:\n  - name: a\n    wall_time: {max_seconds: 1}\n   mode: audit\n",
+            5,
+            4,
+            (
+                "YAML: while parsing a block collection at line 3, column 3: expected "
+                "<block end>, but found '<block mapping start>' (check this line's indentation "
+                "against the lines above)"
+            ),
+        ),
+        # a key indented more than its siblings: PyYAML stops at its ':', the slip is before
+        (
+            "version: 1\npolicies:\n  - name: a\n      wall_time: {max_seconds: 1}\n",
+            4,
+            7,
+            (
+                "YAML: mapping values are not allowed here (check this line's indentation against "
+                "the lines above)"
+            ),
+        ),
+        (
+            "version: 1\n policies: []\n",
+            2,
+            2,
+            (
+                "YAML: mapping values are not allowed here (check this line's indentation against "
+                "the lines above)"
+            ),
+        ),
+        # the same words for a value holding ': ' are not about indentation
+        (
+            "version: 1\npolicies:\n  - name: a: b\n    wall_time: {max_seconds: 1}\n",
+            3,
+            12,
+            "YAML: mapping values are not allowed here (quote a value that holds ': ')",
+        ),
+        (
+            "version: 1\npolicies:\n  - name: a\n    wall_time:\n\t  max_seconds: 1\n",
+            5,
+            1,
+            "YAML: a tab character: YAML indents with spaces only",
+        ),
+        (
+            "version: 1\npolicies:\n  - name: a\n    wall_time: {max_seconds:\t1}\n",
+            4,
+            29,
+            "YAML: a tab character: YAML indents with spaces only",
+        ),
+    ],
+    ids=["under-indented", "over-indented", "over-indented-top", "colon-in-value", "tab", "tab-2"],
+)
+def test_a_yaml_slip_gets_a_plain_hint_where_it_stands(
+    text: str, line: int, column: int, message: str
+) -> None:
+    [problem] = load_error(text).problems
+    assert (problem.line, problem.column, problem.message) == (line, column, message)
+
+
 # -- the line of each problem, and a caret under its column ----------------------------
 
 
@@ -1100,7 +1162,7 @@ but got '<stream end>'
             "version: 1\npolicies:\n  - name: a\n   wall_time: {max_seconds: 1}\n",
             f"""\
 {FILE}:4:4: YAML: while parsing a block collection at line 3, column 3: expected <block end>, \
-but found '<block mapping start>'
+but found '<block mapping start>' (check this line's indentation against the lines above)
   |
 4 |    wall_time: {{max_seconds: 1}}
   |    ^""",

@@ -60,6 +60,7 @@ NULL_TAG = "tag:yaml.org,2002:null"
 LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
 # What PyYAML's constructors raise for a scalar they cannot read (a bad timestamp, say).
 UNREADABLE = (yaml.YAMLError, ValueError, TypeError, OverflowError)
+INDENTATION_HINT = " (check this line's indentation against the lines above)"
 
 TOP_KEYS = ("version", "defaults", "policies")
 DEFAULT_KEYS = ("mode", "grace_seconds", "warn_at")
@@ -350,13 +351,19 @@ class _FileReader:
             return yaml.compose(self.source, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
+            line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             what = exc.problem or "invalid YAML"
+            if what.startswith("found character '\\t'"):
+                what = "a tab character: YAML indents with spaces only"
+            elif what.startswith("expected <block end>"):
+                what += INDENTATION_HINT
+            elif what == "mapping values are not allowed here":
+                what, column = self._misplaced_colon(line, column)
             context = exc.context_mark
             if exc.context and context is not None and context is not mark:
                 # e.g. where an unclosed quote opened, not just where the file ended
                 start = f"line {context.line + 1}, column {context.column + 1}"
                 what = f"{exc.context} at {start}: {what}"
-            line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             self._yaml_problem(line, column, what)
         except yaml.reader.ReaderError as exc:
             # The reader's errors (bad characters) carry a character offset, not a mark.
@@ -371,6 +378,16 @@ class _FileReader:
 
     def _yaml_problem(self, line: int, column: int, what: str) -> None:
         self._record(line, column, "", f"YAML: {what}")
+
+    def _misplaced_colon(self, line: int, column: int) -> tuple[str, int]:
+        """Why ': ' is refused at this column of this line, and the column to show it at."""
+        what = "mapping values are not allowed here"
+        before = self._lines[line - 1][: column - 1]
+        if ": " in before:  # `name: a: b`: the value holds ': '
+            return f"{what} (quote a value that holds ': ')", column
+        # A key indented deeper than its siblings reads as more of the value above it, until
+        # its ':'. The slip is at the start of the line, not at the ':'.
+        return what + INDENTATION_HINT, len(before) - len(before.lstrip(" ")) + 1
 
     def plain(self, node: Node, path: str) -> None:
         """Refuse tags on mappings and lists, as yaml.safe_load would (``!!python/...``)."""
