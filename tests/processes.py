@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).parent.parent
@@ -29,6 +31,17 @@ policies:
   - {name: slow-steps, match: {graph: [slow]}, step_count: {max_steps: 100000}}
   - {name: backstop, wall_time: {max_seconds: 60}}
 """
+
+
+def without_file_access_override() -> list[str]:
+    """A command prefix under which root obeys file modes, as any other user does; empty
+    for any other user."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv (util-linux) is not installed")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
 
 
 def free_port() -> int:

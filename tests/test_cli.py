@@ -7,8 +7,10 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
+from tests.processes import without_file_access_override
 from watchdog import Loop, Policy, TokenBudget, WallTime, load_policies
 
 ROOT = Path(__file__).parent.parent
@@ -62,9 +64,11 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def run_check(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_check(
+    *args: str | Path, cwd: Path | None = None, prefix: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "watchdog", "check", *(str(a) for a in args)],
+        [*prefix, sys.executable, "-m", "watchdog", "check", *(str(a) for a in args)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -128,7 +132,13 @@ def test_invalid_file_prints_located_errors_and_a_count(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"{broken}:4:30: {MAX_SECONDS_ZERO}",
+        "  |",
+        "4 |     wall_time: {max_seconds: 0}",
+        "  |                              ^",
         f"{broken}:6:48: {OF_TYPO}",
+        "  |",
+        "6 |     rate: {max_events: 5, per_seconds: 10, of: llm_call}",
+        "  |                                                ^",
         "2 errors",
     ]
 
@@ -151,7 +161,51 @@ def test_one_bad_path_fails_the_check_but_the_good_ones_are_summarised(tmp_path:
             f"{bad}:4:29: policies[0].step_count.max_steps: "
             "expected a whole number greater than 0, got 1.5"
         ),
+        "  |",
+        "4 |     step_count: {max_steps: 1.5}",
+        "  |                             ^",
         "1 error",
+    ]
+
+
+def test_files_it_cannot_read_do_not_hide_the_rest_of_their_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "policies"
+    good = write(directory / "a.yaml", TWO_POLICIES)
+    latin = directory / "b.yaml"
+    latin.write_bytes(b"version: 1\npolicies: []\n# caf\xe9\n")
+    locked = write(directory / "c.yaml", ONE_POLICY)
+    locked.chmod(0)
+    broken = write(directory / "d.yaml", BROKEN.replace("deadline", "d1").replace("burst", "d2"))
+    scoped = write(directory / "e.yaml", SCOPED_AUDIT)
+
+    result = run_check(directory, prefix=without_file_access_override())
+
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{good}: ok, 2 policies (wall_time, rate); graphs: *",
+        (
+            f"{scoped}: ok, 2 policies (loop, token_budget); graphs: support-*, chat-*; "
+            "1 scoped by tags or metadata; 1 in audit mode"
+        ),
+    ]
+    assert result.stderr.splitlines() == [
+        (
+            f"{latin}:3:6: not UTF-8 text: byte 0xe9 (invalid continuation byte); "
+            "expected the file saved as UTF-8"
+        ),
+        "  |",
+        "3 | # caf\ufffd",
+        "  |      ^",
+        f"{locked}: cannot read it: Permission denied",
+        f"{broken}:4:30: {MAX_SECONDS_ZERO}",
+        "  |",
+        "4 |     wall_time: {max_seconds: 0}",
+        "  |                              ^",
+        f"{broken}:6:48: {OF_TYPO}",
+        "  |",
+        "6 |     rate: {max_events: 5, per_seconds: 10, of: llm_call}",
+        "  |                                                ^",
+        "4 errors",
     ]
 
 
@@ -181,6 +235,7 @@ def test_json_report_lists_files_and_errors(tmp_path: Path) -> None:
                 "column": 30,
                 "path": "policies[0].wall_time.max_seconds",
                 "message": MAX_SECONDS_ZERO.split(": ", 1)[1],
+                "source_line": "    wall_time: {max_seconds: 0}",
             },
             {
                 "file": str(broken),
@@ -188,6 +243,7 @@ def test_json_report_lists_files_and_errors(tmp_path: Path) -> None:
                 "column": 48,
                 "path": "policies[1].rate.of",
                 "message": OF_TYPO.split(": ", 1)[1],
+                "source_line": "    rate: {max_events: 5, per_seconds: 10, of: llm_call}",
             },
         ],
     }

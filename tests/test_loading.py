@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from watchdog import (
     Match,
     Policy,
     PolicyError,
+    PolicyProblem,
     PolicySet,
     Price,
     Rate,
@@ -21,6 +23,7 @@ from watchdog import (
     load_policies,
     load_policy_text,
 )
+from watchdog._loading import read_policy_files
 
 FILE = "policy.yaml"
 
@@ -76,7 +79,7 @@ INVALID = [
         3,
         1,
         "",
-        "found character '\\t' that cannot start any token",
+        "YAML: a tab character: YAML indents with spaces only",
         id="yaml-tab-indentation",
     ),
     pytest.param(
@@ -980,6 +983,262 @@ def test_an_unclosed_quote_is_reported_as_an_unclosed_quote() -> None:
     assert "quoted scalar" in exc.problems[0].message
 
 
+# -- YAML 1.1 traps ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "found"),
+    [
+        (
+            "wall_time: {max_seconds: 1e-12}",
+            "got the string '1e-12' (YAML 1.1 reads a number without a dot as text: write 1.0e-12)",
+        ),
+        # A dot is not enough: 1.0e5 is text too, and 1.0e+5 (or 100000) is the number.
+        (
+            "wall_time: {max_seconds: 1.0e5}",
+            (
+                "got the string '1.0e5' (YAML 1.1 reads a number without a sign on its exponent "
+                "as text: write 100000)"
+            ),
+        ),
+        (
+            "wall_time: {max_seconds: 2E20}",
+            (
+                "got the string '2E20' (YAML 1.1 reads a number without a dot or a sign on its "
+                "exponent as text: write 2.0e+20)"
+            ),
+        ),
+        ("wall_time: {max_seconds: 1e400}", "got the string '1e400' (not a finite number)"),
+        ("wall_time: {max_seconds: inf}", "got the string 'inf' (not a finite number)"),
+        (
+            'wall_time: {max_seconds: "300"}',
+            "got the string '300' (a quoted value is text: write 300)",
+        ),
+        (
+            "step_count: {max_steps: 1e3}",
+            (
+                "got the string '1e3' (YAML 1.1 reads a number without a dot or a sign on its "
+                "exponent as text: write 1000)"
+            ),
+        ),
+        (
+            # no spelling of 0.001 is a whole number
+            "step_count: {max_steps: 1e-3}",
+            "got the string '1e-3' (YAML 1.1 reads a number without a dot as text)",
+        ),
+        (
+            "warn_at: 8e-1\n    step_count: {max_steps: 1}",
+            "got the string '8e-1' (YAML 1.1 reads a number without a dot as text: write 0.8)",
+        ),
+        # Text that is no number gets no hint.
+        ("wall_time: {max_seconds: soon}", "got the string 'soon'"),
+        ("wall_time: {max_seconds: 1e}", "got the string '1e'"),
+    ],
+    ids=[
+        "no-dot",
+        "unsigned-exponent",
+        "neither",
+        "infinite",
+        "inf",
+        "quoted",
+        "whole-number",
+        "not-whole",
+        "fraction",
+        "a-word",
+        "no-exponent-digits",
+    ],
+)
+def test_a_number_yaml_reads_as_text_says_why_and_how_to_write_it(field: str, found: str) -> None:
+    exc = load_error(f"version: 1\npolicies:\n  - name: a\n    {field}\n")
+    [problem] = exc.problems
+    assert problem.message.endswith(found)
+
+
+def test_the_spelling_a_hint_suggests_is_read_as_that_number() -> None:
+    text = "version: 1\npolicies:\n  - name: a\n    wall_time: {max_seconds: VALUE}\n"
+    for value, number in [("1e-12", 1e-12), ("1.0e5", 1e5), ("2E20", 2e20), ("+.5", 0.5)]:
+        [problem] = load_error(text.replace("VALUE", value)).problems
+        spelled = problem.message.rsplit("write ", 1)[1].rstrip(")")
+        loaded = load_policy_text(text.replace("VALUE", spelled), FILE).policies[0].kind
+        assert isinstance(loaded, WallTime)
+        assert loaded.max_seconds == number
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column", "message"),
+    [
+        # a key indented less than its siblings
+        (
+            "version: 1\npolicies:\n  - name: a\n    wall_time: {max_seconds: 1}\n   mode: audit\n",
+            5,
+            4,
+            (
+                "YAML: while parsing a block collection at line 3, column 3: expected "
+                "<block end>, but found '<block mapping start>' (check this line's indentation "
+                "against the lines above)"
+            ),
+        ),
+        # a key indented more than its siblings: PyYAML stops at its ':', the slip is before
+        (
+            "version: 1\npolicies:\n  - name: a\n      wall_time: {max_seconds: 1}\n",
+            4,
+            7,
+            (
+                "YAML: mapping values are not allowed here (check this line's indentation against "
+                "the lines above)"
+            ),
+        ),
+        (
+            "version: 1\n policies: []\n",
+            2,
+            2,
+            (
+                "YAML: mapping values are not allowed here (check this line's indentation against "
+                "the lines above)"
+            ),
+        ),
+        # the same words for a value holding ': ' are not about indentation
+        (
+            "version: 1\npolicies:\n  - name: a: b\n    wall_time: {max_seconds: 1}\n",
+            3,
+            12,
+            "YAML: mapping values are not allowed here (quote a value that holds ': ')",
+        ),
+        (
+            "version: 1\npolicies:\n  - name: a\n    wall_time:\n\t  max_seconds: 1\n",
+            5,
+            1,
+            "YAML: a tab character: YAML indents with spaces only",
+        ),
+        (
+            "version: 1\npolicies:\n  - name: a\n    wall_time: {max_seconds:\t1}\n",
+            4,
+            29,
+            "YAML: a tab character: YAML indents with spaces only",
+        ),
+    ],
+    ids=["under-indented", "over-indented", "over-indented-top", "colon-in-value", "tab", "tab-2"],
+)
+def test_a_yaml_slip_gets_a_plain_hint_where_it_stands(
+    text: str, line: int, column: int, message: str
+) -> None:
+    [problem] = load_error(text).problems
+    assert (problem.line, problem.column, problem.message) == (line, column, message)
+
+
+# -- the line of each problem, and a caret under its column ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "rendered"),
+    [
+        (
+            "version: 1\npolicies:\n  - name: a\n    wall_time: {max_second: 300}\n",
+            f"""\
+{FILE}:4:17: policies[0].wall_time.max_second: unknown key 'max_second' (did you mean \
+max_seconds?); expected one of max_seconds, idle_seconds, node_seconds
+  |
+4 |     wall_time: {{max_second: 300}}
+  |                 ^""",
+        ),
+        (
+            "version: 1\npolicies:\n  - name: a\n    step_count:\n      max_steps: 0\n",
+            f"""\
+{FILE}:5:18: policies[0].step_count.max_steps: expected a whole number greater than 0, got 0
+  |
+5 |       max_steps: 0
+  |                  ^""",
+        ),
+        (
+            "version: 1\npolicies: [\n  {name: a, wall_time: {max_seconds: 1}}\n",
+            f"""\
+{FILE}:4:1: YAML: while parsing a flow sequence at line 2, column 11: expected ',' or ']', \
+but got '<stream end>'
+  |
+4 |
+  | ^""",
+        ),
+        (
+            "version: 1\npolicies:\n  - name: a\n   wall_time: {max_seconds: 1}\n",
+            f"""\
+{FILE}:4:4: YAML: while parsing a block collection at line 3, column 3: expected <block end>, \
+but found '<block mapping start>' (check this line's indentation against the lines above)
+  |
+4 |    wall_time: {{max_seconds: 1}}
+  |    ^""",
+        ),
+        (
+            "\n" * 9 + "version: 1\npolicies:\n  - {name: a, rate: {of: steps}}\n",
+            f"""\
+{FILE}:12:21: policies[0].rate.max_events: missing required key 'max_events'; rate needs \
+max_events, per_seconds and of (steps, node_runs, llm_calls, tool_calls, tokens)
+   |
+12 |   - {{name: a, rate: {{of: steps}}}}
+   |                     ^""",
+        ),
+    ],
+    ids=["flow-mapping", "block-mapping", "syntax-error-at-the-end", "syntax-error", "line-12"],
+)
+def test_a_problem_renders_with_its_line_and_a_caret_under_its_column(
+    text: str, rendered: str
+) -> None:
+    [problem] = load_error(text).problems
+    assert problem.render() == rendered
+    assert str(problem) == rendered.splitlines()[0]  # a log line stays one line
+
+
+def char_above_caret(rendered: str, tab_size: int) -> str:
+    """The character a terminal with tabs every ``tab_size`` cells shows above the caret."""
+    source, caret = (line.expandtabs(tab_size) for line in rendered.splitlines()[2:])
+    cells = []  # what each cell shows: a wide character takes two, a combining accent none
+    for char in source:
+        wide = unicodedata.east_asian_width(char) in ("W", "F")
+        cells.extend([char] * (0 if unicodedata.combining(char) else 2 if wide else 1))
+    return cells[caret.index("^")]
+
+
+@pytest.mark.parametrize(
+    ("line", "column", "char"),
+    [
+        ("wall_time:\t{max_seconds: 0}", 26, "0"),
+        ("\t\twall_time: {max_seconds: 0}", 28, "0"),
+        ('{description: "日本語", max_seconds: 0}', 35, "0"),
+        ('{description: "\x07\x1b", max_seconds: 0}', 34, "0"),
+        ('{description: "\u200b", max_seconds: 0}', 33, "0"),
+        ('{description: "e\u0301te\u0301", max_seconds: 0}', 37, "0"),
+    ],
+    ids=[
+        "tab",
+        "tabs-first",
+        "wide-characters",
+        "control-characters",
+        "zero-width-space",
+        "combining-accents",
+    ],
+)
+def test_the_caret_stands_under_its_column_whatever_comes_before_it(
+    line: str, column: int, char: str
+) -> None:
+    assert line[column - 1] == char
+    problem = PolicyProblem(FILE, 3, column, "policies[0]", "a problem", line)
+    rendered = problem.render()
+    assert len(rendered.splitlines()) == 4  # however the line is shown, it is one line
+    for tab_size in (2, 4, 8):
+        assert char_above_caret(rendered, tab_size) == char
+
+
+def test_a_problem_whose_line_is_not_known_renders_as_its_one_line() -> None:
+    problem = PolicyProblem(FILE, 0, 0, "", "no such file")
+    assert problem.render() == str(problem) == f"{FILE}: no such file"
+
+
+@pytest.mark.parametrize("line_break", ["\n", "\r\n", "\r", "\u2028"])
+def test_a_bad_character_is_located_by_the_line_breaks_yaml_counts(line_break: str) -> None:
+    text = line_break.join(["version: 1", "# comment", "policies: \x07", ""])
+    [problem] = load_error(text).problems
+    assert (problem.line, problem.column, problem.source_line) == (3, 11, "policies: \x07")
+
+
 # -- valid files -------------------------------------------------------------------------
 
 DESIGN_EXAMPLE = dedent("""\
@@ -1303,6 +1562,64 @@ def test_a_name_used_in_two_files_is_an_error_naming_both_places(tmp_path: Path)
     assert str(exc) == f"{tmp_path / 'b.yaml'}:5:11: policies[1].name: {problem.message}"
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        # the second use is invalid in another way too
+        (
+            policy_text("shared"),
+            "version: 1\npolicies:\n  - name: shared\n    step_count: {max_steps: 0}\n",
+            [("b.yaml", 3, "policies[0].name"), ("b.yaml", 4, "policies[0].step_count.max_steps")],
+        ),
+        # the first use is the invalid one
+        (
+            "version: 1\npolicies:\n  - name: shared\n    step_count: {max_steps: 0}\n",
+            policy_text("shared"),
+            [("a.yaml", 4, "policies[0].step_count.max_steps"), ("b.yaml", 3, "policies[0].name")],
+        ),
+        # another policy, or the document, has the problem
+        (
+            policy_text("shared") + "  - name: other\n    loop: {}\n",
+            policy_text("shared").replace("version: 1", "version: 2"),
+            [
+                ("a.yaml", 6, "policies[1].loop"),
+                ("b.yaml", 1, "version"),
+                ("b.yaml", 3, "policies[0].name"),
+            ],
+        ),
+    ],
+    ids=["second-use-invalid", "first-use-invalid", "other-problems"],
+)
+def test_a_duplicate_name_is_reported_beside_other_problems(
+    tmp_path: Path, first: str, second: str, expected: list[tuple[str, int, str]]
+) -> None:
+    (tmp_path / "a.yaml").write_text(first, encoding="utf-8")
+    (tmp_path / "b.yaml").write_text(second, encoding="utf-8")
+    exc = load_errors_from(tmp_path)
+    assert [(Path(p.file).name, p.line, p.path) for p in exc.problems] == expected
+    [duplicate] = [p for p in exc.problems if p.path.endswith(".name")]
+    assert duplicate.message == (
+        f"policy name 'shared' is already used at {tmp_path / 'a.yaml'}:3:11; "
+        "expected a unique name"
+    )
+
+
+def test_a_duplicate_name_in_one_file_is_reported_beside_other_problems() -> None:
+    text = dedent("""\
+        version: 1
+        policies:
+          - name: a
+            wall_time: {max_seconds: 1}
+          - name: a
+            wall_time: {max_seconds: 0}
+        """)
+    exc = load_error(text)
+    assert [(p.line, p.column, p.path) for p in exc.problems] == [
+        (5, 11, "policies[1].name"),
+        (6, 30, "policies[1].wall_time.max_seconds"),
+    ]
+
+
 def test_problems_of_several_files_are_all_reported_file_by_file(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("version: 2\npolicies: []\n", encoding="utf-8")
     (tmp_path / "b.yaml").write_text("policies: []\n", encoding="utf-8")
@@ -1336,21 +1653,80 @@ def test_a_missing_path_is_an_error(tmp_path: Path) -> None:
     assert str(exc) == f"{missing}: no such file"
 
 
-def test_a_file_that_is_not_utf8_is_an_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("data", "line", "column", "source_line"),
+    [
+        ("version: 1\npolicies: []\n# café\n".encode("latin-1"), 3, 6, "# caf\ufffd"),
+        # columns count characters, as everywhere else, not bytes
+        ("version: 1\n# été\xa0à".encode() + b"\xff\npolicies: []\n", 2, 8, "# été\xa0à\ufffd"),
+        # \r\n is one line break; a file larger than a read buffer is located all the same
+        (
+            b"version: 1\r\n" + b"# comment\r\n" * 2000 + b"policies: \xe9\r\n",
+            2002,
+            11,
+            "policies: \ufffd",
+        ),
+    ],
+    ids=["latin-1", "after-multibyte-characters", "deep-in-a-large-file"],
+)
+def test_a_file_that_is_not_utf8_is_located_at_its_first_bad_byte(
+    tmp_path: Path, data: bytes, line: int, column: int, source_line: str
+) -> None:
     latin = tmp_path / "latin.yaml"
-    latin.write_bytes(b"version: 1\npolicies: []\n# caf\xe9\n")
+    latin.write_bytes(data)
     exc = load_errors_from(latin)
-    assert (exc.file, exc.line, exc.path) == (str(latin), 0, "")
-    assert str(exc) == f"{latin}: not UTF-8 text (invalid continuation byte at byte 29)"
+    [problem] = exc.problems
+    assert (problem.file, problem.line, problem.column, problem.path) == (
+        str(latin),
+        line,
+        column,
+        "",
+    )
+    assert problem.source_line == source_line
+    assert char_above_caret(problem.render(), 8) == "\ufffd"
 
 
-def test_one_non_utf8_file_fails_the_whole_directory(tmp_path: Path) -> None:
-    (tmp_path / "a.yaml").write_text(policy_text("a"), encoding="utf-8")
-    (tmp_path / "b.yaml").write_bytes(b"\xff\xfe")
+def test_a_file_that_is_not_utf8_says_which_byte_and_what_to_do(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("version: 1\npolicies: []\n# café\n".encode("latin-1"))
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_bytes("version: 1\npolicies: []\n".encode("utf-16"))  # as Windows tools save
+    assert str(load_errors_from(latin)) == (
+        f"{latin}:3:6: not UTF-8 text: byte 0xe9 (invalid continuation byte); expected the file "
+        "saved as UTF-8"
+    )
+    assert str(load_errors_from(utf16)) == (
+        f"{utf16}:1:1: not UTF-8 text: byte 0xff (invalid start byte) (it looks like UTF-16); "
+        "expected the file saved as UTF-8"
+    )
+
+
+def test_a_file_that_is_not_utf8_does_not_hide_the_other_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("version: 2\npolicies: []\n", encoding="utf-8")
+    (tmp_path / "b.yaml").write_bytes(b"version: 1\npolicies: \xff\n")
+    (tmp_path / "c.yaml").write_bytes(b"\xfe")
+    (tmp_path / "d.yaml").write_text(policy_text("d", "d"), encoding="utf-8")
+    (tmp_path / "e.yaml").write_text(policy_text("e"), encoding="utf-8")
     exc = load_errors_from(tmp_path)
-    assert exc.file == str(tmp_path / "b.yaml")
-    assert exc.line == 0
-    assert str(exc).startswith(f"{tmp_path / 'b.yaml'}: not UTF-8 text")
+    assert [(Path(p.file).name, p.line, p.column, p.path) for p in exc.problems] == [
+        ("a.yaml", 1, 10, "version"),
+        ("b.yaml", 2, 11, ""),
+        ("c.yaml", 1, 1, ""),
+        ("d.yaml", 5, 11, "policies[1].name"),
+    ]
+    assert exc.problems[1].message.startswith("not UTF-8 text: byte 0xff")
+
+
+def test_read_policy_files_names_every_file_it_cannot_read(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_bytes(b"\xff")
+    (tmp_path / "b.yaml").write_text(policy_text("b"), encoding="utf-8")
+    (tmp_path / "c.yaml").write_bytes(b"# \xe9")
+    with pytest.raises(PolicyError) as info:
+        read_policy_files(tmp_path)
+    assert [(Path(p.file).name, p.line, p.column) for p in info.value.problems] == [
+        ("a.yaml", 1, 1),
+        ("c.yaml", 1, 3),
+    ]
 
 
 # -- PolicySet.matching ------------------------------------------------------------------

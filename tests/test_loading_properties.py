@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import textwrap
 
 import pytest
@@ -14,6 +15,8 @@ from hypothesis import strategies as st
 from watchdog import PolicyError, PolicySet, load_policy_text
 
 FILE = "fuzz.yaml"
+# The line breaks PyYAML's reader counts lines by: problems are located by its count.
+LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
 
 SEEDS = (
     # every kind, block style, defaults, match, prices
@@ -355,6 +358,18 @@ def test_a_mutated_file_loads_or_raises_policy_error(text: str) -> None:
         assert str(result).splitlines() == [str(p) for p in result.problems]
         lines = [p.line for p in result.problems]
         assert lines == sorted(lines)
+        # each problem shows the line it stands at, with the caret on it or just past its end
+        text_lines = LINE_BREAK.split(text)
+        for problem in result.problems:
+            rendered = problem.render().split("\n")
+            assert rendered[0] == str(problem)
+            if problem.source_line is None:
+                assert problem.message.startswith("the file is empty")
+                continue
+            assert problem.source_line == text_lines[problem.line - 1]
+            assert problem.column <= len(problem.source_line) + 1
+            assert len(rendered) == 4
+            assert rendered[3].endswith("^")
     else:
         assert isinstance(result, PolicySet)
         names = [policy.name for policy in result.policies]

@@ -3,8 +3,6 @@ floods of label values, runs whose end never arrives, workers that restart or sh
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import threading
 import uuid
@@ -17,24 +15,13 @@ from langgraph.graph import START, StateGraph
 from prometheus_client import CollectorRegistry
 
 from tests.graphs import Counter, policies
-from tests.processes import POLICIES, TOKEN, Pod, Process
+from tests.processes import POLICIES, TOKEN, Pod, Process, without_file_access_override
 from watchdog import Supervisor
 from watchdog._remote import SidecarLink
 from watchdog._sidecar import MAX_LABEL_LENGTH, MAX_LABEL_VALUES
 
 FAILED = ("watchdog_policy_reloads_total", (("result", "failed"),))
 VALID = ("watchdog_policy_files_valid", ())
-
-
-def without_file_access_override() -> list[str]:
-    """A command prefix under which root obeys file modes, as any other user does; empty
-    for any other user."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root and setpriv (util-linux) is not installed")
-    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
 
 
 @pytest.fixture

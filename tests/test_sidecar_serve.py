@@ -104,8 +104,16 @@ def test_invalid_policies_at_start_are_located_and_exit_1(tmp_path: Path, token_
     bad.write_text(POLICIES.replace("max_steps: 5", "max_steps: -5"))
     result = serve("--policies", str(bad), "--token-file", str(token_file), "--port", "0")
     assert result.returncode == 1
-    assert f"{bad}:4:" in result.stderr
-    assert "Traceback" not in result.stderr
+    # as `watchdog check` shows them: located, with the line and a caret under the column
+    assert result.stderr.splitlines() == [
+        (
+            f"{bad}:4:72: policies[0].step_count.max_steps: expected a whole number greater "
+            "than 0, got -5"
+        ),
+        "  |",
+        "4 |   - {name: loop-steps, match: {graph: [loop]}, step_count: {max_steps: -5}}",
+        "  |                                                                        ^",
+    ]
 
 
 def test_on_start_it_says_where_it_listens_and_which_policies_it_loaded(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._errors import PolicyError, PolicyProblem
-from ._loading import load_policies
+from ._loading import check_policies
 from ._policies import Policy
 
 __all__ = ["main"]
@@ -52,18 +52,21 @@ class FileSummary:
 
 
 def check(paths: Sequence[str]) -> tuple[list[FileSummary], list[PolicyProblem]]:
-    """Validate each path (a file or a directory); summaries of the good files, and problems."""
+    """Validate each path (a file or a directory); summaries of the good files, and problems.
+
+    A directory's files are checked as one set, but each file without a problem is summed up
+    even when another file of the set has one.
+    """
     summaries: list[FileSummary] = []
     problems: list[PolicyProblem] = []
     for path in paths:
-        try:
-            policy_set = load_policies(path)
-        except PolicyError as exc:
-            problems.extend(exc.problems)
-            continue
+        policy_set, found = check_policies(path)
+        problems.extend(found)
+        failed = {problem.file for problem in found}
         for file in policy_set.files:
-            mine = tuple(p for p in policy_set.policies if p.file == file)
-            summaries.append(FileSummary(file, mine))
+            if file not in failed:
+                mine = tuple(p for p in policy_set.policies if p.file == file)
+                summaries.append(FileSummary(file, mine))
     return summaries, problems
 
 
@@ -80,7 +83,7 @@ def _check_command(args: argparse.Namespace) -> int:
         for summary in summaries:
             print(summary)
         for problem in problems:
-            print(problem, file=sys.stderr)
+            print(problem.render(), file=sys.stderr)
         if problems:
             count = len(problems)
             print(f"{count} error{'s' if count > 1 else ''}", file=sys.stderr)
@@ -195,7 +198,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         print(f"watchdog serve: {error}", file=sys.stderr)
         return 2
     except PolicyError as error:
-        print(error, file=sys.stderr)
+        print("\n".join(problem.render() for problem in error.problems), file=sys.stderr)
         return 1
 
 

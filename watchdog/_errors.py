@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ class PolicyProblem:
     column: int  # 1-based
     path: str  # field path such as ``policies[2].wall_time.max_seconds``; "" for the document
     message: str  # what was expected and what was found
+    source_line: str | None = None  # the text of the line it stands at, when known
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "file", one_line(self.file))
@@ -36,14 +38,49 @@ class PolicyProblem:
         where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
-    def as_dict(self) -> dict[str, str | int]:
+    def render(self) -> str:
+        """``str(self)``, then its line of the file with a caret under the column, the way
+        compilers show an error; ``str(self)`` alone when the line is not known."""
+        if self.source_line is None or self.line < 1:
+            return str(self)
+        number = str(self.line)
+        gutter = " " * len(number)
+        shown, pad = _shown(self.source_line, self.column)
+        source = f"{number} | {shown}" if shown else f"{number} |"
+        return f"{self}\n{gutter} |\n{source}\n{gutter} | {pad}^"
+
+    def as_dict(self) -> dict[str, str | int | None]:
         return {
             "file": self.file,
             "line": self.line,
             "column": self.column,
             "path": self.path,
             "message": self.message,
+            "source_line": self.source_line,
         }
+
+
+def _shown(line: str, column: int) -> tuple[str, str]:
+    """``line`` as a terminal can show it, and the blanks that put a caret under ``column``.
+
+    Control characters are escaped; the blanks copy each tab (so tab stops fall alike on both
+    lines), take two cells for a wide character and none for a combining accent.
+    """
+    shown: list[str] = []
+    pad: list[str] = []
+    for index, char in enumerate(line):
+        if char == "\t" or char.isprintable():
+            text = char
+            wide = unicodedata.east_asian_width(char) in ("W", "F")
+            cells = 0 if unicodedata.combining(char) else 2 if wide else 1
+        else:
+            text = repr(char)[1:-1]
+            cells = len(text)
+        shown.append(text)
+        if index < column - 1:
+            pad.append("\t" if char == "\t" else " " * cells)
+    pad.append(" " * (column - 1 - len(line)))  # past the end: a missing ':', end of file
+    return "".join(shown), "".join(pad)
 
 
 class PolicyError(ValueError):

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, TypeVar, cast
 
@@ -40,6 +41,7 @@ from ._state import Price
 
 __all__ = [
     "POLICY_SUFFIXES",
+    "check_policies",
     "load_policies",
     "load_policy_text",
     "load_policy_texts",
@@ -54,8 +56,11 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 MAP_TAG = "tag:yaml.org,2002:map"
 SEQ_TAG = "tag:yaml.org,2002:seq"
 NULL_TAG = "tag:yaml.org,2002:null"
+# The line breaks PyYAML counts lines by (not \v or \f, which str.splitlines() also breaks on).
+LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
 # What PyYAML's constructors raise for a scalar they cannot read (a bad timestamp, say).
 UNREADABLE = (yaml.YAMLError, ValueError, TypeError, OverflowError)
+INDENTATION_HINT = " (check this line's indentation against the lines above)"
 
 TOP_KEYS = ("version", "defaults", "policies")
 DEFAULT_KEYS = ("mode", "grace_seconds", "warn_at")
@@ -97,11 +102,49 @@ def load_policies(path: str | os.PathLike[str]) -> PolicySet:
     A directory's files are merged in name order. Hidden files are skipped, so a Kubernetes
     ConfigMap mount (with its ``..data`` links) loads as the files it holds.
     """
-    return load_policy_texts(read_policy_files(path))
+    policies, problems = check_policies(path)
+    if problems:
+        raise PolicyError(problems)
+    return policies
+
+
+def check_policies(path: str | os.PathLike[str]) -> tuple[PolicySet, list[PolicyProblem]]:
+    """Every problem of the policy files at ``path``, and the policies that are valid.
+
+    A file that cannot be read is one problem; the other files are still read and checked.
+    The set is the whole set only when there are no problems: ``watchdog check`` sums up the
+    files that have none.
+    """
+    return _merge(_read_files(path))
 
 
 def read_policy_files(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The text of each policy file at ``path`` (a file or a directory), by file name."""
+    """The text of each policy file at ``path`` (a file or a directory), by file name.
+
+    Raises ``PolicyError`` naming every file that cannot be read.
+    """
+    files = _read_files(path)
+    unread = [problem for problem in files.values() if isinstance(problem, PolicyProblem)]
+    if unread:
+        raise PolicyError(unread)
+    return {name: text for name, text in files.items() if isinstance(text, str)}
+
+
+def load_policy_texts(files: Mapping[str, str]) -> PolicySet:
+    """Load policies from the texts of several files, merged in the order given."""
+    policies, problems = _merge(files)
+    if problems:
+        raise PolicyError(problems)
+    return policies
+
+
+def load_policy_text(text: str, file: str = "<string>") -> PolicySet:
+    """Load policies from YAML text; ``file`` names it in error messages."""
+    return load_policy_texts({file: text})
+
+
+def _read_files(path: str | os.PathLike[str]) -> dict[str, str | PolicyProblem]:
+    """Each policy file at ``path`` by name: its text, or the problem that kept it unread."""
     root = Path(path)
     if root.is_dir():
         files = sorted(
@@ -111,58 +154,65 @@ def read_policy_files(path: str | os.PathLike[str]) -> dict[str, str]:
         )
         if not files:
             suffixes = ", ".join(f"*{s}" for s in POLICY_SUFFIXES)
-            _fail(str(root), f"no policy files ({suffixes}) in this directory")
+            message = f"no policy files ({suffixes}) in this directory"
+            return {str(root): PolicyProblem(str(root), 0, 0, "", message)}
     else:
         files = [root]
-    texts = {}
-    for file in files:
-        try:
-            texts[str(file)] = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            _fail(str(file), "no such file")
-        except UnicodeDecodeError as exc:
-            _fail(str(file), f"not UTF-8 text ({exc.reason} at byte {exc.start})")
-        except OSError as exc:
-            _fail(str(file), f"cannot read it: {exc.strerror or exc}")
-    return texts
+    return {str(file): _read_file(file) for file in files}
 
 
-def load_policy_texts(files: Mapping[str, str]) -> PolicySet:
-    """Load policies from the texts of several files, merged in the order given."""
-    return _merge([_FileReader(name, text) for name, text in files.items()])
+def _read_file(file: Path) -> str | PolicyProblem:
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        return PolicyProblem(str(file), 0, 0, "", "no such file")
+    except OSError as exc:
+        return PolicyProblem(str(file), 0, 0, "", f"cannot read it: {exc.strerror or exc}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _not_utf8(str(file), data, exc)
 
 
-def load_policy_text(text: str, file: str = "<string>") -> PolicySet:
-    """Load policies from YAML text; ``file`` names it in error messages."""
-    return load_policy_texts({file: text})
+def _not_utf8(file: str, data: bytes, exc: UnicodeDecodeError) -> PolicyProblem:
+    """The first byte that is not UTF-8, located by line and column like any other problem."""
+    # Everything before the first bad byte decodes, so lines and columns count as YAML's do.
+    lines = LINE_BREAK.split(data[: exc.start].decode("utf-8"))
+    rest = LINE_BREAK.split(data[exc.start :].decode("utf-8", errors="replace"), maxsplit=1)[0]
+    looks_like = " (it looks like UTF-16)" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else ""
+    message = (
+        f"not UTF-8 text: byte 0x{data[exc.start]:02x} ({exc.reason}){looks_like}; "
+        "expected the file saved as UTF-8"
+    )
+    return PolicyProblem(file, len(lines), len(lines[-1]) + 1, "", message, lines[-1] + rest)
 
 
-def _fail(file: str, message: str) -> NoReturn:
-    raise PolicyError([PolicyProblem(file, 0, 0, "", message)])
-
-
-def _merge(readers: list[_FileReader]) -> PolicySet:
+def _merge(files: Mapping[str, str | PolicyProblem]) -> tuple[PolicySet, list[PolicyProblem]]:
     problems: list[PolicyProblem] = []
     policies: list[Policy] = []
+    read_files: list[str] = []
     first_use: dict[str, str] = {}
-    for reader in readers:
-        for read in reader.read():
-            name = read.policy.name
-            line, column = _position(read.name_node)
-            if name in first_use:
-                reader.problem(
-                    read.name_node,
-                    f"{read.path}.name",
-                    f"policy name {name!r} is already used at {first_use[name]}; "
-                    "expected a unique name",
-                )
+    for file, text in files.items():
+        if isinstance(text, PolicyProblem):
+            problems.append(text)
+            continue
+        reader = _FileReader(file, text)
+        policies.extend(reader.read())
+        read_files.append(file)
+        # Names are checked as read, valid policy or not: a duplicate is worth knowing either way.
+        for name in reader.names:
+            if name.name not in first_use:
+                line, column = _position(name.node)
+                first_use[name.name] = f"{reader.file}:{line}:{column}"
                 continue
-            first_use[name] = f"{reader.file}:{line}:{column}"
-            policies.append(read.policy)
+            reader.problem(
+                name.node,
+                name.path,
+                f"policy name {name.name!r} is already used at {first_use[name.name]}; "
+                "expected a unique name",
+            )
         problems.extend(sorted(reader.problems, key=lambda p: (p.line, p.column)))
-    if problems:
-        raise PolicyError(problems)
-    return PolicySet(tuple(policies), tuple(r.file for r in readers))
+    return PolicySet(tuple(policies), tuple(read_files)), problems
 
 
 def _position(node: Node) -> tuple[int, int]:
@@ -195,6 +245,39 @@ def _describe(node: Node, value: object = _UNREAD) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+def _text_number_hint(node: Node, value: object, *, whole: bool = False) -> str:
+    """For text that Python reads as a number: why YAML read it as text, and what to write."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):  # 1e400, inf, nan
+        return " (not a finite number)"
+    # YAML 1.1 reads 1e-12 and 1.0e5 as text: its floats need a dot, and a sign on an exponent.
+    mantissa, exponent_mark, exponent = value.lower().partition("e")
+    missing = []
+    if exponent_mark and "." not in mantissa:
+        missing.append("a dot")
+    if exponent_mark and exponent[:1] not in ("+", "-"):
+        missing.append("a sign on its exponent")
+    if isinstance(node, ScalarNode) and node.style in ("'", '"'):
+        reason = "a quoted value is text"
+    elif missing:
+        reason = f"YAML 1.1 reads a number without {' or '.join(missing)} as text"
+    else:
+        reason = "YAML 1.1 reads it as text"
+    if number.is_integer() and abs(number) < 2**53:
+        spelled = str(int(number))
+    elif whole:
+        spelled = ""  # not a whole number, however it is written
+    else:
+        spelled = repr(number)  # 1e-12, 1e+20 or 0.5: an exponent has its sign
+        spelled = spelled.replace("e", ".0e") if "e" in spelled and "." not in spelled else spelled
+    return f" ({reason}: write {spelled})" if spelled else f" ({reason})"
+
+
 def _finite(value: object) -> float | None:
     """``value`` as a finite float, or None (booleans, text, NaN, infinity, huge integers)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -218,9 +301,11 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _ReadPolicy:
-    policy: Policy
-    name_node: Node  # where the name stands, for duplicate-name messages
+class _Name:
+    """A policy's name and where it stands, for duplicate-name messages."""
+
+    name: str
+    node: Node
     path: str
 
 
@@ -231,13 +316,22 @@ class _FileReader:
         self.file = file
         self.source = text
         self.problems: list[PolicyProblem] = []
+        self.names: list[_Name] = []  # every valid name, in file order, valid policy or not
         self._constructor = SafeConstructor()
 
     # -- recording problems ------------------------------------------------------------
 
     def problem(self, node: Node, path: str, message: str) -> None:
         line, column = _position(node)
-        self.problems.append(PolicyProblem(self.file, line, column, path, message))
+        self._record(line, column, path, message)
+
+    def _record(self, line: int, column: int, path: str, message: str) -> None:
+        source_line = self._lines[line - 1] if line <= len(self._lines) else None
+        self.problems.append(PolicyProblem(self.file, line, column, path, message, source_line))
+
+    @cached_property
+    def _lines(self) -> list[str]:
+        return LINE_BREAK.split(self.source)
 
     def invalid(self, node: Node, path: str, message: str) -> NoReturn:
         self.problem(node, path, message)
@@ -257,19 +351,24 @@ class _FileReader:
             return yaml.compose(self.source, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
+            line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             what = exc.problem or "invalid YAML"
+            if what.startswith("found character '\\t'"):
+                what = "a tab character: YAML indents with spaces only"
+            elif what.startswith("expected <block end>"):
+                what += INDENTATION_HINT
+            elif what == "mapping values are not allowed here":
+                what, column = self._misplaced_colon(line, column)
             context = exc.context_mark
             if exc.context and context is not None and context is not mark:
                 # e.g. where an unclosed quote opened, not just where the file ended
                 start = f"line {context.line + 1}, column {context.column + 1}"
                 what = f"{exc.context} at {start}: {what}"
-            line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             self._yaml_problem(line, column, what)
         except yaml.reader.ReaderError as exc:
             # The reader's errors (bad characters) carry a character offset, not a mark.
-            offset = exc.position
-            line = self.source.count("\n", 0, offset) + 1
-            column = offset - (self.source.rfind("\n", 0, offset) + 1) + 1
+            before = LINE_BREAK.split(self.source[: exc.position])
+            line, column = len(before), len(before[-1]) + 1
             self._yaml_problem(line, column, f"unacceptable character #x{exc.character:04x}")
         except yaml.YAMLError as exc:
             self._yaml_problem(1, 1, str(exc))
@@ -278,7 +377,17 @@ class _FileReader:
         return None
 
     def _yaml_problem(self, line: int, column: int, what: str) -> None:
-        self.problems.append(PolicyProblem(self.file, line, column, "", f"YAML: {what}"))
+        self._record(line, column, "", f"YAML: {what}")
+
+    def _misplaced_colon(self, line: int, column: int) -> tuple[str, int]:
+        """Why ': ' is refused at this column of this line, and the column to show it at."""
+        what = "mapping values are not allowed here"
+        before = self._lines[line - 1][: column - 1]
+        if ": " in before:  # `name: a: b`: the value holds ': '
+            return f"{what} (quote a value that holds ': ')", column
+        # A key indented deeper than its siblings reads as more of the value above it, until
+        # its ':'. The slip is at the start of the line, not at the ':'.
+        return what + INDENTATION_HINT, len(before) - len(before.lstrip(" ")) + 1
 
     def plain(self, node: Node, path: str) -> None:
         """Refuse tags on mappings and lists, as yaml.safe_load would (``!!python/...``)."""
@@ -372,15 +481,15 @@ class _FileReader:
         expected = "a number of 0 or more" if allow_zero else "a number greater than 0"
         number = _finite(value)
         if number is None or number < 0 or (number == 0 and not allow_zero):
-            self.invalid(node, path, f"expected {expected}, got {_describe(node, value)}")
+            found = f"{_describe(node, value)}{_text_number_hint(node, value)}"
+            self.invalid(node, path, f"expected {expected}, got {found}")
         return number
 
     def whole(self, node: Node, path: str) -> int:
         value = self.scalar(node, path)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            self.invalid(
-                node, path, f"expected a whole number greater than 0, got {_describe(node, value)}"
-            )
+            found = f"{_describe(node, value)}{_text_number_hint(node, value, whole=True)}"
+            self.invalid(node, path, f"expected a whole number greater than 0, got {found}")
         return value
 
     def text(self, node: Node, path: str, what: str = "a string") -> str:
@@ -425,11 +534,11 @@ class _FileReader:
 
     # -- the document --------------------------------------------------------------------
 
-    def read(self) -> list[_ReadPolicy]:
-        read: list[_ReadPolicy] = []
+    def read(self) -> list[Policy]:
+        read: list[Policy] = []
         root = self._compose()
         if root is None or (isinstance(root, ScalarNode) and root.tag == NULL_TAG):
-            if not self.problems:
+            if not self.problems:  # about the whole file: no line to show
                 self.problems.append(
                     PolicyProblem(
                         self.file,
@@ -466,9 +575,9 @@ class _FileReader:
             return read
         for index, node in enumerate(entry.value.value):
             path = f"policies[{index}]"
-            result = self._field(self._policy, node, path, defaults)
-            if result is not None:
-                read.append(_ReadPolicy(*result, path))
+            policy = self._field(self._policy, node, path, defaults)
+            if policy is not None:
+                read.append(policy)
         return read
 
     def _version(self, root: Node, top: dict[str, _Entry]) -> None:
@@ -529,11 +638,11 @@ class _FileReader:
                 node,
                 path,
                 f"expected a fraction between 0 and 1 (such as 0.8), or null to turn warnings "
-                f"off, got {_describe(node, value)}",
+                f"off, got {_describe(node, value)}{_text_number_hint(node, value)}",
             )
         return float(value)
 
-    def _policy(self, node: Node, path: str, defaults: dict[str, Any]) -> tuple[Policy, Node]:
+    def _policy(self, node: Node, path: str, defaults: dict[str, Any]) -> Policy:
         keys = (*POLICY_KEYS, *KINDS)
         problems_before = len(self.problems)
         fields = self.mapping(node, path, keys, "a policy mapping with a name and one kind")
@@ -547,6 +656,8 @@ class _FileReader:
             )
         else:
             name = self._field(self._name, name_entry.value, f"{path}.name")
+            if name is not None:
+                self.names.append(_Name(name, name_entry.value, f"{path}.name"))
         if not kinds and not unknown_keys:
             self.problem(
                 node,
@@ -582,7 +693,7 @@ class _FileReader:
         if len(self.problems) > problems_before or name is None or kind is None or match is None:
             raise _Invalid
         line, _ = _position(node)
-        policy = Policy(
+        return Policy(
             name=name,
             kind=kind,
             match=match,
@@ -593,8 +704,6 @@ class _FileReader:
             line=line,
             **options,
         )
-        assert name_entry is not None
-        return policy, name_entry.value
 
     def _name(self, node: Node, path: str) -> str:
         name = self.text(node, path, "a policy name")
