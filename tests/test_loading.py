@@ -1,4 +1,4 @@
-"""Policy files v1 (DESIGN §4): what loads, and how every kind of mistake is located."""
+"""Policy files v1: what loads, and how every kind of mistake is located."""
 
 from __future__ import annotations
 
@@ -1241,7 +1241,7 @@ def test_a_bad_character_is_located_by_the_line_breaks_yaml_counts(line_break: s
 
 # -- valid files -------------------------------------------------------------------------
 
-DESIGN_EXAMPLE = dedent("""\
+FULL_EXAMPLE = dedent("""\
     version: 1
     defaults:              # optional, inherited by every policy
       mode: enforce        # enforce | audit
@@ -1270,8 +1270,8 @@ DESIGN_EXAMPLE = dedent("""\
     """)
 
 
-def test_the_design_example_loads() -> None:
-    loaded = load_policy_text(DESIGN_EXAMPLE, FILE)
+def test_a_file_with_every_kind_and_selector_loads() -> None:
+    loaded = load_policy_text(FULL_EXAMPLE, FILE)
     assert loaded.files == (FILE,)
     assert len(loaded) == 5
     assert loaded.policies == (

@@ -76,3 +76,18 @@ def test_the_readme_errors_example_is_what_watchdog_check_prints(tmp_path: Path)
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == output
+
+
+def test_the_project_cites_no_document_outside_the_repository() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    citing = [
+        path
+        for path in tracked
+        if (ROOT / path).is_file()
+        and re.search(
+            r"DESIGN(\.md| §)", (ROOT / path).read_text(encoding="utf-8", errors="replace")
+        )
+    ]
+    assert citing == []
