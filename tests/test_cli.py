@@ -58,6 +58,20 @@ OF_TYPO = (
 )
 
 
+def broken_rendered(broken: Path) -> list[str]:
+    """What ``watchdog check`` prints of the problems of ``BROKEN`` written at ``broken``."""
+    return [
+        f"{broken}:4:30: {MAX_SECONDS_ZERO}",
+        "  |",
+        "4 |     wall_time: {max_seconds: 0}",
+        "  |                              ^",
+        f"{broken}:6:48: {OF_TYPO}",
+        "  |",
+        "6 |     rate: {max_events: 5, per_seconds: 10, of: llm_call}",
+        "  |                                                ^",
+    ]
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text), encoding="utf-8")
@@ -131,14 +145,7 @@ def test_invalid_file_prints_located_errors_and_a_count(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"{broken}:4:30: {MAX_SECONDS_ZERO}",
-        "  |",
-        "4 |     wall_time: {max_seconds: 0}",
-        "  |                              ^",
-        f"{broken}:6:48: {OF_TYPO}",
-        "  |",
-        "6 |     rate: {max_events: 5, per_seconds: 10, of: llm_call}",
-        "  |                                                ^",
+        *broken_rendered(broken),
         "2 errors",
     ]
 
@@ -197,14 +204,7 @@ def test_files_it_cannot_read_do_not_hide_the_rest_of_their_directory(tmp_path: 
         "3 | # caf\ufffd",
         "  |      ^",
         f"{locked}: cannot read it: Permission denied",
-        f"{broken}:4:30: {MAX_SECONDS_ZERO}",
-        "  |",
-        "4 |     wall_time: {max_seconds: 0}",
-        "  |                              ^",
-        f"{broken}:6:48: {OF_TYPO}",
-        "  |",
-        "6 |     rate: {max_events: 5, per_seconds: 10, of: llm_call}",
-        "  |                                                ^",
+        *broken_rendered(broken),
         "4 errors",
     ]
 
