@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from langgraph.checkpoint.memory import InMemorySaver
 from starlette.testclient import TestClient
 
-from tests.graphs import hanging
+from tests.graphs import Bodies, endless, hanging
 from watchdog import RunCancelled, agent_server
 
 POLICIES = """\
@@ -90,3 +93,39 @@ def test_an_invalid_edit_keeps_the_policies_in_force(client: TestClient, policy_
     answer = client.post("/watchdog/v1/policies/reload", headers=AUTH)
     assert (answer.status_code, answer.json()["reloaded"]) == (200, True)
     assert agent_server.supervisor().policies.policies[0].kind.max_steps == 7  # type: ignore[attr-defined]
+
+
+def lent_saver(store: InMemorySaver) -> InMemorySaver:
+    """A fresh checkpointer over ``store``'s storage, as the server lends one to each run."""
+    saver = InMemorySaver()
+    saver.storage, saver.writes, saver.blobs = store.storage, store.writes, store.blobs
+    return saver
+
+
+def test_a_threads_totals_are_reset_in_the_store_the_server_lends_its_runs(
+    client: TestClient, policy_file: Path
+) -> None:
+    policy_file.write_text(POLICIES.replace("max_steps: 5}", "max_steps: 3, scope: thread}"))
+    assert client.post("/watchdog/v1/policies/reload", headers=AUTH).status_code == 200
+    bodies, store = Bodies(), InMemorySaver()
+    graph = agent_server.supervisor().attach(
+        endless(bodies, is_async=True, checkpointer=False), name="chat"
+    )
+    config = {"configurable": {"thread_id": "t"}}
+    portal = client.portal
+    assert portal is not None
+
+    def run_on_a_lent_saver(graph_input: Any) -> int:
+        served = graph.copy(update={"checkpointer": lent_saver(store)})
+        with pytest.raises(RunCancelled, match="thread"):
+            portal.call(served.ainvoke, graph_input, config)
+        return bodies.ran
+
+    assert run_on_a_lent_saver({"count": 0}) == 3
+    assert run_on_a_lent_saver(None) == 3  # blocked: the thread reached its limit
+    gc.collect()  # the runs' savers are gone; the store stays
+    path = "/watchdog/v1/threads/t/reset"
+    assert client.post(path).status_code == 401
+    answer = client.post(path, headers=AUTH)
+    assert (answer.status_code, answer.json()) == (200, {"thread_id": "t", "checkpointers": 1})
+    assert run_on_a_lent_saver(None) == 6  # three fresh steps

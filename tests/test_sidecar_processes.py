@@ -213,3 +213,47 @@ def test_the_flood_sends_events_shaped_as_real_runs_send_them() -> None:
 
     assert shapes(run_events("r", "g", cancelled=False)) == shapes(completed)
     assert shapes(run_events("r", "g", cancelled=True)) == shapes(cancelled)
+
+
+def test_a_threads_totals_reset_through_the_sidecar_reach_every_worker(tmp_path: Path) -> None:
+    pod = Pod(
+        tmp_path,
+        "version: 1\ndefaults: {warn_at: null, grace_seconds: 0}\npolicies:\n"
+        "- {name: thread-steps, step_count: {max_steps: 3, scope: thread}}\n",
+    )
+    pod.start_sidecar()
+    try:
+        assert pod.call("POST", "/v1/threads/t/reset")[0] == 503  # no worker to reset it
+        linked = {
+            name: Supervisor.connect(pod.url, TOKEN, worker=name, registry=CollectorRegistry())
+            for name in ("w-1", "w-2")
+        }
+        bodies = Bodies()
+        # Each worker keeps its threads in a checkpointer of its own; only w-1 has thread t.
+        apps = {
+            name: supervisor.attach(endless(bodies, is_async=False), name="chat")
+            for name, supervisor in linked.items()
+        }
+        config = {"configurable": {"thread_id": "t"}}
+        for graph_input in ({"count": 0}, None):  # the second is blocked as it begins
+            with pytest.raises(RunCancelled):
+                apps["w-1"].invoke(graph_input, config)
+        assert bodies.ran == 3
+        pod.wait_for("both workers", lambda: pod.get("/readyz")["workers"] == 2)
+
+        status, answer = pod.call("POST", "/v1/threads/t/reset")
+
+        assert status == 200, answer
+        assert answer["thread_id"] == "t"
+        assert answer["checkpointers"] == 1
+        assert sorted((w["worker"], w["checkpointers"]) for w in answer["workers"]) == [
+            ("w-1", 1),
+            ("w-2", 0),
+        ]
+        with pytest.raises(RunCancelled):
+            apps["w-1"].invoke(None, config)
+        assert bodies.ran == 6  # three fresh steps
+        for supervisor in linked.values():
+            supervisor.close()
+    finally:
+        pod.stop()

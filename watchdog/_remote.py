@@ -169,6 +169,8 @@ class LinkedSupervisor(Protocol):
 
     def cancel(self, run_id: str, reason: str = ...) -> bool: ...
 
+    def reset_thread_totals(self, thread_id: str) -> int: ...
+
     def internal_error(self, error: BaseException) -> None: ...
 
     def runs(self) -> list[RunInfo]: ...
@@ -451,21 +453,29 @@ class SidecarLink:
         return answered
 
     def _apply(self, command: object) -> dict[str, Any]:
-        if not (
-            isinstance(command, dict)
-            and isinstance(command.get("id"), str)
-            and command.get("type") == "cancel"
-            and isinstance(command.get("run_id"), str)
-        ):
-            msg = f"{self.url}/v1/commands sent {_shown(command)}, which is not a cancel"
+        """Apply a command the sidecar sent, once: one sent again gets the same answer."""
+        if not (isinstance(command, dict) and isinstance(command.get("id"), str)):
+            msg = f"{self.url}/v1/commands sent {_shown(command)}, which is not a command"
             raise SidecarAnswerError(msg)
         known = self._answered.get(command["id"])
         if known is not None:
             return known
-        run_id, reason = command["run_id"], command.get("reason")
-        applied = self.supervisor.cancel(run_id, reason if isinstance(reason, str) else "cancelled")
-        live = applied or any(run.run_id == run_id for run in self.supervisor.runs())
-        ack = {"id": command["id"], "applied": applied, "live": live}
+        kind = command.get("type")
+        if kind == "cancel" and isinstance(command.get("run_id"), str):
+            run_id, reason = command["run_id"], command.get("reason")
+            reason = reason if isinstance(reason, str) else "cancelled"
+            applied = self.supervisor.cancel(run_id, reason)
+            live = applied or any(run.run_id == run_id for run in self.supervisor.runs())
+            ack = {"id": command["id"], "applied": applied, "live": live}
+        elif kind == "reset_thread_totals" and isinstance(command.get("thread_id"), str):
+            reset = self.supervisor.reset_thread_totals(command["thread_id"])
+            ack = {"id": command["id"], "applied": reset > 0, "checkpointers": reset}
+        else:
+            msg = (
+                f"{self.url}/v1/commands sent {_shown(command)}, which is not a cancel or a "
+                "reset of a thread's totals"
+            )
+            raise SidecarAnswerError(msg)
         self._answered[command["id"]] = ack
         while len(self._answered) > MAX_ANSWERED:
             self._answered.popitem(last=False)

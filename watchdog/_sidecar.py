@@ -101,6 +101,24 @@ class CancelCommand:
 
 
 @dataclass
+class ResetCommand:
+    """A reset of a thread's ``scope: thread`` totals, sent to one worker process: it resets
+    them in the checkpointers it knows. ``checkpointers``: how many held totals of the
+    thread, once the worker has taken it."""
+
+    id: str
+    thread_id: str
+    taken: asyncio.Event = field(default_factory=asyncio.Event)
+    checkpointers: int | None = None
+
+    def as_message(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "reset_thread_totals", "thread_id": self.thread_id}
+
+
+Command = CancelCommand | ResetCommand
+
+
+@dataclass
 class RunRow:
     run_id: str
     worker: str
@@ -219,8 +237,8 @@ class WorkerRow:
     incarnation: str
     last_seen: float
     runs: set[str] = field(default_factory=set)  # the ids of its runs in the table
-    queued: list[CancelCommand] = field(default_factory=list)  # to send at its next poll
-    sent: dict[str, CancelCommand] = field(default_factory=dict)  # sent, not acknowledged
+    queued: list[Command] = field(default_factory=list)  # to send at its next poll
+    sent: dict[str, Command] = field(default_factory=dict)  # sent, not acknowledged
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     polling: int = 0  # long-polls in progress: a worker waiting for commands is alive
     # Runs whose end arrived since the worker last listed its live runs: a list taken just
@@ -525,17 +543,29 @@ class SidecarState:
         worker.wake.set()
         return command
 
+    def reset_thread_totals(self, thread_id: str) -> dict[WorkerKey, ResetCommand]:
+        """Queue a reset of a thread's totals for every worker process, and wake them."""
+        commands = {}
+        for key, worker in self.workers.items():
+            command = ResetCommand(f"c-{next(self._command_ids)}", thread_id)
+            worker.queued.append(command)
+            worker.wake.set()
+            commands[key] = command
+        return commands
+
     def acknowledged(self, worker: WorkerRow, acks: list[Ack]) -> None:
         """The worker took these commands. A worker acknowledges what it got with its next
         poll, so what is still unacknowledged then never reached it: it is sent again."""
         for ack in acks:
             command = worker.sent.pop(ack.id, None)
-            if command is None:
-                continue
-            command.applied, command.live = ack.applied, ack.live
-            command.taken.set()
-            if not ack.live and command.run_id in worker.runs:
-                self._lose(command.run_id)  # the worker does not have it: a ghost
+            if isinstance(command, ResetCommand):
+                command.checkpointers = ack.checkpointers or 0
+                command.taken.set()
+            elif command is not None:
+                command.applied, command.live = ack.applied, ack.live
+                command.taken.set()
+                if not ack.live and command.run_id in worker.runs:
+                    self._lose(command.run_id)  # the worker does not have it: a ghost
         if worker.sent:
             worker.queued[:0] = worker.sent.values()
             worker.sent.clear()
@@ -587,8 +617,9 @@ class EventBatch(BaseModel):
 
 class Ack(BaseModel):
     id: str = Field(max_length=64)
-    applied: bool  # the cancel stopped the run
+    applied: bool  # the cancel stopped the run; the reset found totals to reset
     live: bool = True  # the worker had the run
+    checkpointers: int | None = Field(default=None, ge=0)  # a reset: those that held totals
 
 
 class CommandPoll(BaseModel):
@@ -915,6 +946,40 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
             "reason": reason,
             "delivered": True,
             "applied": command.applied,
+        }
+
+    @app.post("/v1/threads/{thread_id}/reset", dependencies=guarded)
+    async def reset_thread_totals(
+        thread_id: str, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = CANCEL_WAIT
+    ) -> dict[str, Any]:
+        """Reset a thread's ``scope: thread`` totals, so a thread that reached its limit
+        takes runs again: every worker process resets them in the checkpointers it knows.
+        The answer comes once every worker has taken it (``checkpointers``: how many held
+        totals of the thread), or 504 when some did not within ``wait`` seconds (it stays
+        queued for them); 503 when no worker is linked."""
+        commands = state.reset_thread_totals(thread_id)
+        if not commands:
+            msg = "no worker is linked to the sidecar: none can reset the thread's totals"
+            raise HTTPException(status_code=503, detail=msg)
+        with contextlib.suppress(TimeoutError):
+            waits = (command.taken.wait() for command in commands.values())
+            await asyncio.wait_for(asyncio.gather(*waits), timeout=wait)
+        late = [key for key, command in commands.items() if not command.taken.is_set()]
+        if late:
+            names = ", ".join(f"{name!r} (incarnation {incarnation})" for name, incarnation in late)
+            msg = (
+                f"{'workers' if len(late) > 1 else 'worker'} {names} did not take the reset "
+                f"of thread {thread_id!r} within "
+                f"{wait:g} s; it stays queued for them"
+            )
+            raise HTTPException(status_code=504, detail=msg)
+        return {
+            "thread_id": thread_id,
+            "checkpointers": sum(command.checkpointers or 0 for command in commands.values()),
+            "workers": [
+                {"worker": name, "incarnation": incarnation, "checkpointers": c.checkpointers}
+                for (name, incarnation), c in commands.items()
+            ],
         }
 
     return app

@@ -180,6 +180,12 @@ async def _cancel_run(request: Request) -> Response:
     return JSONResponse({"detail": f"no live run {run_id!r} to cancel"}, status_code=404)
 
 
+async def _reset_thread_totals(request: Request) -> Response:
+    thread_id = request.path_params["thread_id"]
+    reset = await supervisor().areset_thread_totals(thread_id)
+    return JSONResponse({"thread_id": thread_id, "checkpointers": reset})
+
+
 async def _reload(request: Request) -> Response:
     supervisor()
     assert _watch is not None
@@ -216,6 +222,11 @@ app = Starlette(
         Route(f"{PREFIX}/v1/runs", _with_token(_list_runs), methods=["GET"]),
         Route(f"{PREFIX}/v1/runs/{{run_id}}", _with_token(_get_run), methods=["GET"]),
         Route(f"{PREFIX}/v1/runs/{{run_id}}/cancel", _with_token(_cancel_run), methods=["POST"]),
+        Route(
+            f"{PREFIX}/v1/threads/{{thread_id}}/reset",
+            _with_token(_reset_thread_totals),
+            methods=["POST"],
+        ),
         Route(f"{PREFIX}/v1/policies/reload", _with_token(_reload), methods=["POST"]),
     ],
     lifespan=_lifespan,
