@@ -204,6 +204,37 @@ def test_a_cancel_no_worker_takes_is_a_504_and_stays_queued_for_its_worker(
     assert command["run_id"] == "r-1"
 
 
+def test_a_thread_reset_goes_to_every_worker_and_says_which_took_it(client: TestClient) -> None:
+    assert client.post("/v1/threads/t/reset?wait=0", headers=AUTH).status_code == 409
+    ingest(client, "w-1", "i-1")
+    ingest(client, "w-2", "i-2")
+    answer = client.post("/v1/threads/t/reset?wait=0.05", headers=AUTH)
+    assert answer.status_code == 202  # neither worker has polled yet
+    assert answer.json() == {
+        "thread_id": "t",
+        "checkpointers": 0,
+        "workers": [
+            {"worker": "w-1", "incarnation": "i-1", "taken": False, "checkpointers": None},
+            {"worker": "w-2", "incarnation": "i-2", "taken": False, "checkpointers": None},
+        ],
+    }
+    [queued] = poll(client, "w-1", "i-1")
+    assert queued == {"id": queued["id"], "type": "reset_thread_totals", "thread_id": "t"}
+    for worker, incarnation in (("w-1", "i-1"), ("w-2", "i-2")):  # queued for each till taken
+        [command] = poll(client, worker, incarnation)
+        poll(client, worker, incarnation, acks=[{"id": command["id"], "applied": False}])
+    with ThreadPoolExecutor(1) as pool:
+        resetting = pool.submit(client.post, "/v1/threads/t/reset?wait=20", headers=AUTH)
+        for worker, incarnation, held in (("w-1", "i-1", 2), ("w-2", "i-2", 0)):
+            [command] = poll(client, worker, incarnation, wait=10)
+            ack = {"id": command["id"], "applied": held > 0, "checkpointers": held}
+            poll(client, worker, incarnation, acks=[ack])
+        answer = resetting.result(timeout=20)
+    assert answer.status_code == 200
+    assert answer.json()["checkpointers"] == 2
+    assert [w["taken"] for w in answer.json()["workers"]] == [True, True]
+
+
 def test_a_command_answered_into_a_lost_poll_is_sent_again(client: TestClient) -> None:
     ingest(client, "w-1", "i-1", started("r-1"))
     client.post("/v1/runs/r-1/cancel?wait=0", headers=AUTH)
@@ -422,6 +453,8 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", _app_for_the_schema())
 def test_no_request_makes_the_sidecar_fail(case: Any) -> None:
     if case.path == "/v1/commands" and isinstance(case.body, dict):
         case.body["wait"] = 0  # a long-poll would hold the test for its whole wait
+    if case.path == "/v1/threads/{thread_id}/reset":
+        case.query = {**(case.query or {}), "wait": 0}  # no worker of the test acknowledges
     for headers in ({}, AUTH):
         response = case.call(headers=headers)
         assert response.status_code < 500, response.text

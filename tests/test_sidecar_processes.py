@@ -223,7 +223,7 @@ def test_a_threads_totals_reset_through_the_sidecar_reach_every_worker(tmp_path:
     )
     pod.start_sidecar()
     try:
-        assert pod.call("POST", "/v1/threads/t/reset")[0] == 503  # no worker to reset it
+        assert pod.call("POST", "/v1/threads/t/reset")[0] == 409  # no worker to reset it
         linked = {
             name: Supervisor.connect(pod.url, TOKEN, worker=name, registry=CollectorRegistry())
             for name in ("w-1", "w-2")
@@ -246,9 +246,9 @@ def test_a_threads_totals_reset_through_the_sidecar_reach_every_worker(tmp_path:
         assert status == 200, answer
         assert answer["thread_id"] == "t"
         assert answer["checkpointers"] == 1
-        assert sorted((w["worker"], w["checkpointers"]) for w in answer["workers"]) == [
-            ("w-1", 1),
-            ("w-2", 0),
+        assert sorted((w["worker"], w["taken"], w["checkpointers"]) for w in answer["workers"]) == [
+            ("w-1", True, 1),
+            ("w-2", True, 0),
         ]
         with pytest.raises(RunCancelled):
             apps["w-1"].invoke(None, config)

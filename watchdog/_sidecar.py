@@ -950,35 +950,35 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
 
     @app.post("/v1/threads/{thread_id}/reset", dependencies=guarded)
     async def reset_thread_totals(
-        thread_id: str, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = CANCEL_WAIT
+        thread_id: str,
+        response: Response,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = CANCEL_WAIT,
     ) -> dict[str, Any]:
         """Reset a thread's ``scope: thread`` totals, so a thread that reached its limit
         takes runs again: every worker process resets them in the checkpointers it knows.
-        The answer comes once every worker has taken it (``checkpointers``: how many held
-        totals of the thread), or 504 when some did not within ``wait`` seconds (it stays
-        queued for them); 503 when no worker is linked."""
+        200 once every worker has taken it (``checkpointers``: how many held totals of the
+        thread); 202 when some did not within ``wait`` seconds (``taken`` false: it stays
+        queued for them); 409 when no worker is linked."""
         commands = state.reset_thread_totals(thread_id)
         if not commands:
             msg = "no worker is linked to the sidecar: none can reset the thread's totals"
-            raise HTTPException(status_code=503, detail=msg)
+            raise HTTPException(status_code=409, detail=msg)
         with contextlib.suppress(TimeoutError):
             waits = (command.taken.wait() for command in commands.values())
             await asyncio.wait_for(asyncio.gather(*waits), timeout=wait)
-        late = [key for key, command in commands.items() if not command.taken.is_set()]
-        if late:
-            names = ", ".join(f"{name!r} (incarnation {incarnation})" for name, incarnation in late)
-            msg = (
-                f"{'workers' if len(late) > 1 else 'worker'} {names} did not take the reset "
-                f"of thread {thread_id!r} within "
-                f"{wait:g} s; it stays queued for them"
-            )
-            raise HTTPException(status_code=504, detail=msg)
+        if not all(command.taken.is_set() for command in commands.values()):
+            response.status_code = 202
         return {
             "thread_id": thread_id,
             "checkpointers": sum(command.checkpointers or 0 for command in commands.values()),
             "workers": [
-                {"worker": name, "incarnation": incarnation, "checkpointers": c.checkpointers}
-                for (name, incarnation), c in commands.items()
+                {
+                    "worker": name,
+                    "incarnation": incarnation,
+                    "taken": command.taken.is_set(),
+                    "checkpointers": command.checkpointers,
+                }
+                for (name, incarnation), command in commands.items()
             ],
         }
 
