@@ -136,3 +136,17 @@ def test_port_0_takes_a_free_port_and_says_which(policy_file: Path, token_file: 
         wait_for("an answer there", lambda: answers(f"{listening[1]}/healthz"), timeout=60)
     finally:
         sidecar.stop()
+
+
+def test_the_sidecar_imports_no_langgraph() -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import watchdog._sidecar"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "watchdog._sidecar" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("langgraph", "langchain_core")}

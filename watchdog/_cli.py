@@ -92,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="watchdog",
         description="A policy-driven watchdog that cancels runaway LangGraph runs.",
     )
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        nargs=0,
+        default=argparse.SUPPRESS,
+        help="print the version and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check_parser = commands.add_parser(
         "check",
@@ -154,6 +161,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_parser.set_defaults(run=_serve_command)
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked for
+    (importlib.metadata would add a third to the start-up time of every command)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        import importlib.metadata  # noqa: PLC0415
+
+        try:
+            version = importlib.metadata.version("langgraph-watchdog")
+        except importlib.metadata.PackageNotFoundError:  # a source tree never installed
+            version = "(not installed)"
+        print(f"{parser.prog} {version}")
+        parser.exit()
 
 
 def _serve_problem(args: argparse.Namespace) -> str | None:

@@ -21,13 +21,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _events
 from ._loading import load_policy_texts
 from ._metrics import Metrics
 from ._policies import PolicySet
-from ._run import RunInfo
+
+if TYPE_CHECKING:
+    from ._run import RunInfo  # which imports LangGraph: ``watchdog serve`` does without
 
 __all__ = ["LinkedSupervisor", "SidecarLink", "fetch_policies"]
 
