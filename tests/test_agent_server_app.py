@@ -51,9 +51,12 @@ def test_the_supervisor_is_one_per_process_and_lends_checkpointers(client: TestC
 
 
 def test_the_run_api_needs_the_token(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert client.get("/watchdog/v1/runs").status_code == 401
+    missing = client.get("/watchdog/v1/runs")
+    assert (missing.status_code, missing.json()) == (401, {"detail": "a bearer token is required"})
+    assert missing.headers["www-authenticate"] == "Bearer"
     wrong = client.get("/watchdog/v1/runs", headers={"Authorization": "Bearer nope"})
     assert (wrong.status_code, wrong.json()) == (401, {"detail": "the bearer token was refused"})
+    assert wrong.headers["www-authenticate"] == 'Bearer error="invalid_token"'
     assert client.get("/watchdog/v1/runs", headers=AUTH).json() == {"runs": []}
     monkeypatch.delenv("WATCHDOG_TOKEN")
     off = client.get("/watchdog/v1/runs", headers=AUTH)

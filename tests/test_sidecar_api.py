@@ -93,15 +93,36 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     ],
 )
 @pytest.mark.parametrize(
-    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]
+    ("headers", "refused"),
+    [
+        ({}, False),
+        ({"Authorization": TOKEN}, False),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, False),
+        ({"Authorization": "Bearer "}, False),
+        ({"Authorization": "Bearer wrong"}, True),
+        ({"Authorization": f"Bearer {TOKEN}x"}, True),
+    ],
+    ids=["none", "no scheme", "basic", "empty bearer", "wrong bearer", "longer bearer"],
 )
 def test_every_v1_endpoint_answers_401_without_the_token_and_changes_nothing(
-    client: TestClient, method: str, path: str, body: Any, headers: dict[str, str]
+    client: TestClient,
+    method: str,
+    path: str,
+    body: Any,
+    *,
+    headers: dict[str, str],
+    refused: bool,
 ) -> None:
+    """No bearer token is told one is required; a wrong one that it was refused (RFC 6750)."""
     before = (client.get("/metrics")).text
     answer = client.request(method, path, json=body, headers=headers)
     assert answer.status_code == 401
-    assert answer.headers["www-authenticate"] == "Bearer"
+    if refused:
+        assert answer.json() == {"detail": "the bearer token was refused"}
+        assert answer.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    else:
+        assert answer.json() == {"detail": "a bearer token is required"}
+        assert answer.headers["www-authenticate"] == "Bearer"
     assert (client.get("/v1/runs", headers=AUTH)).json() == {"runs": []}
     after = samples((client.get("/metrics")).text)
     assert {k: v for k, v in after.items() if "created" not in k[0]} == {

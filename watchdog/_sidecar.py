@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hmac
 import itertools
 import json
 import math
@@ -42,6 +41,7 @@ from . import _events
 from ._metrics import Metrics
 from ._policy_source import PolicySource
 from ._remote import EVENTS_BODY_LIMIT
+from ._run_api import refusal
 
 __all__ = ["PolicySource", "SidecarState", "StartError", "create_app", "serve"]
 
@@ -658,12 +658,11 @@ class BodyTooSlow(HTTPException):
         super().__init__(status_code=408, detail=detail, headers={"Connection": "close"})
 
 
-def _bearer(scope: Scope, token: bytes) -> bool:
+def _authorization(scope: Scope) -> bytes | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
-            scheme, _, given = value.partition(b" ")
-            return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
-    return False
+            return bytes(value)
+    return None
 
 
 async def _refuse(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
@@ -701,15 +700,12 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if (
-            path not in OPEN_PATHS
-            and not path.startswith("/docs/")
-            and not _bearer(scope, self.token)
-        ):
-            await _refuse(
-                send, 401, "a bearer token is required", [(b"www-authenticate", b"Bearer")]
-            )
-            return
+        if path not in OPEN_PATHS and not path.startswith("/docs/"):
+            refused = refusal(_authorization(scope), self.token)
+            if refused is not None:
+                detail, challenge = refused
+                await _refuse(send, 401, detail, [(b"www-authenticate", challenge)])
+                return
         limit = EVENTS_BODY_LIMIT if path == "/v1/events" else BODY_LIMIT
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -766,13 +762,12 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
     state = SidecarState(source, registry, worker_timeout=worker_timeout)
 
     def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(
-                status_code=401,
-                detail="a bearer token is required",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        given = None if authorization is None else authorization.encode("latin-1")
+        refused = refusal(given, token.encode())
+        if refused is not None:
+            detail, challenge = refused
+            headers = {"WWW-Authenticate": challenge.decode()}
+            raise HTTPException(status_code=401, detail=detail, headers=headers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

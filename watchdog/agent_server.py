@@ -24,7 +24,6 @@ when the server stops.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import os
 import threading
@@ -40,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ._policy_source import PolicySource
+from ._run_api import refusal
 from ._supervisor import Supervisor
 
 __all__ = ["app", "supervisor"]
@@ -128,14 +128,12 @@ def _with_token(handler: Handler) -> Handler:
                 {"detail": "the watchdog's run API is off: set WATCHDOG_TOKEN to turn it on"},
                 status_code=503,
             )
-        given = request.headers.get("authorization", "")
-        scheme, _, credentials = given.partition(" ")
-        if not given:
-            return JSONResponse({"detail": "a bearer token is required"}, status_code=401)
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credentials.strip().encode(), token.encode()
-        ):
-            return JSONResponse({"detail": "the bearer token was refused"}, status_code=401)
+        given = request.headers.get("authorization")
+        refused = refusal(None if given is None else given.encode("latin-1"), token.encode())
+        if refused is not None:
+            detail, challenge = refused
+            headers = {"WWW-Authenticate": challenge.decode()}
+            return JSONResponse({"detail": detail}, status_code=401, headers=headers)
         return await handler(request)
 
     return guarded
