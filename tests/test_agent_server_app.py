@@ -75,9 +75,14 @@ def test_a_live_run_is_listed_and_cancelled(client: TestClient) -> None:
     [run] = runs
     assert client.get(f"/watchdog/v1/runs/{run['run_id']}", headers=AUTH).json() == run
     path = f"/watchdog/v1/runs/{run['run_id']}/cancel"
-    assert client.post(path, content=b"[1]", headers=AUTH).status_code == 422
-    assert client.post(path, content=b"{", headers=AUTH).status_code == 422
-    assert client.post(path, json={"reason": "stop"}, headers=AUTH).status_code == 202
+    for bad in (b"[1]", b"{", b"reason=stop", b'{"reason": 5}'):
+        refused = client.post(path, content=bad, headers=AUTH)
+        assert refused.status_code == 422
+        detail = refused.json()["detail"]
+        assert detail.startswith(('the body must be a JSON object like {"reason"', "reason: "))
+    # What `curl -d` sends: JSON, under a form's content type.
+    form = {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}
+    assert client.post(path, content=b'{"reason": "stop"}', headers=form).status_code == 202
     with pytest.raises(RunCancelled, match=r"cancelled \(manual\): stop"):
         future.result(timeout=30)
     assert client.post(path, json={"reason": "stop"}, headers=AUTH).status_code == 404

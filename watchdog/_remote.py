@@ -27,6 +27,7 @@ from . import _events
 from ._loading import load_policy_texts
 from ._metrics import Metrics
 from ._policies import PolicySet
+from ._run_api import shown
 
 if TYPE_CHECKING:
     from ._run import RunInfo  # which imports LangGraph: ``watchdog serve`` does without
@@ -52,11 +53,6 @@ RETRY_STATUSES = frozenset({408, 425, 429})
 
 class SidecarAnswerError(ValueError):
     """The sidecar (or something in its place, a proxy) answered what it never sends."""
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 class SidecarError(OSError):
@@ -442,7 +438,7 @@ class SidecarLink:
         )
         commands = answer.get("commands") if isinstance(answer, dict) else None
         if not isinstance(commands, list):
-            msg = f"{url} answered {_shown(answer)}, which is not {{'commands': [...]}}"
+            msg = f"{url} answered {shown(answer)}, which is not {{'commands': [...]}}"
             raise SidecarAnswerError(msg)
         answered = []
         for command in commands:
@@ -459,7 +455,7 @@ class SidecarLink:
             and command.get("type") == "cancel"
             and isinstance(command.get("run_id"), str)
         ):
-            msg = f"{self.url}/v1/commands sent {_shown(command)}, which is not a cancel"
+            msg = f"{self.url}/v1/commands sent {shown(command)}, which is not a cancel"
             raise SidecarAnswerError(msg)
         known = self._answered.get(command["id"])
         if known is not None:

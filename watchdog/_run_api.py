@@ -1,5 +1,5 @@
 """What the two run APIs share, the sidecar's (``_sidecar``) and the Agent Server app's
-(``agent_server``): the bearer token check.
+(``agent_server``): the bearer token check and the cancel's body.
 
 Only the standard library: the Agent Server's environment has no FastAPI.
 """
@@ -7,8 +7,12 @@ Only the standard library: the Agent Server's environment has no FastAPI.
 from __future__ import annotations
 
 import hmac
+import json
 
-__all__ = ["refusal"]
+__all__ = ["BodyError", "cancel_reason", "refusal", "shown"]
+
+MAX_REASON = 1000  # characters of a cancel's reason
+CANCEL_BODY = 'a JSON object like {"reason": "..."}'
 
 
 def refusal(authorization: bytes | None, token: bytes) -> tuple[str, bytes] | None:
@@ -25,3 +29,44 @@ def refusal(authorization: bytes | None, token: bytes) -> tuple[str, bytes] | No
     if hmac.compare_digest(given, token):
         return None
     return "the bearer token was refused", b'Bearer error="invalid_token"'
+
+
+class BodyError(ValueError):
+    """A request body that is not what the endpoint takes; ``key`` names the field at fault,
+    if one is."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def cancel_reason(body: bytes, default: str) -> str:
+    """The reason a cancel's body gives, ``default`` when it gives none (an empty body, or no
+    ``reason`` key); ``BodyError`` when the body is not a JSON object with a string reason.
+
+    The body is read as JSON whatever its Content-Type says: ``curl -d '{"reason": "x"}'``
+    sends it as a form.
+    """
+    if not body.strip():
+        return default
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep to read
+        text = body[:80].decode("utf-8", "replace")
+        msg = f"the body must be {CANCEL_BODY}, got {shown(text)}, which is not JSON"
+        raise BodyError(msg) from None
+    if not isinstance(data, dict):
+        msg = f"the body must be {CANCEL_BODY}, got {shown(data)}"
+        raise BodyError(msg)
+    reason = data.get("reason", default)
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        msg = f"reason: expected a string of at most {MAX_REASON} characters, got {shown(reason)}"
+        raise BodyError(msg, "reason")
+    # JSON may hold lone surrogates, which no answer or log line could encode.
+    return reason.encode("utf-8", "replace").decode()
+
+
+def shown(value: object) -> str:
+    """``value`` as a message quotes it: its repr, cut to 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."

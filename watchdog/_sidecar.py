@@ -41,7 +41,7 @@ from . import _events
 from ._metrics import Metrics
 from ._policy_source import PolicySource
 from ._remote import EVENTS_BODY_LIMIT
-from ._run_api import refusal
+from ._run_api import MAX_REASON, BodyError, cancel_reason, refusal
 
 __all__ = ["PolicySource", "SidecarState", "StartError", "create_app", "serve"]
 
@@ -642,8 +642,32 @@ def _event_batch(body: bytes) -> EventBatch:
     raise RequestValidationError(problems)
 
 
+CANCEL_REASON = "cancelled through the sidecar"
+
+
 class CancelRequest(BaseModel):
-    reason: str = Field(default="cancelled through the sidecar", max_length=1000)
+    reason: str = Field(default=CANCEL_REASON, max_length=MAX_REASON)
+
+
+# The cancel reads its body itself, as JSON whatever its Content-Type (see ``cancel_reason``).
+CANCEL_BODY = {
+    "requestBody": {
+        "required": False,
+        "description": "Read as JSON whatever the Content-Type; an empty body gives no reason.",
+        "content": {"application/json": {"schema": CancelRequest.model_json_schema()}},
+    }
+}
+
+
+def _cancel_reason(body: bytes) -> str:
+    """The reason a cancel's body gives; a bad body is a 422 shaped as FastAPI's own."""
+    try:
+        return cancel_reason(body, CANCEL_REASON)
+    except BodyError as error:
+        loc = ("body",) if error.key is None else ("body", error.key)
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": loc, "msg": str(error)}]
+        ) from None
 
 
 class BodyTooLarge(HTTPException):
@@ -876,16 +900,21 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
             raise HTTPException(status_code=404, detail=f"no run {run_id!r} in the table")
         return row.as_dict()
 
-    @app.post("/v1/runs/{run_id}/cancel", status_code=202, dependencies=guarded)
+    @app.post(
+        "/v1/runs/{run_id}/cancel",
+        status_code=202,
+        dependencies=guarded,
+        openapi_extra=CANCEL_BODY,
+    )
     async def cancel(
         run_id: str,
+        request: Request,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = CANCEL_WAIT,
-        request: CancelRequest | None = None,
     ) -> dict[str, Any]:
         """Cancel a run in the worker that owns it. The answer comes once that worker has
         taken the cancel (``applied``: whether it stopped the run; false when it was
         stopping already), or 504 when it did not within ``wait`` seconds."""
-        reason = (request or CancelRequest()).reason
+        reason = _cancel_reason(await request.body())
         row = state.runs.get(run_id)
         if row is None:
             raise HTTPException(status_code=404, detail=f"no live run {run_id!r}")

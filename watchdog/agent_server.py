@@ -24,7 +24,6 @@ when the server stops.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ._policy_source import PolicySource
-from ._run_api import refusal
+from ._run_api import BodyError, cancel_reason, refusal
 from ._supervisor import Supervisor
 
 __all__ = ["app", "supervisor"]
@@ -162,17 +161,10 @@ async def _cancel_run(request: Request) -> Response:
     body = await request.body()
     if len(body) > MAX_BODY:
         return JSONResponse({"detail": "the body is too large"}, status_code=413)
-    reason = "cancelled by request"
-    if body:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            return JSONResponse({"detail": "the body is not JSON"}, status_code=422)
-        if not isinstance(data, dict) or not isinstance(data.get("reason", reason), str):
-            return JSONResponse(
-                {"detail": 'expected {"reason": "..."}, with a string reason'}, status_code=422
-            )
-        reason = data.get("reason", reason)
+    try:
+        reason = cancel_reason(body, "cancelled by request")
+    except BodyError as error:
+        return JSONResponse({"detail": str(error)}, status_code=422)
     if supervisor().cancel(run_id, reason):
         return JSONResponse({"run_id": run_id, "cancelled": True}, status_code=202)
     return JSONResponse({"detail": f"no live run {run_id!r} to cancel"}, status_code=404)
