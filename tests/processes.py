@@ -31,6 +31,10 @@ policies:
 """
 
 
+# A time as the APIs write it: RFC 3339, in UTC, to the millisecond.
+RFC_3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,9 +20,11 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import wait_for
+from tests.processes import RFC_3339, wait_for
 from watchdog._metrics import Metrics
+from watchdog._run_api import MAX_REASON
 from watchdog._sidecar import (
+    MAX_COUNT,
     MAX_LABEL_LENGTH,
     MAX_RUN_POLICIES,
     MAX_RUNS,
@@ -268,6 +272,86 @@ def test_a_workers_list_of_live_runs_makes_its_part_of_the_table(client: TestCli
     assert left == {"r-2", "r-3"}
     values = samples(client.get("/metrics").text)
     assert values[("watchdog_active_runs", (("graph", "billing"),))] == 0
+
+
+START = 1795468227.123  # 2026-11-23T21:10:27.123Z
+
+
+def test_runs_show_steps_tokens_and_times_as_their_worker_lists_them(client: TestClient) -> None:
+    ingest(client, "w-1", "i-1", {**started("r-1"), "timestamp": START})
+    [row] = client.get("/v1/runs", headers=AUTH).json()["runs"]
+    assert (row["started_at"], row["steps"], row["tokens"]) == ("2026-11-23T21:10:27.123Z", 0, 0)
+    assert row["finished_at"] is None
+    # The list every 2 s: r-1's progress, and r-2, whose start the table missed.
+    before = time.time()
+    live = [["r-1", "agent", "t", 7, 1830, START], ["r-2", "agent", None, 2, 0, before - 30]]
+    ingest(client, "w-1", "i-1", live=live)
+    rows = {r["run_id"]: r for r in client.get("/v1/runs", headers=AUTH).json()["runs"]}
+    assert (rows["r-1"]["steps"], rows["r-1"]["tokens"]) == (7, 1830)
+    assert rows["r-1"]["started_at"] == "2026-11-23T21:10:27.123Z", "kept from its start"
+    assert 30 <= rows["r-2"]["elapsed_s"] <= time.time() - before + 30 + 0.001
+    assert re.fullmatch(RFC_3339, rows["r-2"]["started_at"])
+    # Its end says how far it got, and how long it ran.
+    ingest(client, "w-1", "i-1", {**finished("r-1", "completed"), "steps": 9, "tokens": 2000})
+    ended = client.get("/v1/runs/r-1", headers=AUTH).json()
+    assert (ended["status"], ended["steps"], ended["tokens"]) == ("completed", 9, 2000)
+    assert ended["elapsed_s"] == 1.5
+    assert re.fullmatch(RFC_3339, ended["finished_at"])
+
+
+@pytest.mark.parametrize(
+    "odd",
+    ["7", None, True, -1, 1.5e300, 10**400, [7], {"n": 7}, math.nan, math.inf],
+    ids=repr,
+)
+def test_odd_numbers_in_a_live_list_are_ignored_and_the_batch_taken(
+    client: TestClient, odd: Any
+) -> None:
+    """Workers are trusted with the token, not with their numbers: a value that is not a
+    count or a time leaves what the table knew, and nothing fails."""
+    ingest(client, "w-1", "i-1", started("r-1"), live=[["r-1", "agent", "t", 3, 40, START]])
+    body = {"worker": "w-1", "incarnation": "i-1", "events": [], "live": [
+        ["r-1", "agent", "t", odd, odd, odd], ["r-2", "agent", "t", odd, odd, odd],
+    ]}  # fmt: skip
+    assert post_raw(client, json.dumps(body).encode()).status_code == 202
+    rows = {r["run_id"]: r for r in client.get("/v1/runs", headers=AUTH).json()["runs"]}
+    if odd == 1.5e300:  # a number, too large to be a count or a time: the most there is
+        assert (rows["r-1"]["steps"], rows["r-2"]["started_at"]) == (MAX_COUNT, None)
+    else:
+        assert (rows["r-1"]["steps"], rows["r-1"]["tokens"]) == (3, 40)
+        assert (rows["r-2"]["steps"], rows["r-2"]["started_at"]) == (0, None)
+    assert rows["r-2"]["elapsed_s"] is None
+    end = {**finished("r-1", "completed"), "steps": odd, "elapsed_s": odd}
+    batch = {"worker": "w-1", "incarnation": "i-1", "events": [end]}
+    assert post_raw(client, json.dumps(batch).encode()).status_code == 202
+    assert client.get("/v1/runs/r-1", headers=AUTH).json()["status"] == "completed"
+
+
+def test_a_workers_end_of_a_run_is_kept_bounded(client: TestClient) -> None:
+    ingest(client, "w-1", "i-1", started("r-1"), {**finished("r-1", "x" * 100_000)})
+    assert client.get("/v1/runs/r-1", headers=AUTH).json()["status"] == "x" * MAX_TABLE_TEXT
+
+
+def test_the_api_description_shows_what_a_run_holds(client: TestClient) -> None:
+    ingest(client, "w-1", "i-1", started("r-1"))
+    client.post("/v1/runs/r-1/cancel?wait=0", headers=AUTH)
+    served = client.get("/v1/runs/r-1", headers=AUTH).json()
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert set(schemas["RunState"]["properties"]) == set(served)
+    assert set(schemas["CancelState"]["properties"]) == set(served["cancel"])
+    for time_of in (
+        schemas["RunState"]["properties"][key] for key in ("started_at", "finished_at")
+    ):
+        assert time_of["anyOf"][0]["format"] == "date-time"
+    assert schemas["CancelState"]["properties"]["requested_at"]["format"] == "date-time"
+    assert re.fullmatch(RFC_3339, served["cancel"]["requested_at"])
+    paths = client.get("/openapi.json").json()["paths"]
+    listed = paths["/v1/runs"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert listed["schema"] == {"$ref": "#/components/schemas/RunList"}
+    body = paths["/v1/runs/{run_id}/cancel"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["properties"]["reason"]["maxLength"] == (
+        MAX_REASON
+    )
 
 
 @pytest.mark.parametrize(

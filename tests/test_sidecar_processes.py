@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import signal
 import time
 import uuid
@@ -15,7 +16,7 @@ from langchain_core.messages import AIMessage
 from prometheus_client import CollectorRegistry
 
 from tests.graphs import Bodies, endless, policies, react_agent, scripted, tool_call
-from tests.processes import POLICIES, TOKEN, Pod
+from tests.processes import POLICIES, RFC_3339, TOKEN, Pod
 from tests.sidecar_worker import flood_events, run_events
 from watchdog import RunCancelled, Supervisor
 from watchdog._remote import BATCH, SidecarLink
@@ -147,6 +148,31 @@ def test_a_sidecar_hung_then_killed_under_load_blocks_no_run_and_workers_reconne
     down = [t for t in ends if hung < t < restarted]
     print(f"{len(down)} runs completed while the sidecar was away; longest gap {max(gaps):.3f} s")
     assert max(gaps) < 2.0, "a run waited on the sidecar (its link's timeouts are 5 s)"
+
+
+def test_runs_show_their_steps_tokens_and_times(pod: Pod) -> None:
+    slow = str(uuid.uuid4())
+    worker = pod.worker("w-1", {"slow": [slow], "chat": 1})
+    chat = worker.expect("run_id")
+    assert chat["outcome"] == "completed", chat
+    pod.wait_for(
+        "steps in the list", lambda: pod.call("GET", f"/v1/runs/{slow}")[1].get("steps", 0) > 0
+    )
+    live = pod.get(f"/v1/runs/{slow}")
+    assert re.fullmatch(RFC_3339, live["started_at"]), live
+    assert live["elapsed_s"] > 0
+    assert live["finished_at"] is None
+    ended_chat = f"/v1/runs/{chat['run_id']}"
+    pod.wait_for("the chat run's end", lambda: pod.call("GET", ended_chat)[1].get("finished_at"))
+    completed = pod.get(ended_chat)
+    assert (completed["status"], completed["tokens"]) == ("completed", 240)  # 2 calls, 120 each
+    assert completed["steps"] > 0
+    assert re.fullmatch(RFC_3339, completed["finished_at"])
+    assert pod.post(f"/v1/runs/{slow}/cancel", {"reason": "enough"}) == 202
+    pod.wait_for("its end", lambda: pod.get(f"/v1/runs/{slow}")["status"] == "cancelled")
+    ended = pod.get(f"/v1/runs/{slow}")
+    assert ended["steps"] >= live["steps"]
+    assert ended["elapsed_s"] >= live["elapsed_s"]
 
 
 def test_sighup_reloads_the_policies_at_once(tmp_path: Path) -> None:

@@ -51,6 +51,9 @@ AUTH_STATUSES = frozenset({401, 403, 407})
 RETRY_STATUSES = frozenset({408, 425, 429})
 
 
+Listed = list[str | int | float | None]  # a live run, as the sidecar's table lists it
+
+
 class SidecarAnswerError(ValueError):
     """The sidecar (or something in its place, a proxy) answered what it never sends."""
 
@@ -278,9 +281,10 @@ class SidecarLink:
             "sidecar_batch_refused", url=self.url, status=status, events=len(batch)
         )
 
-    def _live_runs(self) -> list[list[str | None]] | None:
-        """The worker's live runs, as the sidecar's table lists them; None when there are
-        more than the sidecar keeps (it could not take the list)."""
+    def _live_runs(self) -> list[Listed] | None:
+        """The worker's live runs, as the sidecar's table lists them: id, graph, thread,
+        steps, tokens and start (epoch seconds). None when there are more than the sidecar
+        keeps (it could not take the list)."""
         runs = self.supervisor.runs()
         if len(runs) > MAX_SYNC_RUNS:
             return None
@@ -289,6 +293,9 @@ class SidecarLink:
                 run.run_id,
                 run.graph[:MAX_LISTED_TEXT],
                 run.thread_id and run.thread_id[:MAX_LISTED_TEXT],
+                run.steps,
+                run.tokens,
+                round(run.started_at.timestamp(), 3),
             ]
             for run in runs
         ]
@@ -336,14 +343,14 @@ class SidecarLink:
                 live = None
 
     def _fitting(
-        self, batch: list[dict[str, Any]], live: list[list[str | None]] | None = None
+        self, batch: list[dict[str, Any]], live: list[Listed] | None = None
     ) -> tuple[list[dict[str, Any]], bytes, bool]:
         """The batch as a body the sidecar takes: long texts cut if it is too large, and only
         its first half (the rest back in the buffer) while it still is. With the body, whether
         it lists the ``live`` runs: not when part of the batch went back, as the list must
         come after every event older than it."""
 
-        def body(events: list[dict[str, Any]], live: list[list[str | None]] | None) -> bytes:
+        def body(events: list[dict[str, Any]], live: list[Listed] | None) -> bytes:
             fields: dict[str, Any] = {"worker": self.worker, "incarnation": self.incarnation}
             return _encode({**fields, "events": events, **({} if live is None else {"live": live})})
 

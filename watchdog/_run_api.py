@@ -1,5 +1,5 @@
 """What the two run APIs share, the sidecar's (``_sidecar``) and the Agent Server app's
-(``agent_server``): the bearer token check and the cancel's body.
+(``agent_server``): the bearer token check, the cancel's body, and how a time is written.
 
 Only the standard library: the Agent Server's environment has no FastAPI.
 """
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hmac
 import json
+from datetime import UTC, datetime
 
-__all__ = ["BodyError", "cancel_reason", "refusal", "shown"]
+__all__ = ["BodyError", "cancel_reason", "refusal", "shown", "timestamp"]
 
 MAX_REASON = 1000  # characters of a cancel's reason
 CANCEL_BODY = 'a JSON object like {"reason": "..."}'
@@ -70,3 +71,10 @@ def shown(value: object) -> str:
     """``value`` as a message quotes it: its repr, cut to 80 characters."""
     text = repr(value)
     return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def timestamp(seconds: float) -> str:
+    """A time in epoch ``seconds`` as the APIs write it: RFC 3339, in UTC, to the
+    millisecond (``2026-11-23T21:10:27.123Z``)."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"

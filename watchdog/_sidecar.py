@@ -41,7 +41,7 @@ from . import _events
 from ._metrics import Metrics
 from ._policy_source import PolicySource
 from ._remote import EVENTS_BODY_LIMIT
-from ._run_api import MAX_REASON, BodyError, cancel_reason, refusal
+from ._run_api import MAX_REASON, BodyError, cancel_reason, refusal, timestamp
 
 __all__ = ["PolicySource", "SidecarState", "StartError", "create_app", "serve"]
 
@@ -63,6 +63,10 @@ MAX_RUN_POLICIES = 50
 MAX_RUNS = 20_000
 MAX_ENDED_RUNS = 1000  # ended runs kept for GET /v1/runs/{run_id}
 MAX_WORKERS = 1000
+# What the run table takes of a worker's numbers: counts up to the largest integer every JSON
+# reader keeps exact, times up to the last second RFC 3339 (and datetime) can write.
+MAX_COUNT = 2**53
+MAX_EPOCH = 253_402_300_799.0  # 9999-12-31T23:59:59Z
 OPEN_PATHS = frozenset(("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"))
 
 Scope = MutableMapping[str, Any]
@@ -94,7 +98,7 @@ class CancelCommand:
     def as_dict(self) -> dict[str, Any]:
         return {
             "reason": self.reason,
-            "requested_at": self.requested_at,
+            "requested_at": timestamp(self.requested_at),
             "delivered": self.taken.is_set(),
             "applied": self.applied,
         }
@@ -107,28 +111,49 @@ class RunRow:
     incarnation: str
     thread_id: str | None
     graph: str
-    started_at: str
+    started_at: float | None  # epoch seconds, as its worker says; None until one says
     status: str = "running"
     policies: list[str] = field(default_factory=list)
     cancel: CancelCommand | None = None  # the latest cancel asked for through the sidecar
     finished_at: float | None = None
+    steps: int = 0
+    tokens: int = 0
+    duration: float | None = None  # seconds, once it ended
 
     @property
     def owner(self) -> WorkerKey:
         return (self.worker, self.incarnation)
 
-    def as_dict(self) -> dict[str, Any]:
+    def progressed(
+        self, steps: object = None, tokens: object = None, started_at: object = None
+    ) -> None:
+        """What its worker says of the run; a value that is not a number >= 0 is ignored."""
+        if (count := _finite(steps)) is not None:
+            self.steps = int(min(count, MAX_COUNT))
+        if (count := _finite(tokens)) is not None:
+            self.tokens = int(min(count, MAX_COUNT))
+        if self.started_at is None:
+            self.started_at = _moment(started_at)
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """The run as the API shows it, ``now`` (epoch seconds) being when it is asked."""
+        elapsed = self.duration
+        if elapsed is None and self.started_at is not None:
+            elapsed = round(max(0.0, now - self.started_at), 3)
         return {
             "run_id": self.run_id,
             "worker": self.worker,
             "incarnation": self.incarnation,
             "thread_id": self.thread_id,
             "graph": self.graph,
-            "started_at": self.started_at,
             "status": self.status,
+            "started_at": None if self.started_at is None else timestamp(self.started_at),
+            "finished_at": None if self.finished_at is None else timestamp(self.finished_at),
+            "elapsed_s": elapsed,
+            "steps": self.steps,
+            "tokens": self.tokens,
             "policies": self.policies,
             "cancel": None if self.cancel is None else self.cancel.as_dict(),
-            "finished_at": self.finished_at,
         }
 
 
@@ -226,6 +251,10 @@ class WorkerRow:
     # Runs whose end arrived since the worker last listed its live runs: a list taken just
     # before that end must not bring them back.
     ended_since_sync: set[str] = field(default_factory=set)
+
+    @property
+    def key(self) -> WorkerKey:
+        return (self.worker, self.incarnation)
 
 
 class BackgroundLoop:
@@ -389,24 +418,23 @@ class SidecarState:
         batch): it leaves the table, counted as lost. A listed run the table lacks (its
         start was lost, or this sidecar restarted since) comes in.
         """
-        listed = {
-            run_id: (graph[:MAX_TABLE_TEXT], thread_id and thread_id[:MAX_TABLE_TEXT])
-            for run_id, graph, thread_id in live
-        }
+        listed = {entry[0]: entry for entry in live}
         for run_id in [r for r in worker.runs if r not in listed]:
             self._lose(run_id)
-        for run_id, (graph, thread_id) in listed.items():
-            if run_id not in self.runs and run_id not in worker.ended_since_sync:
-                self._add(
-                    RunRow(
-                        run_id=run_id,
-                        worker=worker.worker,
-                        incarnation=worker.incarnation,
-                        thread_id=thread_id,
-                        graph=graph,
-                        started_at="",
-                    )
+        for run_id, graph, thread_id, *progress in listed.values():
+            row = self.runs.get(run_id)
+            if row is None and run_id not in worker.ended_since_sync:
+                row = RunRow(
+                    run_id=run_id,
+                    worker=worker.worker,
+                    incarnation=worker.incarnation,
+                    thread_id=thread_id and thread_id[:MAX_TABLE_TEXT],
+                    graph=graph[:MAX_TABLE_TEXT],
+                    started_at=None,
                 )
+                self._add(row)
+            if row is not None and self.runs.get(run_id) is row and row.owner == worker.key:
+                row.progressed(*progress)
         worker.ended_since_sync.clear()
 
     def _apply(self, worker: WorkerRow, event: Mapping[str, Any], moves: dict[Any, float]) -> None:
@@ -422,17 +450,21 @@ class SidecarState:
                 incarnation=worker.incarnation,
                 thread_id=None if thread_id is None else str(thread_id)[:MAX_TABLE_TEXT],
                 graph=graph[:MAX_TABLE_TEXT],
-                started_at=str(event.get("timestamp", ""))[:MAX_TABLE_TEXT],
+                started_at=_moment(event.get("timestamp")),
                 policies=self._policies(event.get("policies")),
             )
             known = self.runs.get(run_id)
-            if known is not None and known.owner == row.owner:
-                row.cancel, self.runs[run_id] = known.cancel, row  # listed before it started
+            if known is not None and known.owner == row.owner:  # listed before it started
+                row.cancel, row.steps, row.tokens = known.cancel, known.steps, known.tokens
+                self.runs[run_id] = row
             else:
                 self._add(row, moves)
         elif name == "run_finished":
             outcome = str(event.get("outcome", "failed"))
-            self._end(run_id, worker, outcome, moves)
+            ended = self._end(run_id, worker, outcome[:MAX_TABLE_TEXT], moves)
+            if ended is not None:
+                ended.progressed(event.get("steps"), event.get("tokens"))
+                ended.duration = _finite(event.get("elapsed_s"), ended.duration)
             _move(moves, self._runs_finished(graph, outcome), 1)
             self._run_duration(graph, outcome).observe(_number(event.get("elapsed_s")))
             self._run_steps(graph, outcome).observe(_number(event.get("steps")))
@@ -480,18 +512,23 @@ class SidecarState:
 
     def _end(
         self, run_id: str, worker: WorkerRow, status: str, moves: dict[Any, float] | None = None
-    ) -> None:
-        """A run of ``worker`` ended: it leaves the table, and is kept a while in ``ended``."""
+    ) -> RunRow | None:
+        """A run of ``worker`` ended: it leaves the table, and is kept a while in ``ended``.
+        Its duration is until now, unless its worker says otherwise. None when the table did
+        not have it."""
         worker.ended_since_sync.add(run_id)
         row = self.runs.get(run_id)
-        if row is None or row.owner != (worker.worker, worker.incarnation):
-            return
+        if row is None or row.owner != worker.key:
+            return None
         self._drop(row, moves)
         row.status, row.finished_at = status, time.time()
+        if row.started_at is not None:
+            row.duration = round(max(0.0, row.finished_at - row.started_at), 3)
         self.ended[run_id] = row
         self.ended.move_to_end(run_id)
         while len(self.ended) > MAX_ENDED_RUNS:
             self.ended.popitem(last=False)
+        return row
 
     def _lose(self, run_id: str) -> None:
         row = self.runs[run_id]
@@ -555,26 +592,41 @@ class SidecarState:
         for worker in silent:
             for run_id in list(worker.runs):
                 self._lose(run_id)
-            del self.workers[(worker.worker, worker.incarnation)]
+            del self.workers[worker.key]
 
 
 def _move(moves: dict[Any, float], child: Any, amount: float) -> None:
     moves[child] = moves.get(child, 0.0) + amount
 
 
-def _number(value: object) -> float:
-    """A duration, count or latency from an event: 0 when it is not a finite number >= 0
-    (a NaN would stick in a histogram's sum for good, a negative count breaks a counter)."""
+def _finite(value: object, default: float | None = None) -> float | None:
+    """A duration, count or latency from a worker; ``default`` when it is not a finite
+    number >= 0 (a NaN would stick in a histogram's sum for good, a negative count breaks a
+    counter)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
-        return 0.0
+        return default
     try:
         number = float(value)
     except OverflowError:  # an int too large for a float
-        return 0.0
-    return number if 0 <= number < math.inf else 0.0
+        return default
+    return number if 0 <= number < math.inf else default
 
 
-LiveRun = tuple[str, str, str | None]  # run id, graph, thread id
+def _number(value: object) -> float:
+    """``_finite``, or 0: what a metric takes."""
+    return _finite(value) or 0.0
+
+
+def _moment(value: object) -> float | None:
+    """A time from a worker, in epoch seconds; None when it is not one the API can write."""
+    seconds = _finite(value)
+    return seconds if seconds is not None and seconds < MAX_EPOCH else None
+
+
+# What a worker lists of each live run: run id, graph, thread id, and then steps, tokens and
+# when it started (epoch seconds), which workers of an older version leave out. Those three
+# are taken as any JSON: one that is not a number >= 0 is ignored, the batch still taken.
+LiveRun = tuple[str, str, str | None] | tuple[str, str, str | None, Any, Any, Any]
 
 
 class EventBatch(BaseModel):
@@ -668,6 +720,50 @@ def _cancel_reason(body: bytes) -> str:
         raise RequestValidationError(
             [{"type": "value_error", "loc": loc, "msg": str(error)}]
         ) from None
+
+
+# A time as ``timestamp`` writes it: RFC 3339, in UTC, to the millisecond.
+Time = Annotated[
+    str, Field(json_schema_extra={"format": "date-time", "example": "2026-11-23T21:10:27.123Z"})
+]
+
+
+class CancelState(BaseModel):
+    reason: str
+    requested_at: Time
+    delivered: bool = Field(description="whether the worker took it")
+    applied: bool | None = Field(
+        description="whether its cancel stopped the run (false: it was stopping already); "
+        "null until it is delivered"
+    )
+
+
+class RunState(BaseModel):
+    """A run of the table: the worker process that owns it, and what it said of the run."""
+
+    run_id: str
+    worker: str
+    incarnation: str
+    thread_id: str | None
+    graph: str
+    status: str = Field(
+        description="running or cancelling; once ended, completed, cancelled, failed, or "
+        "lost when its end never arrived"
+    )
+    started_at: Time | None = Field(description="null when its worker never said")
+    finished_at: Time | None = Field(description="when it left the table; null while live")
+    elapsed_s: float | None = Field(
+        description="seconds since it started; once ended, how long it ran. Null when its "
+        "start is unknown"
+    )
+    steps: int = Field(description="steps so far, as its worker last said (every 2 s)")
+    tokens: int = Field(description="tokens used so far, as its worker last said")
+    policies: list[str]
+    cancel: CancelState | None = Field(description="the last cancel asked for through the sidecar")
+
+
+class RunList(BaseModel):
+    runs: list[RunState]
 
 
 class BodyTooLarge(HTTPException):
@@ -887,18 +983,19 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
                 row.last_seen = state.clock()
         return {"commands": state.take_commands(row)}
 
-    @app.get("/v1/runs", dependencies=guarded)
+    @app.get("/v1/runs", dependencies=guarded, response_model=RunList)
     async def runs() -> dict[str, list[dict[str, Any]]]:
-        return {"runs": [row.as_dict() for row in state.runs.values()]}
+        now = time.time()
+        return {"runs": [row.as_dict(now) for row in state.runs.values()]}
 
-    @app.get("/v1/runs/{run_id}", dependencies=guarded)
+    @app.get("/v1/runs/{run_id}", dependencies=guarded, response_model=RunState)
     async def run(run_id: str) -> dict[str, Any]:
         """A live run, or one that ended lately (``status`` says how: ``completed``,
         ``cancelled``, ``failed``, or ``lost`` when its end never arrived)."""
         row = state.runs.get(run_id) or state.ended.get(run_id)
         if row is None:
             raise HTTPException(status_code=404, detail=f"no run {run_id!r} in the table")
-        return row.as_dict()
+        return row.as_dict(time.time())
 
     @app.post(
         "/v1/runs/{run_id}/cancel",

@@ -26,10 +26,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -38,7 +37,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ._policy_source import PolicySource
-from ._run_api import BodyError, cancel_reason, refusal
+from ._run import RunInfo
+from ._run_api import BodyError, cancel_reason, refusal, timestamp
 from ._supervisor import Supervisor
 
 __all__ = ["app", "supervisor"]
@@ -138,21 +138,31 @@ def _with_token(handler: Handler) -> Handler:
     return guarded
 
 
-def _run_dict(info: Any) -> dict[str, Any]:
-    fields = asdict(info)
-    fields["started_at"] = info.started_at.isoformat()
-    return fields
+def _run_dict(info: RunInfo, now: float) -> dict[str, object]:
+    """A live run as the API shows it, ``now`` (epoch seconds) being when it is asked."""
+    started = info.started_at.timestamp()
+    return {
+        "run_id": info.run_id,
+        "thread_id": info.thread_id,
+        "graph": info.graph,
+        "status": info.status,
+        "started_at": timestamp(started),
+        "elapsed_s": round(max(0.0, now - started), 3),
+        "steps": info.steps,
+        "tokens": info.tokens,
+    }
 
 
 async def _list_runs(request: Request) -> Response:
-    return JSONResponse({"runs": [_run_dict(run) for run in supervisor().runs()]})
+    now = time.time()
+    return JSONResponse({"runs": [_run_dict(run, now) for run in supervisor().runs()]})
 
 
 async def _get_run(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     for run in supervisor().runs():
         if run.run_id == run_id:
-            return JSONResponse(_run_dict(run))
+            return JSONResponse(_run_dict(run, time.time()))
     return JSONResponse({"detail": f"no live run {run_id!r}"}, status_code=404)
 
 
