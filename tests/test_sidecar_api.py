@@ -229,6 +229,29 @@ def test_a_cancel_no_worker_takes_is_a_504_and_stays_queued_for_its_worker(
     assert command["run_id"] == "r-1"
 
 
+def test_a_stopping_sidecar_ends_its_long_polls_and_cancel_waits_at_once(
+    app: Any, client: TestClient
+) -> None:
+    """uvicorn's graceful stop waits for every open request: these would hold it 25 s."""
+    ingest(client, "w-1", "i-1", started("r-1"))
+    portal = client.portal
+    assert portal is not None
+    with ThreadPoolExecutor(2) as pool:
+        polling = pool.submit(poll, client, "w-2", "i-1", wait=25)
+        wait_for("the long-poll", lambda: client.get("/readyz").json()["polling"] == 1)
+        cancelling = pool.submit(client.post, "/v1/runs/r-1/cancel?wait=25", headers=AUTH)
+        wait_for("the cancel", lambda: client.get("/v1/runs/r-1", headers=AUTH).json()["cancel"])
+        portal.call(app.state.sidecar.close)  # as uvicorn begins to stop
+        assert polling.result(timeout=10) == []
+        answer = cancelling.result(timeout=10)
+        assert pool.submit(poll, client, "w-2", "i-1", wait=25).result(timeout=10) == []
+    assert answer.status_code == 503
+    assert answer.json()["detail"] == (
+        "the sidecar is stopping, and worker 'w-1' (incarnation i-1) had not taken the cancel "
+        "of run 'r-1': it may not reach the run; ask again once the sidecar is back"
+    )
+
+
 def test_a_command_answered_into_a_lost_poll_is_sent_again(client: TestClient) -> None:
     ingest(client, "w-1", "i-1", started("r-1"))
     client.post("/v1/runs/r-1/cancel?wait=0", headers=AUTH)

@@ -23,7 +23,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +42,9 @@ from ._metrics import Metrics
 from ._policy_source import PolicySource
 from ._remote import EVENTS_BODY_LIMIT
 from ._run_api import MAX_REASON, BodyError, cancel_reason, refusal, timestamp
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["PolicySource", "SidecarState", "StartError", "create_app", "serve"]
 
@@ -329,6 +332,9 @@ class SidecarState:
         # Runs that ended lately, so a client that cancelled one can see how it ended.
         self.ended: collections.OrderedDict[str, RunRow] = collections.OrderedDict()
         self._command_ids = itertools.count(1)
+        # Set as the server stops: uvicorn waits for every open request before it exits, so
+        # the long-polls and the cancels waiting for their worker are answered at once.
+        self.closing = asyncio.Event()
         self.events_ingested = Counter(
             "watchdog_sidecar_events", "Events received from workers.", registry=registry
         )
@@ -582,6 +588,13 @@ class SidecarState:
         for command in taken:
             worker.sent[command.id] = command
         return [command.as_message() for command in taken]
+
+    def close(self) -> None:
+        """The server is stopping: every long-poll answers now, and every wait for a cancel
+        to be taken ends."""
+        self.closing.set()
+        for worker in self.workers.values():
+            worker.wake.set()
 
     def reap(self) -> None:
         """Forget workers not heard from in ``worker_timeout``; their runs are lost."""
@@ -940,6 +953,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
             },
             "loops": {name: loop.as_dict() for name, loop in state.loops.items()},
             "workers": len(state.workers),
+            "polling": sum(1 for worker in state.workers.values() if worker.polling),
             "runs": len(state.runs),
         }
 
@@ -972,7 +986,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         up to ``wait`` seconds for more."""
         row = state.worker(poll.worker, poll.incarnation)
         state.acknowledged(row, poll.acks)
-        if not row.queued and poll.wait > 0:
+        if not row.queued and poll.wait > 0 and not state.closing.is_set():
             row.wake.clear()
             row.polling += 1
             try:
@@ -1010,15 +1024,21 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
     ) -> dict[str, Any]:
         """Cancel a run in the worker that owns it. The answer comes once that worker has
         taken the cancel (``applied``: whether it stopped the run; false when it was
-        stopping already), or 504 when it did not within ``wait`` seconds."""
+        stopping already), or 504 when it did not within ``wait`` seconds (503 when the
+        sidecar stopped first)."""
         reason = _cancel_reason(await request.body())
         row = state.runs.get(run_id)
         if row is None:
             raise HTTPException(status_code=404, detail=f"no live run {run_id!r}")
         command = state.cancel(row, reason)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(command.taken.wait(), timeout=wait)
+        await _any_set((command.taken, state.closing), wait)
         where = f"worker {row.worker!r} (incarnation {row.incarnation or 'unknown'})"
+        if not command.taken.is_set() and state.closing.is_set():
+            msg = (
+                f"the sidecar is stopping, and {where} had not taken the cancel of run "
+                f"{run_id!r}: it may not reach the run; ask again once the sidecar is back"
+            )
+            raise HTTPException(status_code=503, detail=msg)
         if not command.taken.is_set():
             msg = (
                 f"{where} did not take the cancel of run {run_id!r} within {wait:g} s; it "
@@ -1039,6 +1059,16 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         }
 
     return app
+
+
+async def _any_set(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    """Wait until one of ``events`` is set, at most ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 async def _woken(wake: asyncio.Event, request: Request, timeout: float) -> bool:
@@ -1112,8 +1142,31 @@ def serve(
         http=_http_protocol(read_timeout),
         timeout_keep_alive=int(KEEP_ALIVE_TIMEOUT),
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    server = _server(config, app.state.sidecar)
+    # uvicorn stops gracefully on SIGTERM or SIGINT, then raises it again for the handler it
+    # found there: a stop that was asked for is a clean exit, not a kill or a traceback.
+    signal.signal(signal.SIGTERM, _stopped)
+    signal.signal(signal.SIGINT, _stopped)
+    server.run(sockets=[listener])
     return 0
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _server(config: uvicorn.Config, state: SidecarState) -> uvicorn.Server:
+    """A uvicorn server that, as it stops, ends the open long-polls and the cancels waiting
+    for their worker: its graceful shutdown waits for every open request, and a worker's
+    long-poll lasts up to 30 s."""
+    import uvicorn  # noqa: PLC0415 - the sidecar extra
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            state.close()
+            await super().shutdown(sockets)
+
+    return Server(config)
 
 
 def _listen(host: str, port: int) -> socket.socket:
