@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from starlette.testclient import TestClient
 
 from tests.graphs import Bodies, endless, hanging
+from tests.processes import RFC_3339
 from watchdog import RunCancelled, agent_server
 
 POLICIES = """\
@@ -54,9 +56,12 @@ def test_the_supervisor_is_one_per_process_and_lends_checkpointers(client: TestC
 
 
 def test_the_run_api_needs_the_token(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert client.get("/watchdog/v1/runs").status_code == 401
+    missing = client.get("/watchdog/v1/runs")
+    assert (missing.status_code, missing.json()) == (401, {"detail": "a bearer token is required"})
+    assert missing.headers["www-authenticate"] == "Bearer"
     wrong = client.get("/watchdog/v1/runs", headers={"Authorization": "Bearer nope"})
     assert (wrong.status_code, wrong.json()) == (401, {"detail": "the bearer token was refused"})
+    assert wrong.headers["www-authenticate"] == 'Bearer error="invalid_token"'
     assert client.get("/watchdog/v1/runs", headers=AUTH).json() == {"runs": []}
     monkeypatch.delenv("WATCHDOG_TOKEN")
     off = client.get("/watchdog/v1/runs", headers=AUTH)
@@ -72,15 +77,31 @@ def test_a_live_run_is_listed_and_cancelled(client: TestClient) -> None:
     future = portal.start_task_soon(app.ainvoke, {"count": 0})
     while not (runs := client.get("/watchdog/v1/runs", headers=AUTH).json()["runs"]):
         assert not future.done(), future.result()
-    [run] = runs
-    assert client.get(f"/watchdog/v1/runs/{run['run_id']}", headers=AUTH).json() == run
-    path = f"/watchdog/v1/runs/{run['run_id']}/cancel"
-    assert client.post(path, content=b"[1]", headers=AUTH).status_code == 422
-    assert client.post(path, content=b"{", headers=AUTH).status_code == 422
-    assert client.post(path, json={"reason": "stop"}, headers=AUTH).status_code == 202
-    with pytest.raises(RunCancelled, match=r"cancelled \(manual\): stop"):
-        future.result(timeout=30)
-    assert client.post(path, json={"reason": "stop"}, headers=AUTH).status_code == 404
+    try:
+        [run] = runs
+        assert sorted(run) == [
+            "elapsed_s", "graph", "run_id", "started_at", "status", "steps", "thread_id", "tokens",
+        ]  # fmt: skip
+        assert re.fullmatch(RFC_3339, run["started_at"])
+        assert (run["status"], run["steps"], run["tokens"]) == ("running", 1, 0)
+        one = client.get(f"/watchdog/v1/runs/{run['run_id']}", headers=AUTH).json()
+        assert one["elapsed_s"] >= run["elapsed_s"] >= 0
+        assert {**one, "elapsed_s": None} == {**run, "elapsed_s": None}
+        path = f"/watchdog/v1/runs/{run['run_id']}/cancel"
+        for bad in (b"[1]", b"{", b"reason=stop", b'{"reason": 5}'):
+            refused = client.post(path, content=bad, headers=AUTH)
+            assert refused.status_code == 422
+            detail = refused.json()["detail"]
+            assert detail.startswith(('the body must be a JSON object like {"reason"', "reason: "))
+        # What `curl -d` sends: JSON, under a form's content type.
+        form = {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}
+        assert client.post(path, content=b'{"reason": "stop"}', headers=form).status_code == 202
+        with pytest.raises(RunCancelled, match=r"cancelled \(manual\): stop"):
+            future.result(timeout=30)
+        assert client.post(path, json={"reason": "stop"}, headers=AUTH).status_code == 404
+    finally:
+        for live in agent_server.supervisor().runs():
+            agent_server.supervisor().cancel(live.run_id, "the test is over")
 
 
 def test_an_invalid_edit_keeps_the_policies_in_force(client: TestClient, policy_file: Path) -> None:

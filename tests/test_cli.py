@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -10,6 +11,9 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
+import watchdog
 from tests.processes import without_file_access_override
 from watchdog import Loop, Policy, TokenBudget, WallTime, load_policies
 
@@ -266,6 +270,28 @@ def test_missing_path_is_an_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [f"{missing}: no such file", "1 error"]
+
+
+def test_version_is_the_installed_distributions_and_imports_no_langgraph() -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "watchdog", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"watchdog {importlib.metadata.version('langgraph-watchdog')}\n"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "watchdog._cli" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("langgraph", "langchain_core")}
+
+
+def test_the_lazy_package_root_gives_every_name_it_lists() -> None:
+    assert all(getattr(watchdog, name) is not None for name in watchdog.__all__)
+    assert set(watchdog.__all__) <= set(dir(watchdog))
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        watchdog.nothing  # noqa: B018
 
 
 # -- the shipped policies ------------------------------------------------------------------

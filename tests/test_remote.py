@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from langchain_core.messages import AIMessage
 from prometheus_client import CollectorRegistry
 
-from tests.graphs import Bodies, endless, hanging, policies
+from tests.graphs import Bodies, Counter, endless, hanging, one_node, policies, scripted
 from watchdog import RunCancelled, Supervisor
 from watchdog._remote import BATCH, EVENTS_BODY_LIMIT, MAX_EVENT_TEXT, SidecarLink
 from watchdog.testing import capture_events
@@ -178,6 +179,40 @@ def wait_for(what: str, condition: Callable[[], object], timeout: float = 5.0) -
         if time.monotonic() > deadline:
             pytest.fail(f"no {what} within {timeout}s")
         time.sleep(0.01)
+
+
+def test_the_list_of_live_runs_carries_each_runs_steps_tokens_and_start(
+    registry: CollectorRegistry,
+) -> None:
+    release = threading.Event()
+    model = scripted(AIMessage("on it"))  # 120 tokens
+
+    def think(state: Counter) -> dict[str, int]:
+        model.invoke("what now?")
+        release.wait(60)
+        return {"count": 1}
+
+    spend = "- {name: spend, token_budget: {max_total_tokens: 1000}}"
+    supervisor = Supervisor(policies(spend), registry=registry)
+    app = supervisor.attach(one_node(think), name="thinker")
+    with stub_sidecar(lambda events: 202) as sidecar:
+        link = SidecarLink(supervisor, sidecar.url, "t", etag='"p"', command_wait=0.2)
+        runner = threading.Thread(target=app.invoke, args=({"count": 0},))
+        runner.start()
+        try:
+            wait_for("the model's tokens", lambda: [r.tokens for r in supervisor.runs()] == [120])
+            assert link.flush(sync=True)
+            [run] = supervisor.runs()
+            [listed] = [body["live"] for body in sidecar.bodies if "live" in body][-1]
+            assert listed == [
+                run.run_id, "thinker", None, run.steps, 120, round(run.started_at.timestamp(), 3)
+            ]  # fmt: skip
+            assert run.steps == 1
+        finally:
+            release.set()
+            runner.join(60)
+            link.close()
+            supervisor.close()
 
 
 def refuse_poison(events: list[dict[str, Any]]) -> int:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,9 +20,11 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import wait_for
+from tests.processes import RFC_3339, wait_for
 from watchdog._metrics import Metrics
+from watchdog._run_api import MAX_REASON
 from watchdog._sidecar import (
+    MAX_COUNT,
     MAX_LABEL_LENGTH,
     MAX_RUN_POLICIES,
     MAX_RUNS,
@@ -93,15 +97,36 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     ],
 )
 @pytest.mark.parametrize(
-    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]
+    ("headers", "refused"),
+    [
+        ({}, False),
+        ({"Authorization": TOKEN}, False),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, False),
+        ({"Authorization": "Bearer "}, False),
+        ({"Authorization": "Bearer wrong"}, True),
+        ({"Authorization": f"Bearer {TOKEN}x"}, True),
+    ],
+    ids=["none", "no scheme", "basic", "empty bearer", "wrong bearer", "longer bearer"],
 )
 def test_every_v1_endpoint_answers_401_without_the_token_and_changes_nothing(
-    client: TestClient, method: str, path: str, body: Any, headers: dict[str, str]
+    client: TestClient,
+    method: str,
+    path: str,
+    body: Any,
+    *,
+    headers: dict[str, str],
+    refused: bool,
 ) -> None:
+    """No bearer token is told one is required; a wrong one that it was refused (RFC 6750)."""
     before = (client.get("/metrics")).text
     answer = client.request(method, path, json=body, headers=headers)
     assert answer.status_code == 401
-    assert answer.headers["www-authenticate"] == "Bearer"
+    if refused:
+        assert answer.json() == {"detail": "the bearer token was refused"}
+        assert answer.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    else:
+        assert answer.json() == {"detail": "a bearer token is required"}
+        assert answer.headers["www-authenticate"] == "Bearer"
     assert (client.get("/v1/runs", headers=AUTH)).json() == {"runs": []}
     after = samples((client.get("/metrics")).text)
     assert {k: v for k, v in after.items() if "created" not in k[0]} == {
@@ -235,6 +260,29 @@ def test_a_thread_reset_goes_to_every_worker_and_says_which_took_it(client: Test
     assert [w["taken"] for w in answer.json()["workers"]] == [True, True]
 
 
+def test_a_stopping_sidecar_ends_its_long_polls_and_cancel_waits_at_once(
+    app: Any, client: TestClient
+) -> None:
+    """uvicorn's graceful stop waits for every open request: these would hold it 25 s."""
+    ingest(client, "w-1", "i-1", started("r-1"))
+    portal = client.portal
+    assert portal is not None
+    with ThreadPoolExecutor(2) as pool:
+        polling = pool.submit(poll, client, "w-2", "i-1", wait=25)
+        wait_for("the long-poll", lambda: client.get("/readyz").json()["polling"] == 1)
+        cancelling = pool.submit(client.post, "/v1/runs/r-1/cancel?wait=25", headers=AUTH)
+        wait_for("the cancel", lambda: client.get("/v1/runs/r-1", headers=AUTH).json()["cancel"])
+        portal.call(app.state.sidecar.close)  # as uvicorn begins to stop
+        assert polling.result(timeout=10) == []
+        answer = cancelling.result(timeout=10)
+        assert pool.submit(poll, client, "w-2", "i-1", wait=25).result(timeout=10) == []
+    assert answer.status_code == 503
+    assert answer.json()["detail"] == (
+        "the sidecar is stopping, and worker 'w-1' (incarnation i-1) had not taken the cancel "
+        "of run 'r-1': it may not reach the run; ask again once the sidecar is back"
+    )
+
+
 def test_a_command_answered_into_a_lost_poll_is_sent_again(client: TestClient) -> None:
     ingest(client, "w-1", "i-1", started("r-1"))
     client.post("/v1/runs/r-1/cancel?wait=0", headers=AUTH)
@@ -278,6 +326,134 @@ def test_a_workers_list_of_live_runs_makes_its_part_of_the_table(client: TestCli
     assert left == {"r-2", "r-3"}
     values = samples(client.get("/metrics").text)
     assert values[("watchdog_active_runs", (("graph", "billing"),))] == 0
+
+
+START = 1795468227.123  # 2026-11-23T21:10:27.123Z
+
+
+def test_runs_show_steps_tokens_and_times_as_their_worker_lists_them(client: TestClient) -> None:
+    ingest(client, "w-1", "i-1", {**started("r-1"), "timestamp": START})
+    [row] = client.get("/v1/runs", headers=AUTH).json()["runs"]
+    assert (row["started_at"], row["steps"], row["tokens"]) == ("2026-11-23T21:10:27.123Z", 0, 0)
+    assert row["finished_at"] is None
+    # The list every 2 s: r-1's progress, and r-2, whose start the table missed.
+    before = time.time()
+    live = [["r-1", "agent", "t", 7, 1830, START], ["r-2", "agent", None, 2, 0, before - 30]]
+    ingest(client, "w-1", "i-1", live=live)
+    rows = {r["run_id"]: r for r in client.get("/v1/runs", headers=AUTH).json()["runs"]}
+    assert (rows["r-1"]["steps"], rows["r-1"]["tokens"]) == (7, 1830)
+    assert rows["r-1"]["started_at"] == "2026-11-23T21:10:27.123Z", "kept from its start"
+    assert 30 <= rows["r-2"]["elapsed_s"] <= time.time() - before + 30 + 0.001
+    assert re.fullmatch(RFC_3339, rows["r-2"]["started_at"])
+    # Its end says how far it got, and how long it ran.
+    ingest(client, "w-1", "i-1", {**finished("r-1", "completed"), "steps": 9, "tokens": 2000})
+    ended = client.get("/v1/runs/r-1", headers=AUTH).json()
+    assert (ended["status"], ended["steps"], ended["tokens"]) == ("completed", 9, 2000)
+    assert ended["elapsed_s"] == 1.5
+    assert re.fullmatch(RFC_3339, ended["finished_at"])
+
+
+@pytest.mark.parametrize(
+    "odd",
+    ["7", None, True, -1, 1.5e300, 10**400, [7], {"n": 7}, math.nan, math.inf],
+    ids=repr,
+)
+def test_odd_numbers_in_a_live_list_are_ignored_and_the_batch_taken(
+    client: TestClient, odd: Any
+) -> None:
+    """Workers are trusted with the token, not with their numbers: a value that is not a
+    count or a time leaves what the table knew, and nothing fails."""
+    ingest(client, "w-1", "i-1", started("r-1"), live=[["r-1", "agent", "t", 3, 40, START]])
+    body = {"worker": "w-1", "incarnation": "i-1", "events": [], "live": [
+        ["r-1", "agent", "t", odd, odd, odd], ["r-2", "agent", "t", odd, odd, odd],
+    ]}  # fmt: skip
+    assert post_raw(client, json.dumps(body).encode()).status_code == 202
+    rows = {r["run_id"]: r for r in client.get("/v1/runs", headers=AUTH).json()["runs"]}
+    if odd == 1.5e300:  # a number, too large to be a count or a time: the most there is
+        assert (rows["r-1"]["steps"], rows["r-2"]["started_at"]) == (MAX_COUNT, None)
+    else:
+        assert (rows["r-1"]["steps"], rows["r-1"]["tokens"]) == (3, 40)
+        assert (rows["r-2"]["steps"], rows["r-2"]["started_at"]) == (0, None)
+    assert rows["r-2"]["elapsed_s"] is None
+    end = {**finished("r-1", "completed"), "steps": odd, "elapsed_s": odd}
+    batch = {"worker": "w-1", "incarnation": "i-1", "events": [end]}
+    assert post_raw(client, json.dumps(batch).encode()).status_code == 202
+    assert client.get("/v1/runs/r-1", headers=AUTH).json()["status"] == "completed"
+
+
+def test_a_workers_end_of_a_run_is_kept_bounded(client: TestClient) -> None:
+    ingest(client, "w-1", "i-1", started("r-1"), {**finished("r-1", "x" * 100_000)})
+    assert client.get("/v1/runs/r-1", headers=AUTH).json()["status"] == "x" * MAX_TABLE_TEXT
+
+
+def test_the_api_description_shows_what_a_run_holds(client: TestClient) -> None:
+    ingest(client, "w-1", "i-1", started("r-1"))
+    client.post("/v1/runs/r-1/cancel?wait=0", headers=AUTH)
+    served = client.get("/v1/runs/r-1", headers=AUTH).json()
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert set(schemas["RunState"]["properties"]) == set(served)
+    assert set(schemas["CancelState"]["properties"]) == set(served["cancel"])
+    for time_of in (
+        schemas["RunState"]["properties"][key] for key in ("started_at", "finished_at")
+    ):
+        assert time_of["anyOf"][0]["format"] == "date-time"
+    assert schemas["CancelState"]["properties"]["requested_at"]["format"] == "date-time"
+    assert re.fullmatch(RFC_3339, served["cancel"]["requested_at"])
+    paths = client.get("/openapi.json").json()["paths"]
+    listed = paths["/v1/runs"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert listed["schema"] == {"$ref": "#/components/schemas/RunList"}
+    body = paths["/v1/runs/{run_id}/cancel"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["properties"]["reason"]["maxLength"] == (
+        MAX_REASON
+    )
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "reason"),
+    [
+        ("application/x-www-form-urlencoded", b'{"reason":"x"}', "x"),  # what curl -d sends
+        ("text/plain", b'{"reason": "x"}', "x"),
+        (None, b'{"reason": "x"}', "x"),
+        ("application/json", b"", "cancelled through the sidecar"),
+        ("application/json", b"{}", "cancelled through the sidecar"),
+        ("application/json", b'{"reason": "\\udc80 x"}', "? x"),
+    ],
+    ids=["form", "text", "none", "empty", "no reason", "lone surrogate"],
+)
+def test_a_cancels_body_is_json_whatever_its_content_type(
+    client: TestClient, content_type: str | None, body: bytes, reason: str
+) -> None:
+    ingest(client, "w-1", "i-1", started("r-1"))
+    headers = {**AUTH, **({"Content-Type": content_type} if content_type else {})}
+    answer = client.post("/v1/runs/r-1/cancel?wait=0", content=body, headers=headers)
+    assert answer.status_code == 504, answer.text  # taken as asked; no worker is polling
+    assert client.get("/v1/runs/r-1", headers=AUTH).json()["cancel"]["reason"] == reason
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "message"),
+    [
+        (b"reason=x", ["body"], "got 'reason=x', which is not JSON"),
+        (b"[1]", ["body"], "got [1]"),
+        (b'"stop"', ["body"], "got 'stop'"),
+        (b"null", ["body"], "got None"),
+        (b'{"reason": 5}', ["body", "reason"], "reason: expected a string"),
+        (json.dumps({"reason": "x" * 1001}).encode(), ["body", "reason"], "at most 1000"),
+    ],
+    ids=["form", "list", "string", "null", "number reason", "long reason"],
+)
+def test_a_cancels_body_that_is_not_a_json_object_says_what_is_expected(
+    client: TestClient, body: bytes, loc: list[str], message: str
+) -> None:
+    ingest(client, "w-1", "i-1", started("r-1"))
+    answer = client.post("/v1/runs/r-1/cancel?wait=0", content=body, headers=AUTH)
+    assert answer.status_code == 422
+    [problem] = answer.json()["detail"]
+    assert problem["loc"] == loc
+    assert message in problem["msg"]
+    if loc == ["body"]:
+        assert problem["msg"].startswith('the body must be a JSON object like {"reason": "..."}')
+    assert client.get("/v1/runs/r-1", headers=AUTH).json()["cancel"] is None
 
 
 def test_policies_are_served_with_an_etag(client: TestClient) -> None:
@@ -453,11 +629,15 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", _app_for_the_schema())
 def test_no_request_makes_the_sidecar_fail(case: Any) -> None:
     if case.path == "/v1/commands" and isinstance(case.body, dict):
         case.body["wait"] = 0  # a long-poll would hold the test for its whole wait
+    cancel = case.path == "/v1/runs/{run_id}/cancel"
+    if cancel:  # of a run its events made up: no worker is there to take it
+        case.query = {**(case.query or {}), "wait": 0}
     if case.path == "/v1/threads/{thread_id}/reset":
         case.query = {**(case.query or {}), "wait": 0}  # no worker of the test acknowledges
     for headers in ({}, AUTH):
         response = case.call(headers=headers)
-        assert response.status_code < 500, response.text
+        untaken = cancel and response.status_code == 504  # as documented
+        assert response.status_code < 500 or untaken, response.text
 
 
 class FailingSource(PolicySource):

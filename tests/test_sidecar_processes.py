@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import re
 import signal
 import time
 import uuid
@@ -15,7 +17,7 @@ from langchain_core.messages import AIMessage
 from prometheus_client import CollectorRegistry
 
 from tests.graphs import Bodies, endless, policies, react_agent, scripted, tool_call
-from tests.processes import POLICIES, TOKEN, Pod
+from tests.processes import POLICIES, RFC_3339, TOKEN, Pod
 from tests.sidecar_worker import flood_events, run_events
 from watchdog import RunCancelled, Supervisor
 from watchdog._remote import BATCH, SidecarLink
@@ -147,6 +149,59 @@ def test_a_sidecar_hung_then_killed_under_load_blocks_no_run_and_workers_reconne
     down = [t for t in ends if hung < t < restarted]
     print(f"{len(down)} runs completed while the sidecar was away; longest gap {max(gaps):.3f} s")
     assert max(gaps) < 2.0, "a run waited on the sidecar (its link's timeouts are 5 s)"
+
+
+def test_sigterm_answers_the_open_long_polls_and_exits_0_at_once(pod: Pod) -> None:
+    """uvicorn's graceful stop waits for every open request, and a worker's long-poll is one
+    for up to its whole wait: the sidecar answers it as it stops. The worker takes that
+    answer as it takes any, and links up again with the next sidecar."""
+    run_id = str(uuid.uuid4())
+    worker = pod.worker("w-1", {"hang": [run_id]})
+    pod.wait_for("the run", lambda: len(pod.get("/v1/runs")["runs"]) == 1)
+    pod.wait_for("the worker's long-poll", lambda: pod.get("/readyz")["polling"] == 1)
+    assert pod.sidecar is not None
+    stopping = time.monotonic()
+    pod.sidecar.popen.send_signal(signal.SIGTERM)
+    status = pod.sidecar.popen.wait(60)
+    took = time.monotonic() - stopping
+    wait = inspect.signature(SidecarLink).parameters["command_wait"].default
+    print(f"SIGTERM to exit, with a long-poll of {wait:g} s open: {took:.3f} s")
+    assert status == 0, pod.sidecar.errors
+    assert took < wait / 2, "it waited for the long-poll to end on its own"
+    pod.sidecar.stop()  # reads what is left of its output
+    assert not [line for line in pod.sidecar.errors if "Traceback" in line]
+
+    pod.start_sidecar()  # a fresh table: the run comes back from the worker's list
+    pod.wait_for("the run again", lambda: len(pod.get("/v1/runs")["runs"]) == 1, timeout=60)
+    [row] = pod.get("/v1/runs")["runs"]
+    assert (row["run_id"], row["started_at"] is not None) == (run_id, True)
+    pod.wait_for("the long-poll again", lambda: pod.get("/readyz")["polling"] == 1)
+    assert worker.events("internal_error") == []
+
+
+def test_runs_show_their_steps_tokens_and_times(pod: Pod) -> None:
+    slow = str(uuid.uuid4())
+    worker = pod.worker("w-1", {"slow": [slow], "chat": 1})
+    chat = worker.expect("run_id")
+    assert chat["outcome"] == "completed", chat
+    pod.wait_for(
+        "steps in the list", lambda: pod.call("GET", f"/v1/runs/{slow}")[1].get("steps", 0) > 0
+    )
+    live = pod.get(f"/v1/runs/{slow}")
+    assert re.fullmatch(RFC_3339, live["started_at"]), live
+    assert live["elapsed_s"] > 0
+    assert live["finished_at"] is None
+    ended_chat = f"/v1/runs/{chat['run_id']}"
+    pod.wait_for("the chat run's end", lambda: pod.call("GET", ended_chat)[1].get("finished_at"))
+    completed = pod.get(ended_chat)
+    assert (completed["status"], completed["tokens"]) == ("completed", 240)  # 2 calls, 120 each
+    assert completed["steps"] > 0
+    assert re.fullmatch(RFC_3339, completed["finished_at"])
+    assert pod.post(f"/v1/runs/{slow}/cancel", {"reason": "enough"}) == 202
+    pod.wait_for("its end", lambda: pod.get(f"/v1/runs/{slow}")["status"] == "cancelled")
+    ended = pod.get(f"/v1/runs/{slow}")
+    assert ended["steps"] >= live["steps"]
+    assert ended["elapsed_s"] >= live["elapsed_s"]
 
 
 def test_sighup_reloads_the_policies_at_once(tmp_path: Path) -> None:

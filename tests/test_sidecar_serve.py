@@ -144,3 +144,44 @@ def test_port_0_takes_a_free_port_and_says_which(policy_file: Path, token_file: 
         wait_for("an answer there", lambda: answers(f"{listening[1]}/healthz"), timeout=60)
     finally:
         sidecar.stop()
+
+
+def test_every_option_says_what_it_does_and_its_default() -> None:
+    result = serve("--help", env={"COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr
+    options = result.stdout.split("\noptions:\n", 1)[1]
+    # An option's entry starts at its name; its help may wrap onto the lines below.
+    entries = re.findall(r"^  (-\S+(?: [A-Z]+)?)\s+(.*?)(?=^  -|\Z)", options, re.M | re.S)
+    helps = {name.split()[0]: " ".join(text.split()) for name, text in entries}
+    assert helps.pop("-h,") == "--help show this help message and exit"
+    assert helps == {
+        "--policies": "the policy file, or a directory of them, to serve (required)",
+        "--host": "the address to listen on (default: 127.0.0.1, loopback only)",
+        "--port": "the port to listen on; 0 takes a free one (default: 9464)",
+        "--token-file": (
+            "a file holding the bearer token of the /v1/ endpoints (default: the token in the "
+            "WATCHDOG_SIDECAR_TOKEN environment variable; one of the two is required)"
+        ),
+        "--poll-interval": "seconds between checks of the policy files for changes (default: 1)",
+        "--worker-timeout": (
+            "seconds of silence after which a worker's runs count as lost (default: 15)"
+        ),
+        "--read-timeout": (
+            "seconds a client has to send a request's headers, and again its body (default: 10)"
+        ),
+        "--docs": "serve the API's pages at /docs and /redoc (default: off)",
+    }
+
+
+def test_the_sidecar_imports_no_langgraph() -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import watchdog._sidecar"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "watchdog._sidecar" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("langgraph", "langchain_core")}

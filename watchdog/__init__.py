@@ -1,16 +1,39 @@
-"""langgraph-watchdog: policies that keep LangGraph runs from running away."""
+"""langgraph-watchdog: policies that keep LangGraph runs from running away.
+
+The root is lazy: each name is imported on first use, so the ``watchdog`` command (``check``,
+``serve``, ``--version``) never pays for importing LangGraph.
+"""
 
 from __future__ import annotations
 
-from ._cleanup import cleanup
-from ._engine import Engine, NearLimit, RunMonitor, Verdict
-from ._errors import PolicyError, PolicyProblem, RunCancelled
-from ._graph import SupervisedGraph
-from ._loading import load_policies, load_policy_text
-from ._policies import Loop, Match, Policy, PolicySet, Rate, StepCount, TokenBudget, WallTime
-from ._run import RunInfo
-from ._state import Price, RunState
-from ._supervisor import RunHandle, Supervisor
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._cleanup import cleanup
+    from ._engine import Engine, NearLimit, RunMonitor, Verdict
+    from ._errors import PolicyError, PolicyProblem, RunCancelled
+    from ._graph import SupervisedGraph
+    from ._loading import load_policies, load_policy_text
+    from ._policies import Loop, Match, Policy, PolicySet, Rate, StepCount, TokenBudget, WallTime
+    from ._run import RunInfo
+    from ._state import Price, RunState
+    from ._supervisor import RunHandle, Supervisor
+
+_MODULES = {
+    "._cleanup": ["cleanup"],
+    "._engine": ["Engine", "NearLimit", "RunMonitor", "Verdict"],
+    "._errors": ["PolicyError", "PolicyProblem", "RunCancelled"],
+    "._graph": ["SupervisedGraph"],
+    "._loading": ["load_policies", "load_policy_text"],
+    "._policies": [
+        "Loop", "Match", "Policy", "PolicySet", "Rate", "StepCount", "TokenBudget", "WallTime",
+    ],
+    "._run": ["RunInfo"],
+    "._state": ["Price", "RunState"],
+    "._supervisor": ["RunHandle", "Supervisor"],
+}  # fmt: skip
+_MODULE_OF = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "Engine",
@@ -38,3 +61,17 @@ __all__ = [
     "load_policies",
     "load_policy_text",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -95,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="watchdog",
         description="A policy-driven watchdog that cancels runaway LangGraph runs.",
     )
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        nargs=0,
+        default=argparse.SUPPRESS,
+        help="print the version and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check_parser = commands.add_parser(
         "check",
@@ -129,34 +136,80 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve policies to the agent workers of a pod, take their events, expose "
         "the pod's /metrics and deliver cancels. Needs langgraph-watchdog[sidecar].",
     )
-    serve_parser.add_argument("--policies", required=True, metavar="PATH")
-    serve_parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=9464, help="default: 9464 (0: any)")
+    # Each help ends with the default, written by argparse from the option's own default.
+    serve_parser.add_argument(
+        "--policies",
+        required=True,
+        metavar="PATH",
+        help="the policy file, or a directory of them, to serve (required)",
+    )
+    serve_parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default: %(default)s, loopback only)",
+    )
+    serve_parser.add_argument(
+        "--port",
+        type=int,
+        default=9464,
+        help="the port to listen on; 0 takes a free one (default: %(default)s)",
+    )
     serve_parser.add_argument(
         "--token-file",
         metavar="FILE",
-        help="bearer token for the /v1/ endpoints (default: WATCHDOG_SIDECAR_TOKEN)",
+        help="a file holding the bearer token of the /v1/ endpoints (default: the token in "
+        "the WATCHDOG_SIDECAR_TOKEN environment variable; one of the two is required)",
     )
     serve_parser.add_argument(
-        "--poll-interval", type=float, default=1.0, help="seconds between policy checks"
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between checks of the policy files for changes (default: %(default)g)",
     )
     serve_parser.add_argument(
         "--worker-timeout",
         type=float,
         default=15.0,
-        help="seconds of silence after which a worker's runs count as lost",
+        metavar="SECONDS",
+        help="seconds of silence after which a worker's runs count as lost (default: %(default)g)",
     )
     serve_parser.add_argument(
         "--read-timeout",
         type=float,
         default=10.0,
-        help="seconds a client has to send a request's headers, and again its body",
+        metavar="SECONDS",
+        help="seconds a client has to send a request's headers, and again its body "
+        "(default: %(default)g)",
     )
     serve_parser.add_argument(
-        "--docs", action="store_true", help="serve the API's pages at /docs and /redoc"
+        "--docs",
+        action="store_true",
+        help="serve the API's pages at /docs and /redoc (default: off)",
     )
     serve_parser.set_defaults(run=_serve_command)
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked for
+    (importlib.metadata would add a third to the start-up time of every command)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        import importlib.metadata  # noqa: PLC0415
+
+        try:
+            version = importlib.metadata.version("langgraph-watchdog")
+        except importlib.metadata.PackageNotFoundError:  # a source tree never installed
+            version = "(not installed)"
+        print(f"{parser.prog} {version}")
+        parser.exit()
 
 
 def _serve_problem(args: argparse.Namespace) -> str | None:

@@ -21,13 +21,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _events
 from ._loading import load_policy_texts
 from ._metrics import Metrics
 from ._policies import PolicySet
-from ._run import RunInfo
+from ._run_api import shown
+
+if TYPE_CHECKING:
+    from ._run import RunInfo  # which imports LangGraph: ``watchdog serve`` does without
 
 __all__ = ["LinkedSupervisor", "SidecarLink", "fetch_policies"]
 
@@ -48,13 +51,11 @@ AUTH_STATUSES = frozenset({401, 403, 407})
 RETRY_STATUSES = frozenset({408, 425, 429})
 
 
+Listed = list[str | int | float | None]  # a live run, as the sidecar's table lists it
+
+
 class SidecarAnswerError(ValueError):
     """The sidecar (or something in its place, a proxy) answered what it never sends."""
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 class SidecarError(OSError):
@@ -282,9 +283,10 @@ class SidecarLink:
             "sidecar_batch_refused", url=self.url, status=status, events=len(batch)
         )
 
-    def _live_runs(self) -> list[list[str | None]] | None:
-        """The worker's live runs, as the sidecar's table lists them; None when there are
-        more than the sidecar keeps (it could not take the list)."""
+    def _live_runs(self) -> list[Listed] | None:
+        """The worker's live runs, as the sidecar's table lists them: id, graph, thread,
+        steps, tokens and start (epoch seconds). None when there are more than the sidecar
+        keeps (it could not take the list)."""
         runs = self.supervisor.runs()
         if len(runs) > MAX_SYNC_RUNS:
             return None
@@ -293,6 +295,9 @@ class SidecarLink:
                 run.run_id,
                 run.graph[:MAX_LISTED_TEXT],
                 run.thread_id and run.thread_id[:MAX_LISTED_TEXT],
+                run.steps,
+                run.tokens,
+                round(run.started_at.timestamp(), 3),
             ]
             for run in runs
         ]
@@ -340,14 +345,14 @@ class SidecarLink:
                 live = None
 
     def _fitting(
-        self, batch: list[dict[str, Any]], live: list[list[str | None]] | None = None
+        self, batch: list[dict[str, Any]], live: list[Listed] | None = None
     ) -> tuple[list[dict[str, Any]], bytes, bool]:
         """The batch as a body the sidecar takes: long texts cut if it is too large, and only
         its first half (the rest back in the buffer) while it still is. With the body, whether
         it lists the ``live`` runs: not when part of the batch went back, as the list must
         come after every event older than it."""
 
-        def body(events: list[dict[str, Any]], live: list[list[str | None]] | None) -> bytes:
+        def body(events: list[dict[str, Any]], live: list[Listed] | None) -> bytes:
             fields: dict[str, Any] = {"worker": self.worker, "incarnation": self.incarnation}
             return _encode({**fields, "events": events, **({} if live is None else {"live": live})})
 
@@ -442,7 +447,7 @@ class SidecarLink:
         )
         commands = answer.get("commands") if isinstance(answer, dict) else None
         if not isinstance(commands, list):
-            msg = f"{url} answered {_shown(answer)}, which is not {{'commands': [...]}}"
+            msg = f"{url} answered {shown(answer)}, which is not {{'commands': [...]}}"
             raise SidecarAnswerError(msg)
         answered = []
         for command in commands:
@@ -455,7 +460,7 @@ class SidecarLink:
     def _apply(self, command: object) -> dict[str, Any]:
         """Apply a command the sidecar sent, once: one sent again gets the same answer."""
         if not (isinstance(command, dict) and isinstance(command.get("id"), str)):
-            msg = f"{self.url}/v1/commands sent {_shown(command)}, which is not a command"
+            msg = f"{self.url}/v1/commands sent {shown(command)}, which is not a command"
             raise SidecarAnswerError(msg)
         known = self._answered.get(command["id"])
         if known is not None:
@@ -472,7 +477,7 @@ class SidecarLink:
             ack = {"id": command["id"], "applied": reset > 0, "checkpointers": reset}
         else:
             msg = (
-                f"{self.url}/v1/commands sent {_shown(command)}, which is not a cancel or a "
+                f"{self.url}/v1/commands sent {shown(command)}, which is not a cancel or a "
                 "reset of a thread's totals"
             )
             raise SidecarAnswerError(msg)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hmac
 import itertools
 import json
 import math
@@ -24,7 +23,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +41,10 @@ from . import _events
 from ._metrics import Metrics
 from ._policy_source import PolicySource
 from ._remote import EVENTS_BODY_LIMIT
+from ._run_api import MAX_REASON, BodyError, cancel_reason, refusal, timestamp
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["PolicySource", "SidecarState", "StartError", "create_app", "serve"]
 
@@ -63,6 +66,10 @@ MAX_RUN_POLICIES = 50
 MAX_RUNS = 20_000
 MAX_ENDED_RUNS = 1000  # ended runs kept for GET /v1/runs/{run_id}
 MAX_WORKERS = 1000
+# What the run table takes of a worker's numbers: counts up to the largest integer every JSON
+# reader keeps exact, times up to the last second RFC 3339 (and datetime) can write.
+MAX_COUNT = 2**53
+MAX_EPOCH = 253_402_300_799.0  # 9999-12-31T23:59:59Z
 OPEN_PATHS = frozenset(("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"))
 
 Scope = MutableMapping[str, Any]
@@ -94,7 +101,7 @@ class CancelCommand:
     def as_dict(self) -> dict[str, Any]:
         return {
             "reason": self.reason,
-            "requested_at": self.requested_at,
+            "requested_at": timestamp(self.requested_at),
             "delivered": self.taken.is_set(),
             "applied": self.applied,
         }
@@ -125,28 +132,49 @@ class RunRow:
     incarnation: str
     thread_id: str | None
     graph: str
-    started_at: str
+    started_at: float | None  # epoch seconds, as its worker says; None until one says
     status: str = "running"
     policies: list[str] = field(default_factory=list)
     cancel: CancelCommand | None = None  # the latest cancel asked for through the sidecar
     finished_at: float | None = None
+    steps: int = 0
+    tokens: int = 0
+    duration: float | None = None  # seconds, once it ended
 
     @property
     def owner(self) -> WorkerKey:
         return (self.worker, self.incarnation)
 
-    def as_dict(self) -> dict[str, Any]:
+    def progressed(
+        self, steps: object = None, tokens: object = None, started_at: object = None
+    ) -> None:
+        """What its worker says of the run; a value that is not a number >= 0 is ignored."""
+        if (count := _finite(steps)) is not None:
+            self.steps = int(min(count, MAX_COUNT))
+        if (count := _finite(tokens)) is not None:
+            self.tokens = int(min(count, MAX_COUNT))
+        if self.started_at is None:
+            self.started_at = _moment(started_at)
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """The run as the API shows it, ``now`` (epoch seconds) being when it is asked."""
+        elapsed = self.duration
+        if elapsed is None and self.started_at is not None:
+            elapsed = round(max(0.0, now - self.started_at), 3)
         return {
             "run_id": self.run_id,
             "worker": self.worker,
             "incarnation": self.incarnation,
             "thread_id": self.thread_id,
             "graph": self.graph,
-            "started_at": self.started_at,
             "status": self.status,
+            "started_at": None if self.started_at is None else timestamp(self.started_at),
+            "finished_at": None if self.finished_at is None else timestamp(self.finished_at),
+            "elapsed_s": elapsed,
+            "steps": self.steps,
+            "tokens": self.tokens,
             "policies": self.policies,
             "cancel": None if self.cancel is None else self.cancel.as_dict(),
-            "finished_at": self.finished_at,
         }
 
 
@@ -245,6 +273,10 @@ class WorkerRow:
     # before that end must not bring them back.
     ended_since_sync: set[str] = field(default_factory=set)
 
+    @property
+    def key(self) -> WorkerKey:
+        return (self.worker, self.incarnation)
+
 
 class BackgroundLoop:
     """One of the sidecar's background loops: it survives any error in a round, reports it
@@ -318,6 +350,9 @@ class SidecarState:
         # Runs that ended lately, so a client that cancelled one can see how it ended.
         self.ended: collections.OrderedDict[str, RunRow] = collections.OrderedDict()
         self._command_ids = itertools.count(1)
+        # Set as the server stops: uvicorn waits for every open request before it exits, so
+        # the long-polls and the cancels waiting for their worker are answered at once.
+        self.closing = asyncio.Event()
         self.events_ingested = Counter(
             "watchdog_sidecar_events", "Events received from workers.", registry=registry
         )
@@ -407,24 +442,23 @@ class SidecarState:
         batch): it leaves the table, counted as lost. A listed run the table lacks (its
         start was lost, or this sidecar restarted since) comes in.
         """
-        listed = {
-            run_id: (graph[:MAX_TABLE_TEXT], thread_id and thread_id[:MAX_TABLE_TEXT])
-            for run_id, graph, thread_id in live
-        }
+        listed = {entry[0]: entry for entry in live}
         for run_id in [r for r in worker.runs if r not in listed]:
             self._lose(run_id)
-        for run_id, (graph, thread_id) in listed.items():
-            if run_id not in self.runs and run_id not in worker.ended_since_sync:
-                self._add(
-                    RunRow(
-                        run_id=run_id,
-                        worker=worker.worker,
-                        incarnation=worker.incarnation,
-                        thread_id=thread_id,
-                        graph=graph,
-                        started_at="",
-                    )
+        for run_id, graph, thread_id, *progress in listed.values():
+            row = self.runs.get(run_id)
+            if row is None and run_id not in worker.ended_since_sync:
+                row = RunRow(
+                    run_id=run_id,
+                    worker=worker.worker,
+                    incarnation=worker.incarnation,
+                    thread_id=thread_id and thread_id[:MAX_TABLE_TEXT],
+                    graph=graph[:MAX_TABLE_TEXT],
+                    started_at=None,
                 )
+                self._add(row)
+            if row is not None and self.runs.get(run_id) is row and row.owner == worker.key:
+                row.progressed(*progress)
         worker.ended_since_sync.clear()
 
     def _apply(self, worker: WorkerRow, event: Mapping[str, Any], moves: dict[Any, float]) -> None:
@@ -440,17 +474,21 @@ class SidecarState:
                 incarnation=worker.incarnation,
                 thread_id=None if thread_id is None else str(thread_id)[:MAX_TABLE_TEXT],
                 graph=graph[:MAX_TABLE_TEXT],
-                started_at=str(event.get("timestamp", ""))[:MAX_TABLE_TEXT],
+                started_at=_moment(event.get("timestamp")),
                 policies=self._policies(event.get("policies")),
             )
             known = self.runs.get(run_id)
-            if known is not None and known.owner == row.owner:
-                row.cancel, self.runs[run_id] = known.cancel, row  # listed before it started
+            if known is not None and known.owner == row.owner:  # listed before it started
+                row.cancel, row.steps, row.tokens = known.cancel, known.steps, known.tokens
+                self.runs[run_id] = row
             else:
                 self._add(row, moves)
         elif name == "run_finished":
             outcome = str(event.get("outcome", "failed"))
-            self._end(run_id, worker, outcome, moves)
+            ended = self._end(run_id, worker, outcome[:MAX_TABLE_TEXT], moves)
+            if ended is not None:
+                ended.progressed(event.get("steps"), event.get("tokens"))
+                ended.duration = _finite(event.get("elapsed_s"), ended.duration)
             _move(moves, self._runs_finished(graph, outcome), 1)
             self._run_duration(graph, outcome).observe(_number(event.get("elapsed_s")))
             self._run_steps(graph, outcome).observe(_number(event.get("steps")))
@@ -498,18 +536,23 @@ class SidecarState:
 
     def _end(
         self, run_id: str, worker: WorkerRow, status: str, moves: dict[Any, float] | None = None
-    ) -> None:
-        """A run of ``worker`` ended: it leaves the table, and is kept a while in ``ended``."""
+    ) -> RunRow | None:
+        """A run of ``worker`` ended: it leaves the table, and is kept a while in ``ended``.
+        Its duration is until now, unless its worker says otherwise. None when the table did
+        not have it."""
         worker.ended_since_sync.add(run_id)
         row = self.runs.get(run_id)
-        if row is None or row.owner != (worker.worker, worker.incarnation):
-            return
+        if row is None or row.owner != worker.key:
+            return None
         self._drop(row, moves)
         row.status, row.finished_at = status, time.time()
+        if row.started_at is not None:
+            row.duration = round(max(0.0, row.finished_at - row.started_at), 3)
         self.ended[run_id] = row
         self.ended.move_to_end(run_id)
         while len(self.ended) > MAX_ENDED_RUNS:
             self.ended.popitem(last=False)
+        return row
 
     def _lose(self, run_id: str) -> None:
         row = self.runs[run_id]
@@ -576,6 +619,13 @@ class SidecarState:
             worker.sent[command.id] = command
         return [command.as_message() for command in taken]
 
+    def close(self) -> None:
+        """The server is stopping: every long-poll answers now, and every wait for a cancel
+        to be taken ends."""
+        self.closing.set()
+        for worker in self.workers.values():
+            worker.wake.set()
+
     def reap(self) -> None:
         """Forget workers not heard from in ``worker_timeout``; their runs are lost."""
         horizon = self.clock() - self.worker_timeout
@@ -585,26 +635,41 @@ class SidecarState:
         for worker in silent:
             for run_id in list(worker.runs):
                 self._lose(run_id)
-            del self.workers[(worker.worker, worker.incarnation)]
+            del self.workers[worker.key]
 
 
 def _move(moves: dict[Any, float], child: Any, amount: float) -> None:
     moves[child] = moves.get(child, 0.0) + amount
 
 
-def _number(value: object) -> float:
-    """A duration, count or latency from an event: 0 when it is not a finite number >= 0
-    (a NaN would stick in a histogram's sum for good, a negative count breaks a counter)."""
+def _finite(value: object, default: float | None = None) -> float | None:
+    """A duration, count or latency from a worker; ``default`` when it is not a finite
+    number >= 0 (a NaN would stick in a histogram's sum for good, a negative count breaks a
+    counter)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
-        return 0.0
+        return default
     try:
         number = float(value)
     except OverflowError:  # an int too large for a float
-        return 0.0
-    return number if 0 <= number < math.inf else 0.0
+        return default
+    return number if 0 <= number < math.inf else default
 
 
-LiveRun = tuple[str, str, str | None]  # run id, graph, thread id
+def _number(value: object) -> float:
+    """``_finite``, or 0: what a metric takes."""
+    return _finite(value) or 0.0
+
+
+def _moment(value: object) -> float | None:
+    """A time from a worker, in epoch seconds; None when it is not one the API can write."""
+    seconds = _finite(value)
+    return seconds if seconds is not None and seconds < MAX_EPOCH else None
+
+
+# What a worker lists of each live run: run id, graph, thread id, and then steps, tokens and
+# when it started (epoch seconds), which workers of an older version leave out. Those three
+# are taken as any JSON: one that is not a number >= 0 is ignored, the batch still taken.
+LiveRun = tuple[str, str, str | None] | tuple[str, str, str | None, Any, Any, Any]
 
 
 class EventBatch(BaseModel):
@@ -673,8 +738,76 @@ def _event_batch(body: bytes) -> EventBatch:
     raise RequestValidationError(problems)
 
 
+CANCEL_REASON = "cancelled through the sidecar"
+
+
 class CancelRequest(BaseModel):
-    reason: str = Field(default="cancelled through the sidecar", max_length=1000)
+    reason: str = Field(default=CANCEL_REASON, max_length=MAX_REASON)
+
+
+# The cancel reads its body itself, as JSON whatever its Content-Type (see ``cancel_reason``).
+CANCEL_BODY = {
+    "requestBody": {
+        "required": False,
+        "description": "Read as JSON whatever the Content-Type; an empty body gives no reason.",
+        "content": {"application/json": {"schema": CancelRequest.model_json_schema()}},
+    }
+}
+
+
+def _cancel_reason(body: bytes) -> str:
+    """The reason a cancel's body gives; a bad body is a 422 shaped as FastAPI's own."""
+    try:
+        return cancel_reason(body, CANCEL_REASON)
+    except BodyError as error:
+        loc = ("body",) if error.key is None else ("body", error.key)
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": loc, "msg": str(error)}]
+        ) from None
+
+
+# A time as ``timestamp`` writes it: RFC 3339, in UTC, to the millisecond.
+Time = Annotated[
+    str, Field(json_schema_extra={"format": "date-time", "example": "2026-11-23T21:10:27.123Z"})
+]
+
+
+class CancelState(BaseModel):
+    reason: str
+    requested_at: Time
+    delivered: bool = Field(description="whether the worker took it")
+    applied: bool | None = Field(
+        description="whether its cancel stopped the run (false: it was stopping already); "
+        "null until it is delivered"
+    )
+
+
+class RunState(BaseModel):
+    """A run of the table: the worker process that owns it, and what it said of the run."""
+
+    run_id: str
+    worker: str
+    incarnation: str
+    thread_id: str | None
+    graph: str
+    status: str = Field(
+        description="running or cancelling; once ended, completed, cancelled, failed, or "
+        "lost when its end never arrived"
+    )
+    started_at: Time | None = Field(description="null when its worker never said")
+    finished_at: Time | None = Field(description="when it left the table; null while live")
+    elapsed_s: float | None = Field(
+        description="seconds since it started; once ended, how long it ran. Null when its "
+        "start is unknown"
+    )
+    steps: int = Field(description="steps so far, as its worker last said (every 2 s)")
+    tokens: int = Field(description="tokens used so far, as its worker last said")
+    policies: list[str]
+    cancel: CancelState | None = Field(description="the last cancel asked for through the sidecar")
+
+
+class RunList(BaseModel):
+    runs: list[RunState]
 
 
 class BodyTooLarge(HTTPException):
@@ -689,12 +822,11 @@ class BodyTooSlow(HTTPException):
         super().__init__(status_code=408, detail=detail, headers={"Connection": "close"})
 
 
-def _bearer(scope: Scope, token: bytes) -> bool:
+def _authorization(scope: Scope) -> bytes | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
-            scheme, _, given = value.partition(b" ")
-            return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
-    return False
+            return bytes(value)
+    return None
 
 
 async def _refuse(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
@@ -732,15 +864,12 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if (
-            path not in OPEN_PATHS
-            and not path.startswith("/docs/")
-            and not _bearer(scope, self.token)
-        ):
-            await _refuse(
-                send, 401, "a bearer token is required", [(b"www-authenticate", b"Bearer")]
-            )
-            return
+        if path not in OPEN_PATHS and not path.startswith("/docs/"):
+            refused = refusal(_authorization(scope), self.token)
+            if refused is not None:
+                detail, challenge = refused
+                await _refuse(send, 401, detail, [(b"www-authenticate", challenge)])
+                return
         limit = EVENTS_BODY_LIMIT if path == "/v1/events" else BODY_LIMIT
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -797,13 +926,12 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
     state = SidecarState(source, registry, worker_timeout=worker_timeout)
 
     def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(
-                status_code=401,
-                detail="a bearer token is required",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        given = None if authorization is None else authorization.encode("latin-1")
+        refused = refusal(given, token.encode())
+        if refused is not None:
+            detail, challenge = refused
+            headers = {"WWW-Authenticate": challenge.decode()}
+            raise HTTPException(status_code=401, detail=detail, headers=headers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -856,6 +984,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
             },
             "loops": {name: loop.as_dict() for name, loop in state.loops.items()},
             "workers": len(state.workers),
+            "polling": sum(1 for worker in state.workers.values() if worker.polling),
             "runs": len(state.runs),
         }
 
@@ -888,7 +1017,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         up to ``wait`` seconds for more."""
         row = state.worker(poll.worker, poll.incarnation)
         state.acknowledged(row, poll.acks)
-        if not row.queued and poll.wait > 0:
+        if not row.queued and poll.wait > 0 and not state.closing.is_set():
             row.wake.clear()
             row.polling += 1
             try:
@@ -899,36 +1028,48 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
                 row.last_seen = state.clock()
         return {"commands": state.take_commands(row)}
 
-    @app.get("/v1/runs", dependencies=guarded)
+    @app.get("/v1/runs", dependencies=guarded, response_model=RunList)
     async def runs() -> dict[str, list[dict[str, Any]]]:
-        return {"runs": [row.as_dict() for row in state.runs.values()]}
+        now = time.time()
+        return {"runs": [row.as_dict(now) for row in state.runs.values()]}
 
-    @app.get("/v1/runs/{run_id}", dependencies=guarded)
+    @app.get("/v1/runs/{run_id}", dependencies=guarded, response_model=RunState)
     async def run(run_id: str) -> dict[str, Any]:
         """A live run, or one that ended lately (``status`` says how: ``completed``,
         ``cancelled``, ``failed``, or ``lost`` when its end never arrived)."""
         row = state.runs.get(run_id) or state.ended.get(run_id)
         if row is None:
             raise HTTPException(status_code=404, detail=f"no run {run_id!r} in the table")
-        return row.as_dict()
+        return row.as_dict(time.time())
 
-    @app.post("/v1/runs/{run_id}/cancel", status_code=202, dependencies=guarded)
+    @app.post(
+        "/v1/runs/{run_id}/cancel",
+        status_code=202,
+        dependencies=guarded,
+        openapi_extra=CANCEL_BODY,
+    )
     async def cancel(
         run_id: str,
+        request: Request,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = CANCEL_WAIT,
-        request: CancelRequest | None = None,
     ) -> dict[str, Any]:
         """Cancel a run in the worker that owns it. The answer comes once that worker has
         taken the cancel (``applied``: whether it stopped the run; false when it was
-        stopping already), or 504 when it did not within ``wait`` seconds."""
-        reason = (request or CancelRequest()).reason
+        stopping already), or 504 when it did not within ``wait`` seconds (503 when the
+        sidecar stopped first)."""
+        reason = _cancel_reason(await request.body())
         row = state.runs.get(run_id)
         if row is None:
             raise HTTPException(status_code=404, detail=f"no live run {run_id!r}")
         command = state.cancel(row, reason)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(command.taken.wait(), timeout=wait)
+        await _any_done((command.taken.wait(), state.closing.wait()), wait)
         where = f"worker {row.worker!r} (incarnation {row.incarnation or 'unknown'})"
+        if not command.taken.is_set() and state.closing.is_set():
+            msg = (
+                f"the sidecar is stopping, and {where} had not taken the cancel of run "
+                f"{run_id!r}: it may not reach the run; ask again once the sidecar is back"
+            )
+            raise HTTPException(status_code=503, detail=msg)
         if not command.taken.is_set():
             msg = (
                 f"{where} did not take the cancel of run {run_id!r} within {wait:g} s; it "
@@ -963,9 +1104,8 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         if not commands:
             msg = "no worker is linked to the sidecar: none can reset the thread's totals"
             raise HTTPException(status_code=409, detail=msg)
-        with contextlib.suppress(TimeoutError):
-            waits = (command.taken.wait() for command in commands.values())
-            await asyncio.wait_for(asyncio.gather(*waits), timeout=wait)
+        taken = asyncio.gather(*(command.taken.wait() for command in commands.values()))
+        await _any_done((taken, state.closing.wait()), wait)  # a stopping server answers now
         if not all(command.taken.is_set() for command in commands.values()):
             response.status_code = 202
         return {
@@ -983,6 +1123,16 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         }
 
     return app
+
+
+async def _any_done(awaitables: tuple[Awaitable[Any], ...], timeout: float) -> None:
+    """Wait until one of ``awaitables`` is done, at most ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 async def _woken(wake: asyncio.Event, request: Request, timeout: float) -> bool:
@@ -1056,8 +1206,31 @@ def serve(
         http=_http_protocol(read_timeout),
         timeout_keep_alive=int(KEEP_ALIVE_TIMEOUT),
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    server = _server(config, app.state.sidecar)
+    # uvicorn stops gracefully on SIGTERM or SIGINT, then raises it again for the handler it
+    # found there: a stop that was asked for is a clean exit, not a kill or a traceback.
+    signal.signal(signal.SIGTERM, _stopped)
+    signal.signal(signal.SIGINT, _stopped)
+    server.run(sockets=[listener])
     return 0
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _server(config: uvicorn.Config, state: SidecarState) -> uvicorn.Server:
+    """A uvicorn server that, as it stops, ends the open long-polls and the cancels waiting
+    for their worker: its graceful shutdown waits for every open request, and a worker's
+    long-poll lasts up to 30 s."""
+    import uvicorn  # noqa: PLC0415 - the sidecar extra
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            state.close()
+            await super().shutdown(sockets)
+
+    return Server(config)
 
 
 def _listen(host: str, port: int) -> socket.socket:

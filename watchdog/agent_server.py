@@ -24,14 +24,11 @@ when the server stops.
 from __future__ import annotations
 
 import contextlib
-import hmac
-import json
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -40,6 +37,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ._policy_source import PolicySource
+from ._run import RunInfo
+from ._run_api import BodyError, cancel_reason, refusal, timestamp
 from ._supervisor import Supervisor
 
 __all__ = ["app", "supervisor"]
@@ -128,34 +127,42 @@ def _with_token(handler: Handler) -> Handler:
                 {"detail": "the watchdog's run API is off: set WATCHDOG_TOKEN to turn it on"},
                 status_code=503,
             )
-        given = request.headers.get("authorization", "")
-        scheme, _, credentials = given.partition(" ")
-        if not given:
-            return JSONResponse({"detail": "a bearer token is required"}, status_code=401)
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credentials.strip().encode(), token.encode()
-        ):
-            return JSONResponse({"detail": "the bearer token was refused"}, status_code=401)
+        given = request.headers.get("authorization")
+        refused = refusal(None if given is None else given.encode("latin-1"), token.encode())
+        if refused is not None:
+            detail, challenge = refused
+            headers = {"WWW-Authenticate": challenge.decode()}
+            return JSONResponse({"detail": detail}, status_code=401, headers=headers)
         return await handler(request)
 
     return guarded
 
 
-def _run_dict(info: Any) -> dict[str, Any]:
-    fields = asdict(info)
-    fields["started_at"] = info.started_at.isoformat()
-    return fields
+def _run_dict(info: RunInfo, now: float) -> dict[str, object]:
+    """A live run as the API shows it, ``now`` (epoch seconds) being when it is asked."""
+    started = info.started_at.timestamp()
+    return {
+        "run_id": info.run_id,
+        "thread_id": info.thread_id,
+        "graph": info.graph,
+        "status": info.status,
+        "started_at": timestamp(started),
+        "elapsed_s": round(max(0.0, now - started), 3),
+        "steps": info.steps,
+        "tokens": info.tokens,
+    }
 
 
 async def _list_runs(request: Request) -> Response:
-    return JSONResponse({"runs": [_run_dict(run) for run in supervisor().runs()]})
+    now = time.time()
+    return JSONResponse({"runs": [_run_dict(run, now) for run in supervisor().runs()]})
 
 
 async def _get_run(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     for run in supervisor().runs():
         if run.run_id == run_id:
-            return JSONResponse(_run_dict(run))
+            return JSONResponse(_run_dict(run, time.time()))
     return JSONResponse({"detail": f"no live run {run_id!r}"}, status_code=404)
 
 
@@ -164,17 +171,10 @@ async def _cancel_run(request: Request) -> Response:
     body = await request.body()
     if len(body) > MAX_BODY:
         return JSONResponse({"detail": "the body is too large"}, status_code=413)
-    reason = "cancelled by request"
-    if body:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            return JSONResponse({"detail": "the body is not JSON"}, status_code=422)
-        if not isinstance(data, dict) or not isinstance(data.get("reason", reason), str):
-            return JSONResponse(
-                {"detail": 'expected {"reason": "..."}, with a string reason'}, status_code=422
-            )
-        reason = data.get("reason", reason)
+    try:
+        reason = cancel_reason(body, "cancelled by request")
+    except BodyError as error:
+        return JSONResponse({"detail": str(error)}, status_code=422)
     if supervisor().cancel(run_id, reason):
         return JSONResponse({"run_id": run_id, "cancelled": True}, status_code=202)
     return JSONResponse({"detail": f"no live run {run_id!r} to cancel"}, status_code=404)
