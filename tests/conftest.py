@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.processes import Pod
 from watchdog import testing
 from watchdog.testing import FakeClock
 
@@ -24,3 +26,12 @@ def clock() -> FakeClock:
 @pytest.fixture
 def registry() -> CollectorRegistry:
     return CollectorRegistry()
+
+
+@pytest.fixture
+def pod(tmp_path: Path) -> Iterator[Pod]:
+    """A running ``watchdog serve`` on a free loopback port, with its token and policies."""
+    pod = Pod(tmp_path)
+    pod.start_sidecar()
+    yield pod
+    pod.stop()

@@ -157,6 +157,21 @@ class Process:
                 stream.close()
 
 
+ON_CI = os.environ.get("CI") == "true"
+
+
+def tool(name: str) -> str:
+    """A command's path; skips the test locally when it is missing, fails it on CI."""
+    beside_python = Path(sys.executable).parent / name
+    found = shutil.which(name) or (str(beside_python) if beside_python.exists() else None)
+    if found is None:
+        reason = f"{name} is not installed (.ci/run installs it)"
+        if ON_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
 class Pod:
     """A sidecar and its workers, on a free loopback port, with the token and a policy file."""
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 import tomllib
 import urllib.parse
 import urllib.request
@@ -20,24 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.processes import Pod, Process, free_port
+from tests.processes import Pod, Process, free_port, tool
 from watchdog import load_policy_text
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
-ON_CI = os.environ.get("CI") == "true"
-
-
-def tool(name: str) -> str:
-    """A command's path; skips the test locally when it is missing, fails it on CI."""
-    beside_python = Path(sys.executable).parent / name
-    found = shutil.which(name) or (str(beside_python) if beside_python.exists() else None)
-    if found is None:
-        reason = f"{name} is not installed (.ci/run installs it)"
-        if ON_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
 
 
 def run(*args: str, cwd: Path = ROOT) -> str:

@@ -12,13 +12,12 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.processes import TOKEN, Pod
+from tests.processes import TOKEN, Pod, tool
 
 ROOT = Path(__file__).parent.parent
 
@@ -135,16 +134,8 @@ def test_the_sidecars_token_is_made_as_shown(tmp_path: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}\n", (run / "token").read_text())
 
 
-@pytest.fixture
-def pod(tmp_path: Path) -> Iterator[Pod]:
-    pod = Pod(tmp_path)
-    pod.start_sidecar()
-    yield pod
-    pod.stop()
-
-
-@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_the_curl_commands_list_the_runs_and_cancel_one(pod: Pod) -> None:
+    tool("curl")
     run_id = str(uuid.uuid4())
     worker = pod.worker("w-1", {"hang": [run_id]})
     pod.wait_for("the run", lambda: len(pod.get("/v1/runs")["runs"]) == 1)

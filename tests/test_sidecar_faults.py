@@ -64,14 +64,6 @@ def test_a_policy_directory_it_cannot_list_is_reported_and_every_loop_goes_on(
     assert "max_steps: 6" in pod.get("/v1/policies")["files"]["watchdog.yaml"]
 
 
-@pytest.fixture
-def pod(tmp_path: Path) -> Iterator[Pod]:
-    pod = Pod(tmp_path)
-    pod.start_sidecar()
-    yield pod
-    pod.stop()
-
-
 def rss_kib(pod: Pod) -> int:
     assert pod.sidecar is not None
     status = Path(f"/proc/{pod.sidecar.popen.pid}/status").read_text()

@@ -8,7 +8,6 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,6 @@ from tests.sidecar_worker import flood_events, run_events
 from watchdog import RunCancelled, Supervisor
 from watchdog._remote import BATCH, SidecarLink
 from watchdog.testing import capture_events
-
-
-@pytest.fixture
-def pod(tmp_path: Path) -> Iterator[Pod]:
-    pod = Pod(tmp_path)
-    pod.start_sidecar()
-    yield pod
-    pod.stop()
 
 
 def test_cancels_reach_the_owning_worker_and_metrics_total_every_worker(pod: Pod) -> None:
