@@ -6,20 +6,17 @@ Both figures use a real ``watchdog serve`` on loopback, with a token, started by
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from tests.processes import TOKEN, Pod
-from watchdog import Supervisor, _events, load_policy_text
-from watchdog._remote import SidecarLink
+from watchdog import Supervisor, load_policy_text
 
 from .common import ALL_KINDS, Row, ratio_row, timed, trivial
 
@@ -105,8 +102,6 @@ def overhead_rows(quick: bool) -> list[Row]:
         try:
             pod.start_sidecar(poll_interval=1.0)
             remote = Supervisor.connect(pod.url, TOKEN, registry=CollectorRegistry())
-            link = remote.link
-            assert link is not None
             names = [p.name for p in remote.policies.policies]
             assert names == [p.name for p in embedded.policies.policies], names
             apps: dict[str, Any] = {
@@ -116,13 +111,11 @@ def overhead_rows(quick: bool) -> list[Row]:
             }
             modes = list(apps)
             for mode in modes:  # warm up
-                with hearing(link, mode == "sidecar"):
-                    apps[mode].invoke({"n": 0}, config)
+                apps[mode].invoke({"n": 0}, config)
             for repeat in range(repeats):
                 for mode in modes[repeat % 3 :] + modes[: repeat % 3]:
                     invoke = functools.partial(apps[mode].invoke, {"n": 0}, config)
-                    with hearing(link, mode == "sidecar"):
-                        times[mode].append(timed(invoke))
+                    times[mode].append(timed(invoke))
         finally:
             if remote is not None:
                 remote.close()
@@ -157,20 +150,3 @@ def overhead_rows(quick: bool) -> list[Row]:
             "<= 1.5x",
         ),
     ]
-
-
-@contextlib.contextmanager
-def hearing(link: SidecarLink, heard: bool) -> Iterator[None]:
-    """Runs in sidecar mode with the link listening; bare and embedded ones without it.
-
-    A link hears every watchdog event of its process, the embedded supervisor's too; in a
-    process of its own the embedded supervisor would have no link to pay for.
-    """
-    if heard:
-        yield
-        return
-    _events.remove_listener(link.enqueue)
-    try:
-        yield
-    finally:
-        _events.add_listener(link.enqueue)
