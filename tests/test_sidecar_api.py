@@ -439,8 +439,9 @@ def test_a_cancels_body_is_json_whatever_its_content_type(
         (b"null", ["body"], "got None"),
         (b'{"reason": 5}', ["body", "reason"], "reason: expected a string"),
         (json.dumps({"reason": "x" * 1001}).encode(), ["body", "reason"], "at most 1000"),
+        (b'{"reson": "x"}', ["body", "reson"], "reson: unknown key 'reson'; expected only"),
     ],
-    ids=["form", "list", "string", "null", "number reason", "long reason"],
+    ids=["form", "list", "string", "null", "number reason", "long reason", "misspelt key"],
 )
 def test_a_cancels_body_that_is_not_a_json_object_says_what_is_expected(
     client: TestClient, body: bytes, loc: list[str], message: str

@@ -59,6 +59,10 @@ def cancel_reason(body: bytes, default: str) -> str:
     if not isinstance(data, dict):
         msg = f"the body must be {CANCEL_BODY}, got {shown(data)}"
         raise BodyError(msg)
+    for key in data:
+        if key != "reason":  # a misspelt reason must not be dropped without a word
+            msg = f"{key}: unknown key {shown(key)}; expected only 'reason'"
+            raise BodyError(msg, key)
     reason = data.get("reason", default)
     if not isinstance(reason, str) or len(reason) > MAX_REASON:
         msg = f"reason: expected a string of at most {MAX_REASON} characters, got {shown(reason)}"

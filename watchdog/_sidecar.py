@@ -35,7 +35,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics import MetricWrapperBase
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import _events
 from ._metrics import Metrics
@@ -742,6 +742,8 @@ CANCEL_REASON = "cancelled through the sidecar"
 
 
 class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # as cancel_reason reads it
+
     reason: str = Field(default=CANCEL_REASON, max_length=MAX_REASON)
 
 
