@@ -150,3 +150,13 @@ def test_a_threads_totals_are_reset_in_the_store_the_server_lends_its_runs(
     answer = client.post(path, headers=AUTH)
     assert (answer.status_code, answer.json()) == (200, {"thread_id": "t", "checkpointers": 1})
     assert run_on_a_lent_saver(None) == 6  # three fresh steps
+
+
+def test_a_cancel_body_over_the_cap_is_refused(client: TestClient) -> None:
+    def body() -> Iterator[bytes]:  # streamed: no Content-Length tells the size up front
+        for _ in range(1000):
+            yield b" " * 1024
+
+    answer = client.post("/watchdog/v1/runs/r-1/cancel", content=body(), headers=AUTH)
+    assert answer.status_code == 413
+    assert "larger than this endpoint takes (65536 bytes)" in answer.json()["detail"]

@@ -168,9 +168,12 @@ async def _get_run(request: Request) -> Response:
 
 async def _cancel_run(request: Request) -> Response:
     run_id = request.path_params["run_id"]
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        return JSONResponse({"detail": "the body is too large"}, status_code=413)
+    body = b""
+    async for chunk in request.stream():  # read no more than the cap, whatever is sent
+        body += chunk
+        if len(body) > MAX_BODY:
+            detail = f"the request body is larger than this endpoint takes ({MAX_BODY} bytes)"
+            return JSONResponse({"detail": detail}, status_code=413)
     try:
         reason = cancel_reason(body, "cancelled by request")
     except BodyError as error:
