@@ -107,8 +107,8 @@ def test_a_superseded_run_keeps_its_steps() -> None:
 
 def test_processes_sharing_one_checkpointer_lose_no_run(tmp_path: Path) -> None:
     database = str(tmp_path / "shared.sqlite")
-    with SqliteSaver.from_conn_string(database):
-        pass  # create the tables before two writers race to
+    with SqliteSaver.from_conn_string(database) as saver:
+        saver.setup()  # the tables and WAL mode, before two writers race to make them
     command = [sys.executable, "-m", "tests.totals_worker", database, "shared", "40"]
     workers = [
         subprocess.Popen(
@@ -116,7 +116,7 @@ def test_processes_sharing_one_checkpointer_lose_no_run(tmp_path: Path) -> None:
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(2)
@@ -129,8 +129,8 @@ def test_processes_sharing_one_checkpointer_lose_no_run(tmp_path: Path) -> None:
         worker.stdin.write("go\n")
         worker.stdin.flush()
     for worker in workers:
-        out, _ = worker.communicate(timeout=120)
-        assert (worker.returncode, out.strip()) == (0, "done")
+        out, errors = worker.communicate(timeout=120)
+        assert (worker.returncode, out.strip()) == (0, "done"), errors
     with SqliteSaver.from_conn_string(database) as saver:
         assert totals.load(saver, "shared").steps == 2 * 40 * 3
 

@@ -27,6 +27,7 @@ POLICIES = """\
 
 def main(database: str, thread_id: str, runs: int) -> None:
     with SqliteSaver.from_conn_string(database) as checkpointer:
+        checkpointer.setup()  # here, not at the first run, where the other worker writes
         graph = endless(Bodies(), is_async=False).builder.compile(checkpointer=checkpointer)
         app = Supervisor(policies(POLICIES)).attach(graph, name="worker")
         config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 3}
