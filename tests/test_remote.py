@@ -381,13 +381,19 @@ def test_junk_answers_to_the_long_poll_are_counted_and_the_next_cancel_still_lan
     assert registry.get_sample_value("watchdog_internal_errors_total") == 5
 
 
+def with_five_events_buffered(url: str, registry: CollectorRegistry) -> Supervisor:
+    """A supervisor linked to ``url`` whose link holds five events it has not sent."""
+    supervisor = Supervisor(policies("- {name: s, step_count: {max_steps: 9}}"), registry=registry)
+    link = supervisor.link = SidecarLink(supervisor, url, "t", etag='"p"', flush_interval=0.02)
+    for i in range(5):
+        link.enqueue({"event": "test.left", "i": i})
+    return supervisor
+
+
 def test_closing_while_the_sidecar_is_down_waits_its_timeout_then_counts_what_is_left(
     nowhere: str, registry: CollectorRegistry
 ) -> None:
-    supervisor = Supervisor(policies("- {name: s, step_count: {max_steps: 9}}"), registry=registry)
-    link = supervisor.link = SidecarLink(supervisor, nowhere, "t", etag='"p"', flush_interval=0.02)
-    for i in range(5):
-        link.enqueue({"event": "test.left", "i": i})
+    supervisor = with_five_events_buffered(nowhere, registry)
     started = time.monotonic()
     with capture_events() as reported:
         supervisor.close(timeout=0.3)
@@ -401,10 +407,9 @@ def test_closing_while_the_sidecar_is_down_waits_its_timeout_then_counts_what_is
 def test_closing_sends_what_is_left_when_the_sidecar_comes_back_within_the_wait(
     nowhere: str, registry: CollectorRegistry
 ) -> None:
-    supervisor = Supervisor(policies("- {name: s, step_count: {max_steps: 9}}"), registry=registry)
-    link = supervisor.link = SidecarLink(supervisor, nowhere, "t", etag='"p"', flush_interval=0.02)
-    for i in range(5):
-        link.enqueue({"event": "test.left", "i": i})
+    supervisor = with_five_events_buffered(nowhere, registry)
+    link = supervisor.link
+    assert link is not None
     closing = threading.Thread(target=supervisor.close, kwargs={"timeout": 60})
     with capture_events() as reported:
         closing.start()
