@@ -97,8 +97,8 @@ POLICY_NAMES = ["wall", "steps", "loops", "tokens", "rate"]
 
 
 def run_events(run_id: str, graph: str, *, cancelled: bool) -> list[dict[str, Any]]:
-    """What one run tells its sidecar, shaped as ``watchdog/_supervisor.py`` and ``_run.py``
-    emit it (tests/test_sidecar_processes.py holds the two side by side): a completed run
+    """What one run tells its sidecar, shaped as ``watchdog/_adapter/supervisor.py`` and ``run.py``
+    emit it (tests/pod/test_sidecar_processes.py holds the two side by side): a completed run
     sends two events, a run cancelled by its step limit five."""
     fields = {"run_id": run_id, "thread_id": f"thread-{run_id[-6:]}", "graph": graph}
     summary = {"elapsed_s": 1.234567, "steps": 12, "tokens": 1830}

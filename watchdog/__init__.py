@@ -10,28 +10,37 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._cleanup import cleanup
-    from ._engine import Engine, NearLimit, RunMonitor, Verdict
-    from ._errors import PolicyError, PolicyProblem, RunCancelled
-    from ._graph import SupervisedGraph
-    from ._loading import load_policies, load_policy_text
-    from ._policies import Loop, Match, Policy, PolicySet, Rate, StepCount, TokenBudget, WallTime
-    from ._run import RunInfo
-    from ._state import Price, RunState
-    from ._supervisor import RunHandle, Supervisor
+    from ._adapter.cleanup import cleanup
+    from ._adapter.graph import SupervisedGraph
+    from ._adapter.run import RunInfo
+    from ._adapter.supervisor import RunHandle, Supervisor
+    from ._core.engine import Engine, NearLimit, RunMonitor, Verdict
+    from ._core.errors import PolicyError, PolicyProblem, RunCancelled
+    from ._core.policies import (
+        Loop,
+        Match,
+        Policy,
+        PolicySet,
+        Rate,
+        StepCount,
+        TokenBudget,
+        WallTime,
+    )
+    from ._core.state import Price, RunState
+    from ._files.loading import load_policies, load_policy_text
 
 _MODULES = {
-    "._cleanup": ["cleanup"],
-    "._engine": ["Engine", "NearLimit", "RunMonitor", "Verdict"],
-    "._errors": ["PolicyError", "PolicyProblem", "RunCancelled"],
-    "._graph": ["SupervisedGraph"],
-    "._loading": ["load_policies", "load_policy_text"],
-    "._policies": [
+    "._adapter.cleanup": ["cleanup"],
+    "._core.engine": ["Engine", "NearLimit", "RunMonitor", "Verdict"],
+    "._core.errors": ["PolicyError", "PolicyProblem", "RunCancelled"],
+    "._adapter.graph": ["SupervisedGraph"],
+    "._files.loading": ["load_policies", "load_policy_text"],
+    "._core.policies": [
         "Loop", "Match", "Policy", "PolicySet", "Rate", "StepCount", "TokenBudget", "WallTime",
     ],
-    "._run": ["RunInfo"],
-    "._state": ["Price", "RunState"],
-    "._supervisor": ["RunHandle", "Supervisor"],
+    "._adapter.run": ["RunInfo"],
+    "._core.state": ["Price", "RunState"],
+    "._adapter.supervisor": ["RunHandle", "Supervisor"],
 }  # fmt: skip
 _MODULE_OF = {name: module for module, names in _MODULES.items() for name in names}
 

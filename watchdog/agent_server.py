@@ -36,10 +36,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ._policy_source import PolicySource
-from ._run import RunInfo
-from ._run_api import BodyError, cancel_reason, refusal, timestamp
-from ._supervisor import Supervisor
+from ._adapter.run import RunInfo
+from ._adapter.supervisor import Supervisor
+from ._pod.policy_source import PolicySource
+from ._pod.run_api import BodyError, cancel_reason, refusal, timestamp
 
 __all__ = ["app", "supervisor"]
 

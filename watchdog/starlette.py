@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from ._graph import SupervisedGraph, caller_gone
+from ._adapter.graph import SupervisedGraph, caller_gone
 
 __all__ = ["CLIENT_DISCONNECTED", "supervised_stream"]
 

@@ -12,8 +12,8 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from . import _events
-from ._state import RunState
+from ._core.state import RunState
+from ._sinks import events as _events
 
 __all__ = [
     "FakeChatModel",

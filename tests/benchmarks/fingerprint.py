@@ -20,7 +20,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
-from watchdog._fingerprint import fingerprint
+from watchdog._core.fingerprint import fingerprint
 
 from .common import Row
 

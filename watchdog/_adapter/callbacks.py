@@ -1,0 +1,234 @@
+"""LangChain callbacks that turn a run's LLM and tool calls (and, for graphs the node probes
+cannot reach, its nodes) into engine events.
+
+The handler is synchronous with ``run_inline = True``: LangChain then calls it directly, in
+async graphs too, instead of handing each event to a thread pool. Nothing in it blocks.
+It raises ``Stop`` from a ``*_start`` callback to keep a cancelled run from starting a node,
+an LLM call or a tool; any other error of its own is logged and counted, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.outputs import LLMResult
+
+from .run import Run, Stop
+
+__all__ = ["ChainHandler", "WatchdogHandler"]
+
+HANDLERS = frozenset({"WatchdogHandler", "ChainHandler"})
+
+
+class _QuietStops(logging.Filter):
+    """LangChain logs a warning for every exception a handler raises, wanted or not; a Stop
+    is the watchdog doing its job, and the cancel has an event of its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (
+            isinstance(args, tuple)
+            and len(args) == 3
+            and args[0] in HANDLERS
+            and str(args[2]).startswith("Stop(")
+        )
+
+
+logging.getLogger("langchain_core.callbacks.manager").addFilter(_QuietStops())
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(method: Callable[P, R]) -> Callable[P, R | None]:
+    """Never let a watchdog bug break the run: log, count, go on. ``Stop`` is on purpose."""
+
+    @functools.wraps(method)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        try:
+            return method(*args, **kwargs)
+        except Stop:
+            raise
+        except Exception as exc:
+            handler: WatchdogHandler = args[0]  # type: ignore[assignment]
+            handler.run.internal_error(exc)
+            return None
+
+    return guarded
+
+
+def _usage(response: LLMResult) -> tuple[int, int, int | None]:
+    input_tokens = output_tokens = 0
+    total: int | None = None
+    for generations in response.generations:
+        for generation in generations:
+            usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
+            if usage:
+                input_tokens += usage.get("input_tokens", 0)
+                output_tokens += usage.get("output_tokens", 0)
+                if "total_tokens" in usage:
+                    total = (total or 0) + usage["total_tokens"]
+    return input_tokens, output_tokens, total
+
+
+class WatchdogHandler(BaseCallbackHandler):
+    """LLM and tool events of a run. Node events come from probes in the graph's nodes, so
+    LangChain need not call this handler for every chain (see ``ChainHandler``)."""
+
+    run_inline = True
+    raise_error = True  # so Stop propagates; _guarded swallows our own errors
+    # LangChain skips these events for this handler altogether.
+    ignore_chain = True
+    ignore_retriever = True
+    ignore_retry = True
+    ignore_custom_event = True
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._models: dict[UUID, str] = {}
+
+    # -- LLM calls -----------------------------------------------------------------------
+
+    @_guarded
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: Any,
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._llm_started(run_id, serialized, metadata)
+
+    @_guarded
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._llm_started(run_id, serialized, metadata)
+
+    def _llm_started(
+        self, run_id: UUID, serialized: dict[str, Any] | None, metadata: dict[str, Any] | None
+    ) -> None:
+        run = self.run
+        if run.stopping:
+            raise Stop
+        model = (metadata or {}).get("ls_model_name") or (serialized or {}).get("name") or "?"
+        self._models[run_id] = model
+        with run.lock:
+            found = run.monitor.llm_started(model)
+            if found and run.report(found):
+                raise Stop
+
+    @_guarded
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        run = self.run
+        model = self._models.pop(run_id, "?")
+        input_tokens, output_tokens, total = _usage(response)
+        with run.lock:
+            found = run.monitor.llm_ended(model, input_tokens, output_tokens, total)
+            stop = bool(found) and run.report(found)
+        run.host.count_tokens(run.graph, input_tokens, output_tokens)
+        if stop:
+            raise Stop  # the answer is paid for, but the node must not act on it
+
+    @_guarded
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._models.pop(run_id, None)
+
+    # -- tools ---------------------------------------------------------------------------
+
+    @_guarded
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any] | None,
+        input_str: str,
+        *,
+        run_id: UUID,
+        **kwargs: Any,
+    ) -> None:
+        run = self.run
+        if run.stopping:
+            raise Stop
+        name = (serialized or {}).get("name") or kwargs.get("name") or "?"
+        with run.lock:
+            found = run.monitor.tool_started(name, input_str)
+            if found and run.report(found):
+                raise Stop
+
+    @_guarded
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with self.run.lock:
+            self.run.monitor.tool_ended()
+
+    @_guarded
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self.run.lock:
+            self.run.monitor.tool_ended()
+
+
+class ChainHandler(WatchdogHandler):
+    """Node runs from chain callbacks as well: for graphs whose nodes cannot all be probed
+    (the functional API, whose ``@task`` calls are node runs too; a plain compiled graph
+    called from inside a node function).
+
+    LangGraph gives each task (a node run, a ``@task`` call) a checkpoint namespace of its
+    own in the run metadata it documents (``langgraph_checkpoint_ns``), and every runnable
+    inside the task inherits it. So the first chain to start with a namespace not yet open is
+    the task itself, and its end is the task's end. A probed node reports under the same
+    key, so a node seen both ways counts once.
+    """
+
+    ignore_chain = False
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        self._tasks: dict[UUID, str] = {}  # chain run id -> the namespace of its task
+
+    @_guarded
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Most chains are not tasks (the graph itself, runnables inside a node): the hot path.
+        if not metadata:
+            return
+        namespace = metadata.get("langgraph_checkpoint_ns")
+        if namespace is None or namespace in self.run.monitor.state.open_nodes:
+            return
+        self._tasks[run_id] = namespace
+        self.run.node_starting(
+            namespace,
+            metadata.get("langgraph_node") or kwargs.get("name") or "?",
+            namespace,
+            metadata.get("langgraph_step"),
+            inputs,
+        )
+
+    @_guarded
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        namespace = self._tasks.pop(run_id, None)
+        if namespace is not None:
+            self.run.node_ended(namespace)
+
+    @_guarded
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        namespace = self._tasks.pop(run_id, None)
+        if namespace is not None:
+            self.run.node_ended(namespace)

@@ -1,0 +1,342 @@
+"""Supervised graphs: compiled LangGraph graphs that watch every run they make.
+
+``attach()`` returns a copy of the compiled graph whose class is a subclass of the graph's
+own (``CompiledStateGraph`` for a ``StateGraph``, ``Pregel`` for the functional API) with
+``stream`` and ``astream`` supervised. Every way of running a graph goes through one of
+those two: LangGraph's ``invoke``, ``batch`` and ``stream_events``/``astream_events`` v3 call
+them, LangChain's ``astream_events`` v1/v2, ``astream_log`` and ``transform`` too, and
+``with_config``, ``copy``, ``with_retry``, ``|`` and a parent graph's node all end in them.
+``copy`` keeps the class and the attachment, so the Agent Server's copies stay supervised.
+
+A supervised graph called while a run of the watchdog is live in its context (as a node of
+a supervised graph, or from inside a node function) joins that run: no second run. The run
+travels in a context variable, set only while the graph's own code runs, so it never shows
+in configs, checkpoints or streamed chunks, and the caller's context never keeps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from langchain_core.callbacks import BaseCallbackManager
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import ensure_config, merge_configs
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END
+from langgraph.pregel import Pregel
+from langgraph.runtime import RunControl
+from langgraph.types import Command
+
+from . import thread_totals as totals
+from .callbacks import ChainHandler, WatchdogHandler
+from .probe import probed_nodes
+from .run import Run, running
+
+__all__ = ["Attachment", "RunStarter", "SupervisedGraph", "caller_gone", "supervise"]
+
+# The reason to record when the caller goes away mid-run (see watchdog.starlette).
+caller_gone: ContextVar[str | None] = ContextVar("watchdog_caller_gone", default=None)
+
+
+class RunStarter(Protocol):
+    """What a supervised graph needs of its supervisor."""
+
+    ledgers: totals.Ledgers  # scope: thread totals of the runs live in this process
+
+    def start_run(self, graph: str, config: RunnableConfig, control: RunControl) -> Run: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """What a supervised graph carries: who starts its runs, and under which name."""
+
+    supervisor: RunStarter
+    name: str
+    probed: bool  # its nodes report themselves; else chain callbacks must tell of them
+
+
+def supervise(graph: Pregel[Any, Any, Any, Any], supervisor: RunStarter, name: str) -> Any:
+    """A supervised copy of a compiled graph, of a subclass of the graph's own class."""
+    nodes = probed_nodes(graph, reports_itself=lambda sub: isinstance(sub, SupervisedGraph))
+    attrs = {k: v for k, v in graph.__dict__.items() if k != "__orig_class__"}
+    if nodes is not None:
+        attrs["nodes"] = nodes
+    attrs["_watchdog"] = Attachment(supervisor, name, probed=nodes is not None)
+    return _supervised_class(type(graph))(**attrs)
+
+
+_classes: dict[type, type] = {}  # written at attach time only, never on a run's path
+
+
+def _supervised_class(cls: type) -> type:
+    if issubclass(cls, SupervisedGraph):
+        return cls
+    supervised = _classes.get(cls)
+    if supervised is None:
+        # Named as the graph's own class, so what names a class (get_graph().to_json(),
+        # drawings, reprs) shows the user's graph as it was; isinstance tells them apart.
+        supervised = _classes[cls] = type(
+            cls.__name__,
+            (SupervisedGraph, cls),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
+    return supervised
+
+
+def _with_handler(callbacks: Any, handler: WatchdogHandler) -> Any:
+    """The caller's callbacks, list or manager, with ours added."""
+    if callbacks is None:
+        return [handler]
+    if isinstance(callbacks, BaseCallbackManager):
+        manager = callbacks.copy()
+        manager.add_handler(handler, inherit=True)
+        return manager
+    return [*callbacks, handler]
+
+
+def _joins(run: Run | None) -> bool:
+    return run is not None and run.status in ("running", "cancelling")
+
+
+@contextlib.contextmanager
+def _supervising(run: Run) -> Iterator[None]:
+    """Turn how the graph call ended into the run's outcome, and what the caller sees."""
+    try:
+        yield
+    except BaseException as error:
+        outcome = run.end(error)
+        if outcome is error:
+            raise
+        # Replaced, and never shown: its traceback would hold the run's frames in a cycle
+        # with LangGraph's loop (which keeps a failed task's error), outliving the run.
+        error.__traceback__ = None
+        try:
+            raise outcome from None  # type: ignore[misc]
+        finally:
+            # The exception's traceback holds this frame: no cycle, so the run it raised
+            # for is freed as soon as the caller drops the exception.
+            outcome = None
+    outcome = run.end(None)
+    if outcome is not None:
+        try:
+            raise outcome
+        finally:
+            outcome = None
+
+
+class SupervisedGraph(Pregel[Any, Any, Any, Any]):
+    """A compiled graph whose runs are supervised: ``isinstance(app, SupervisedGraph)``.
+
+    The class ``attach()`` returns derives from this one and from the graph's own class.
+    """
+
+    _watchdog: Attachment
+
+    def __init__(
+        self,
+        *,
+        _watchdog: Attachment,
+        _output_mapper: Callable[[Any], Any] | None = None,
+        _state_mapper: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._watchdog = _watchdog
+        # Pregel's copy() passes these on, and its constructor would drop them: v2 output
+        # of a pydantic or dataclass state needs them.
+        if _output_mapper is not None:
+            self._output_mapper = _output_mapper
+        if _state_mapper is not None:
+            self._state_mapper = _state_mapper
+
+    # -- running ---------------------------------------------------------------------------
+
+    def stream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        if _joins(running.get()):
+            yield from super().stream(input, config, **kwargs)
+            return
+        run, config, seen = self._start(config, kwargs)
+        with _supervising(run):
+            try:
+                with self._thread_totals(run):
+                    chunks = cast(Generator[Any], super().stream(input, config, **kwargs))
+                    try:
+                        while True:
+                            token = running.set(run)
+                            try:
+                                chunk = next(chunks)
+                            except StopIteration:
+                                break
+                            finally:
+                                running.reset(token)
+                            yield chunk
+                    finally:
+                        token = running.set(run)
+                        try:
+                            chunks.close()
+                        finally:
+                            running.reset(token)
+            except BaseException:
+                self._cleanup(run, seen)
+                raise
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        if _joins(running.get()):
+            async for chunk in super().astream(input, config, **kwargs):
+                yield chunk
+            return
+        run, config, seen = self._start(config, kwargs)
+        run.bind_task()
+        try:
+            with _supervising(run):
+                try:
+                    async with self._athread_totals(run):
+                        chunks = cast(AsyncGenerator[Any], super().astream(input, config, **kwargs))
+                        try:
+                            while True:
+                                # A server may read each chunk in a task of its own (the
+                                # Agent Server does): the one to hard-cancel is this one.
+                                run.task = asyncio.current_task()
+                                token = running.set(run)
+                                try:
+                                    chunk = await anext(chunks)
+                                except StopAsyncIteration:
+                                    break
+                                finally:
+                                    running.reset(token)
+                                yield chunk
+                        finally:
+                            token = running.set(run)
+                            try:
+                                await chunks.aclose()
+                            finally:
+                                running.reset(token)
+                except BaseException:
+                    await self._acleanup(run, seen)
+                    raise
+        finally:
+            await run.settle_cleanups()
+
+    def _start(
+        self, config: RunnableConfig | None, kwargs: dict[str, Any]
+    ) -> tuple[Run, RunnableConfig, RunnableConfig]:
+        """Start a run; returns it, the config to run the graph with, and the config as the
+        graph will see it (with_config's and the caller context's included)."""
+        attachment = self._watchdog
+        control = kwargs.get("control") or RunControl()
+        kwargs["control"] = control
+        seen = ensure_config(merge_configs(self.config, config))
+        run = attachment.supervisor.start_run(attachment.name, seen, control)
+        run.caller_gone = caller_gone.get()
+        handler = (WatchdogHandler if attachment.probed else ChainHandler)(run)
+        ours = RunnableConfig(**(config or {}))
+        ours["callbacks"] = _with_handler(ours.get("callbacks"), handler)
+        return run, ours, seen
+
+    # -- scope: thread: totals kept with the thread ---------------------------------------
+
+    def _totals_saver(self, run: Run) -> totals.Saver | None:
+        """The checkpointer to keep this run's thread totals in, if it needs them."""
+        if run.thread_id is None or not any(p.kind.per_thread for p in run.monitor.policies):
+            return None
+        saver = self.checkpointer
+        return saver if isinstance(saver, BaseCheckpointSaver) else None
+
+    @contextlib.contextmanager
+    def _thread_totals(self, run: Run) -> Iterator[None]:
+        saver = self._totals_saver(run)
+        if saver is None or run.thread_id is None:
+            yield
+            return
+        ledgers, thread, state = self._watchdog.supervisor.ledgers, run.thread_id, run.monitor.state
+        loaded = None if ledgers.has(saver, thread) else totals.load(saver, thread)
+        ledgers.join(saver, thread, loaded, state)
+        try:
+            yield
+        finally:
+            try:
+                totals.save(saver, thread, totals.used_by(state))
+            finally:
+                ledgers.leave(saver, thread, state)
+
+    @contextlib.asynccontextmanager
+    async def _athread_totals(self, run: Run) -> AsyncIterator[None]:
+        saver = self._totals_saver(run)
+        if saver is None or run.thread_id is None:
+            yield
+            return
+        ledgers, thread, state = self._watchdog.supervisor.ledgers, run.thread_id, run.monitor.state
+        loaded = None if ledgers.has(saver, thread) else await totals.aload(saver, thread)
+        ledgers.join(saver, thread, loaded, state)
+        try:
+            yield
+        finally:
+            try:
+                await totals.asave(saver, thread, totals.used_by(state))
+            finally:
+                ledgers.leave(saver, thread, state)
+
+    # -- the cleanup node: where a cancelled run goes to wrap up --------------------------
+
+    def _cleanup(self, run: Run, seen: RunnableConfig) -> None:
+        node = run.cleanup_node()
+        if node is None:
+            return
+        thread = _thread_config(seen)
+        run.cleanup_started(node)
+        token = running.set(None)  # the cleanup node's run is not supervised
+        try:
+            resume = _cleanup_input(node, self.get_state(thread))
+            if resume is not None:
+                self.update_state(thread, None, as_node=END)  # drop pending tasks
+            for _ in super().stream(resume, thread):
+                pass
+        except Exception as error:
+            run.cleanup_finished(node, error)
+        else:
+            run.cleanup_finished(node, None)
+        finally:
+            running.reset(token)
+
+    async def _acleanup(self, run: Run, seen: RunnableConfig) -> None:
+        node = run.cleanup_node()
+        if node is None:
+            return
+        thread = _thread_config(seen)
+        run.cleanup_started(node)
+        token = running.set(None)
+        try:
+            async with asyncio.timeout(run.cleanup_budget()):
+                resume = _cleanup_input(node, await self.aget_state(thread))
+                if resume is not None:
+                    await self.aupdate_state(thread, None, as_node=END)
+                async for _ in super().astream(resume, thread):
+                    pass
+        except Exception as error:
+            run.cleanup_finished(node, error)
+        else:
+            run.cleanup_finished(node, None)
+        finally:
+            running.reset(token)
+
+
+def _thread_config(seen: RunnableConfig) -> RunnableConfig:
+    """The config to resume a cancelled run's thread with, at its latest checkpoint."""
+    configurable = seen.get("configurable") or {}
+    return {"configurable": {k: v for k, v in configurable.items() if k != "checkpoint_id"}}
+
+
+def _cleanup_input(node: str, snapshot: Any) -> Command[Any] | None:
+    """How to resume a stopped run so that it runs ``node``: None when it routed itself
+    there (a node that caught the cancel); else its pending tasks are cleared and it goes
+    to ``node``."""
+    return None if tuple(snapshot.next) == (node,) else Command(goto=node)

@@ -1,0 +1,141 @@
+"""Probes in a graph's nodes: node and step events without LangChain's callback dispatch.
+
+Every callback handler on a run makes LangChain dispatch every chain event to it, and on a
+graph of small nodes that dispatch alone costs more than the watchdog may. So a supervised
+graph runs nodes wrapped in a ``NodeProbe``: LangGraph calls the probe in place of the node,
+and the probe tells the run of its context that the node starts and ends. The callback
+handler is left with LLM and tool events, and skips chain events altogether.
+
+A graph whose work cannot all be probed (the functional API, whose ``@task`` calls are no
+nodes; a plain compiled graph called from inside a node function) reports its node runs
+through chain callbacks instead (``ChainHandler``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.runnables import Runnable, RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.pregel import Pregel
+
+from .run import Stop, running
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+
+    from langgraph.pregel._read import PregelNode
+
+    from .run import Run
+
+__all__ = ["NodeProbe", "probed_nodes"]
+
+
+def probed_nodes(
+    graph: Pregel[Any, Any, Any, Any], reports_itself: Callable[[Any], bool]
+) -> dict[str, PregelNode] | None:
+    """A graph's nodes with a probe in each; None when some node's work is out of reach.
+
+    ``reports_itself(subgraph)`` tells a subgraph that reports its own nodes to the run it
+    joins (a supervised graph): it is left as it is.
+    """
+    if not isinstance(graph, CompiledStateGraph):
+        return None
+    nodes = {}
+    for name, node in graph.nodes.items():
+        update = {}
+        subgraphs = node.subgraphs
+        if subgraphs and not all(reports_itself(s) for s in subgraphs):
+            if node.bound is not subgraphs[0]:
+                return None  # called from inside a function: out of a probe's reach
+            inner = probed_nodes(node.bound, reports_itself)  # type: ignore[arg-type]
+            if inner is None:
+                return None
+            update["bound"] = node.bound.copy({"nodes": inner})  # type: ignore[attr-defined]
+        copy = node.copy(update)
+        body = copy.node
+        if body is not None and not name.startswith("__") and not isinstance(body, NodeProbe):
+            # ``node`` is a cached property: what LangGraph calls to run the node. __start__
+            # only takes the input in.
+            copy.__dict__["node"] = NodeProbe(body, name)
+        nodes[name] = copy
+    return nodes
+
+
+def _started(run: Run, name: str, config: RunnableConfig, input: Any) -> Hashable | None:
+    """Tell the run a node starts; its key for ``_ended``, or None after an error of ours."""
+    try:
+        metadata = config["metadata"]
+        key: str = metadata["langgraph_checkpoint_ns"]  # one per task, subgraphs included
+        run.node_starting(key, name, key, metadata["langgraph_step"], input)
+    except Stop:
+        raise
+    except Exception as error:
+        run.internal_error(error)
+        return None
+    return key
+
+
+def _ended(run: Run, key: Hashable | None) -> None:
+    if key is not None:
+        try:
+            run.node_ended(key)
+        except Exception as error:
+            run.internal_error(error)
+
+
+class NodeProbe(Runnable[Any, Any]):
+    """A node, as LangGraph runs it, with its start and end reported to its run."""
+
+    def __init__(self, inner: Runnable[Any, Any], name: str) -> None:
+        self.inner = inner
+        self.name = self.node = name
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        run = running.get()
+        if run is None or config is None:
+            return self.inner.invoke(input, config, **kwargs)
+        key = _started(run, self.node, config, input)
+        try:
+            return self.inner.invoke(input, config, **kwargs)
+        finally:
+            _ended(run, key)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        run = running.get()
+        if run is None or config is None:
+            return await self.inner.ainvoke(input, config, **kwargs)
+        key = _started(run, self.node, config, input)
+        try:
+            return await self.inner.ainvoke(input, config, **kwargs)
+        finally:
+            _ended(run, key)
+
+    def stream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        run = running.get()
+        if run is None or config is None:
+            yield from self.inner.stream(input, config, **kwargs)
+            return
+        key = _started(run, self.node, config, input)
+        try:
+            yield from self.inner.stream(input, config, **kwargs)
+        finally:
+            _ended(run, key)
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        run = running.get()
+        if run is None or config is None:
+            async for chunk in self.inner.astream(input, config, **kwargs):
+                yield chunk
+            return
+        key = _started(run, self.node, config, input)
+        try:
+            async for chunk in self.inner.astream(input, config, **kwargs):
+                yield chunk
+        finally:
+            _ended(run, key)

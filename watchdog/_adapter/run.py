@@ -1,0 +1,575 @@
+"""One supervised run, and the cancellation pipeline it goes through.
+
+mark once -> drain (stop before the next step) -> hard cancel after grace (async runs)
+-> record (one event, one metric) -> raise ``RunCancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import threading
+import time
+import uuid
+from collections.abc import Callable, Hashable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from langgraph.runtime import RunControl
+
+from .._core.engine import Finding, NearLimit, RunMonitor, Verdict
+from .._core.errors import RunCancelled
+from .._core.fingerprint import fingerprint
+from .._core.policies import Policy
+from .._core.scheduler import Scheduler, Timer
+from .._sinks.metrics import Metrics
+from .hooks import Hook, run_hook_sync, spawn
+
+__all__ = ["Cause", "Run", "RunHost", "RunInfo", "Stop", "current_run", "running"]
+
+Status = Literal["running", "cancelling", "completed", "cancelled", "failed"]
+DEFAULT_GRACE_SECONDS = 5.0
+MAX_NAMESPACES = 64  # subgraph invocations tracked for step counting; old ones are done
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+# The run whose graph code runs in this context. LangGraph copies the context into every
+# task, thread and subgraph of a run, and nothing of it reaches configs, checkpoints or
+# streamed chunks. A supervised graph sets it only while its own code runs (see _graph).
+running: ContextVar[Run | None] = ContextVar("watchdog_run", default=None)
+
+
+def current_run() -> Run | None:
+    """The supervised run whose node is running in this context, if any."""
+    return running.get()
+
+
+class RunHost(Protocol):
+    """What a run needs of the supervisor that started it."""
+
+    clock: Callable[[], float]
+    scheduler: Scheduler
+    metrics: Metrics
+    cancel_hooks: list[tuple[Hook, float]]
+
+    def emit(self, name: str, **fields: Any) -> None: ...
+
+    def forget(self, run: Run) -> None: ...
+
+    def count_tokens(self, graph: str, input_tokens: int, output_tokens: int) -> None: ...
+
+    def internal_error(self, error: BaseException, run: Run | None = None) -> None: ...
+
+
+def _why_cancelled(error: asyncio.CancelledError) -> str:
+    """The reason a task's canceller gave (``task.cancel(msg)``), if any."""
+    if error.args and (message := str(error.args[0])):
+        return message
+    return "The caller's task was cancelled."
+
+
+class Stop(RuntimeError):
+    """Raised where a cancelled run would start a node, call or tool, so that it does not.
+
+    A ``RuntimeError``, so LangGraph's default retry policy does not run the node again.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """Why a run is being cancelled: a policy's verdict, or an operator's request."""
+
+    policy: str | None
+    kind: str
+    reason: str
+    observed: float | None
+    limit: float | None
+    step: int
+    node: str | None
+    grace_seconds: float
+    found_at: float  # on the supervisor's clock
+    cleanup_node: str | None = None  # where the run goes to wrap up, if its policy says
+
+    @classmethod
+    def of(cls, verdict: Verdict, policy: Policy, found_at: float) -> Cause:
+        return cls(
+            policy=verdict.policy,
+            kind=verdict.kind,
+            reason=verdict.reason,
+            observed=verdict.observed,
+            limit=verdict.limit,
+            step=verdict.step,
+            node=verdict.node,
+            grace_seconds=policy.grace_seconds,
+            found_at=found_at,
+            cleanup_node=policy.cleanup_node,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A live run, as ``Supervisor.runs()`` lists it."""
+
+    run_id: str
+    thread_id: str | None
+    graph: str
+    started_at: datetime
+    steps: int
+    tokens: int
+    status: Status
+
+
+class Run:
+    """A run's monitor, its state in the pipeline, and what is needed to stop it."""
+
+    # Thousands may be live in one process: slots, and nothing made before it is needed.
+    __slots__ = (
+        "__weakref__",  # timers hold a run weakly
+        "_started_at",
+        "_step_of",
+        "also",
+        "caller_gone",
+        "cause",
+        "cleanup_tasks",
+        "control",
+        "graph",
+        "host",
+        "lock",
+        "loop",
+        "monitor",
+        "node_threads",
+        "phase",
+        "run_id",
+        "status",
+        "stopping",
+        "task",
+        "task_cancelled",
+        "thread_id",
+        "timer_due",
+        "timers",
+        "unwinding",
+    )
+
+    def __init__(
+        self,
+        host: RunHost,
+        graph: str,
+        *,
+        run_id: uuid.UUID,
+        thread_id: str | None,
+        monitor: RunMonitor,
+        control: RunControl,
+    ) -> None:
+        self.host = host
+        self.graph = graph
+        self.run_id = run_id
+        self.thread_id = thread_id
+        self.monitor = monitor
+        self.control = control
+        self._started_at = time.time()
+        # Sync graphs run parallel nodes in threads; the timer thread checks deadlines.
+        self.lock = threading.RLock()
+        self.status: Status = "running"
+        self.stopping = False  # read on every event: a plain attribute, not a property
+        # Stop was raised where LangGraph starts a node: the run is certainly ending, so a
+        # hard cancel would only race it.
+        self.unwinding = False
+        self.cause: Cause | None = None
+        self.also: tuple[Cause, ...] = ()  # later violations, recorded on the same cancel
+        self.phase: Literal["drained", "hard"] = "drained"
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.task_cancelled = False
+        self.timer_due: float | None = None
+        self.timers: list[Timer] | None = None  # taken back when the run ends
+        self.cleanup_tasks: list[asyncio.Task[None]] | None = None  # hooks running for it
+        self.node_threads: dict[Hashable, int] = {}  # a sync run's open nodes -> thread
+        # The reason to record when the caller goes away mid-run (see watchdog.starlette).
+        self.caller_gone: str | None = None
+        self._step_of: dict[str, object] = {}  # graph namespace -> its current superstep
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """What every event of this run carries."""
+        return {"run_id": str(self.run_id), "thread_id": self.thread_id, "graph": self.graph}
+
+    @property
+    def started_at(self) -> datetime:
+        return datetime.fromtimestamp(self._started_at, UTC)
+
+    def spawned(self, task: asyncio.Task[None]) -> None:
+        """A cleanup hook of this run is running in ``task``."""
+        if self.cleanup_tasks is None:
+            self.cleanup_tasks = []
+        self.cleanup_tasks.append(task)
+
+    def info(self) -> RunInfo:
+        state = self.monitor.state
+        return RunInfo(
+            run_id=str(self.run_id),
+            thread_id=self.thread_id,
+            graph=self.graph,
+            started_at=self.started_at,
+            steps=state.steps,
+            tokens=state.total_tokens,
+            status=self.status,
+        )
+
+    def bind_task(self) -> None:
+        """Remember the task running an async run, so a hung node can be hard-cancelled."""
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+
+    # -- node events: from the probes in the graph's nodes, or from chain callbacks -----
+
+    def node_starting(
+        self, key: Hashable, name: str, checkpoint_ns: str, step: object, inputs: Any
+    ) -> None:
+        """A node of this run is about to start; raises ``Stop`` if it must not.
+
+        A superstep is (graph namespace, step): parallel nodes and Send share one, and a
+        subgraph's steps are steps of the run too. ``key`` identifies this node run until
+        ``node_ended``.
+        """
+        if self.stopping:
+            self.unwinding = True
+            raise Stop
+        monitor = self.monitor
+        namespace = checkpoint_ns.rpartition("|")[0]
+        with self.lock:
+            step_of = self._step_of
+            if step_of.get(namespace, self) != step:
+                step_of.pop(namespace, None)
+                step_of[namespace] = step
+                if len(step_of) > MAX_NAMESPACES:
+                    del step_of[next(iter(step_of))]
+                found = monitor.step_started(name)
+                if found and self.report(found):
+                    self.unwinding = True
+                    raise Stop
+            print_ = fingerprint(inputs) if monitor.wants_fingerprints else None
+            found = monitor.node_started(key, name, print_)
+            if found and self.report(found):
+                self.unwinding = True
+                raise Stop
+            node_timer = monitor.node_timer
+            if node_timer is not None and (
+                self.timer_due is None or monitor.state.now + node_timer < self.timer_due
+            ):
+                self.schedule_timers()  # this node's deadline may come first
+            if self.loop is None:
+                self.node_threads[key] = threading.get_ident()  # to interrupt a hung node
+
+    def node_ended(self, key: Hashable) -> None:
+        if key in self.monitor.state.open_nodes:
+            with self.lock:
+                self.monitor.node_ended(key)
+                self.node_threads.pop(key, None)
+
+    # -- findings and the pipeline -------------------------------------------------------
+
+    def report(self, findings: Sequence[Finding]) -> bool:
+        """Log and count what the monitor found; an enforced verdict cancels the run.
+
+        Returns whether the run must stop now.
+        """
+        metrics = self.host.metrics
+        for finding in findings:
+            fields = {
+                **self.fields,
+                "policy": finding.policy,
+                "kind": finding.kind,
+                "mode": finding.mode,
+                "reason": finding.reason,
+                "observed": finding.observed,
+                "limit": finding.limit,
+                "step": finding.step,
+                "node": finding.node,
+            }
+            if isinstance(finding, NearLimit):
+                self.host.emit("near_limit", **fields)
+                continue
+            metrics.violations.labels(self.graph, finding.policy, finding.kind, finding.mode).inc()
+            self.host.emit("violation", **fields)
+            if finding.enforced:
+                policy = next(p for p in self.monitor.policies if p.name == finding.policy)
+                self.cancel(Cause.of(finding, policy, self.monitor.state.now))
+        return self.stopping
+
+    def cancel(self, cause: Cause) -> bool:
+        """Mark the run cancelling, once; True when this call did it."""
+        with self.lock:
+            if self.status != "running":
+                if self.status == "cancelling":
+                    self.also += (cause,)
+                return False
+            self.status = "cancelling"
+            self.stopping = True
+            self.cause = cause
+        self.control.request_drain(cause.reason)
+        self.host.emit(
+            "drain_requested",
+            **self.fields,
+            policy=cause.policy,
+            kind=cause.kind,
+            reason=cause.reason,
+            step=cause.step,
+            grace_seconds=cause.grace_seconds,
+        )
+        self._call_at(cause.found_at + cause.grace_seconds, self._hard_cancel_due)
+        return True
+
+    def _call_at(self, when: float, method: Callable[..., None], *args: Any) -> None:
+        timer = self.host.scheduler.call_at(when, method, *args)
+        with self.lock:
+            # Only the pending ones are kept: a long run reschedules many times.
+            self.timers = [t for t in self.timers if t.pending] if self.timers else []
+            self.timers.append(timer)
+
+    def _hard_cancel_due(self) -> None:
+        """The grace period is over (timer thread): cancel the run's task in its own loop,
+        or interrupt the threads of a sync run's nodes."""
+        if self.status != "cancelling" or self.unwinding:
+            return
+        loop = self.loop
+        if loop is None:
+            self._interrupt_sync_nodes()
+        elif not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed: the run ended
+                loop.call_soon_threadsafe(self._cancel_task)
+
+    def _emit_hard_cancel(self) -> None:
+        cause = self.cause
+        assert cause is not None
+        self.host.emit(
+            "hard_cancel",
+            **self.fields,
+            policy=cause.policy,
+            kind=cause.kind,
+            grace_seconds=cause.grace_seconds,
+        )
+
+    def _interrupt_sync_nodes(self) -> None:
+        """Raise Stop in each thread running a node of this run.
+
+        Python delivers it when the thread next runs Python code: a node blocked in C (a
+        socket read, time.sleep) stops as soon as the call returns, not before.
+        """
+        # Under the lock a node thread cannot finish its node-end callback, so the Stop lands
+        # in this run and never in whatever that thread would run next.
+        with self.lock:
+            threads = set(self.node_threads.values())
+            if not threads or self.cause is None:
+                return
+            self.phase = "hard"
+            for ident in threads:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(ident), ctypes.py_object(Stop)
+                )
+        self._emit_hard_cancel()
+
+    def _cancel_task(self) -> None:
+        """In the run's loop: a run that has not stopped by now is hung in a node."""
+        task = self.task
+        if (
+            self.status != "cancelling"
+            or self.unwinding
+            or task is None
+            or task.done()
+            or self.task_cancelled
+        ):
+            return
+        self.task_cancelled = True
+        self.phase = "hard"
+        assert self.cause is not None
+        self._emit_hard_cancel()
+        task.cancel(f"watchdog: {self.cause.reason}")
+
+    # -- the cleanup node ------------------------------------------------------------------
+
+    def cleanup_node(self) -> str | None:
+        """The node a cancelled run goes to before it ends, if its policy names one."""
+        if self.status != "cancelling" or self.cause is None:
+            return None
+        return self.cause.cleanup_node
+
+    def cleanup_budget(self) -> float:
+        return self.cause.grace_seconds if self.cause is not None else DEFAULT_GRACE_SECONDS
+
+    def cleanup_started(self, node: str) -> None:
+        self.host.emit("cleanup_started", **self.fields, node=node, budget_s=self.cleanup_budget())
+
+    def cleanup_finished(self, node: str, error: BaseException | None) -> None:
+        outcome = (
+            "ok" if error is None else ("timeout" if isinstance(error, TimeoutError) else "failed")
+        )
+        self.host.emit(
+            "cleanup_finished",
+            **self.fields,
+            node=node,
+            outcome=outcome,
+            error=None if error is None else f"{type(error).__name__}: {error}",
+        )
+
+    # -- timers --------------------------------------------------------------------------
+
+    def schedule_timers(self) -> None:
+        due = self.monitor.next_deadline()
+        if due is not None and (self.timer_due is None or due < self.timer_due):
+            self.timer_due = due
+            self._call_at(due, self._timers_due, due)
+
+    def _timers_due(self, due: float) -> None:
+        if self.status != "running" or due != self.timer_due:
+            return  # a stale entry: the run ended, or its deadline moved
+        with self.lock:
+            found = self.monitor.check_timers()
+            if found:
+                self.report(found)
+            self.timer_due = None
+            if self.status == "running":
+                self.schedule_timers()
+
+    # -- the end -------------------------------------------------------------------------
+
+    def end(self, error: BaseException | None) -> BaseException | None:
+        """Record how the run ended; returns the exception the caller should see, if any."""
+        if isinstance(error, GeneratorExit):
+            # The caller stopped reading the stream: the run is abandoned mid-way.
+            self.cancel(self._manual(self.caller_gone or "The caller stopped reading the stream."))
+        elif (
+            # Someone else cancelled the caller's task (a server whose client went away, or
+            # that was asked to stop the run: its message says why).
+            isinstance(error, asyncio.CancelledError)
+            and not self.task_cancelled
+            and self.cancel(self._manual(self.caller_gone or _why_cancelled(error)))
+        ):
+            self.phase = "hard"
+        now = self.host.clock()
+        with self.lock:
+            outcome: Status = (
+                "cancelled"
+                if self.status == "cancelling"
+                else ("completed" if error is None else "failed")
+            )
+            self.status = outcome
+            self.stopping = True
+        self.host.forget(self)
+        with self.lock:
+            timers, self.timers = self.timers, None
+        for timer in timers or ():
+            self.host.scheduler.cancel(timer)
+        state = self.monitor.state
+        elapsed = now - state.started_at
+        metrics = self.host.metrics
+        metrics.active_runs.labels(self.graph).dec()
+        metrics.runs_finished.labels(self.graph, outcome).inc()
+        metrics.run_duration.labels(self.graph, outcome).observe(elapsed)
+        metrics.run_steps.labels(self.graph, outcome).observe(state.steps)
+        summary = {
+            "elapsed_s": round(elapsed, 6),
+            "steps": state.steps,
+            "tokens": state.total_tokens,
+        }
+        usage = {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens}
+        if outcome != "cancelled" or self.cause is None:
+            self.host.emit(
+                "run_finished",
+                **self.fields,
+                outcome=outcome,
+                error=None if error is None else type(error).__name__,
+                **summary,
+                **usage,
+            )
+            return error
+        cause = self.cause
+        latency = max(0.0, now - cause.found_at)
+        metrics.cancellations.labels(self.graph, cause.policy or "", cause.kind, self.phase).inc()
+        metrics.cancel_latency.labels(cause.kind).observe(latency)
+        self.host.emit(
+            "run_cancelled",
+            **self.fields,
+            policy=cause.policy,
+            kind=cause.kind,
+            mode="enforce",
+            reason=cause.reason,
+            observed=cause.observed,
+            limit=cause.limit,
+            step=cause.step,
+            node=cause.node,
+            phase=self.phase,
+            also=[c.policy or c.kind for c in self.also],
+            latency_s=round(latency, 6),
+            **summary,
+        )
+        self.host.emit(
+            "run_finished", **self.fields, outcome=outcome, error=None, **summary, **usage
+        )
+        cancelled = RunCancelled(
+            run_id=str(self.run_id),
+            thread_id=self.thread_id,
+            graph=self.graph,
+            policy=cause.policy,
+            kind=cause.kind,
+            reason=cause.reason,
+            observed=cause.observed,
+            limit=cause.limit,
+            step=cause.step,
+            phase=self.phase,
+        )
+        self._run_cancel_hooks(cancelled)
+        if self.task_cancelled and self.task is not None:
+            # Take back our cancel request, caught by a node or not, so the caller's task is
+            # left as it was; a cancel of its own still counts and wins.
+            external = self.task.uncancel() > 0
+            if external and isinstance(error, asyncio.CancelledError):
+                return error
+        elif isinstance(error, asyncio.CancelledError):
+            return error  # the caller's own cancellation goes on
+        if isinstance(error, GeneratorExit):
+            return error
+        return cancelled
+
+    def _run_cancel_hooks(self, cancelled: RunCancelled) -> None:
+        """The supervisor's on_cancel hooks: in tasks of their own for async runs."""
+        in_loop = self.loop is not None and _running_loop() is self.loop
+        for hook, timeout in self.host.cancel_hooks:
+            if in_loop:
+                self.spawned(spawn(hook, (cancelled,), timeout, self.fields, self.host.emit))
+            else:
+                run_hook_sync(hook, (cancelled,), timeout, self.fields, self.host.emit)
+
+    async def settle_cleanups(self) -> None:
+        """Wait for this run's cleanup hooks; a cancelled caller stops waiting, they go on."""
+        if self.cleanup_tasks:
+            await asyncio.shield(asyncio.gather(*self.cleanup_tasks))
+
+    def _manual(self, reason: str, policy: str | None = None) -> Cause:
+        graces = [p.grace_seconds for p in self.monitor.policies]
+        return Cause(
+            policy=policy,
+            kind="manual",
+            reason=reason,
+            observed=None,
+            limit=None,
+            step=self.monitor.state.steps,
+            node=self.monitor.state.node,
+            grace_seconds=min(graces, default=DEFAULT_GRACE_SECONDS),
+            found_at=self.host.clock(),
+        )
+
+    def cancel_manually(self, reason: str, policy: str | None = None) -> bool:
+        """Cancel at an operator's request, or a policy's that is not a limit (supersede)."""
+        return self.cancel(self._manual(reason, policy))
+
+    def internal_error(self, error: BaseException) -> None:
+        self.host.internal_error(error, self)

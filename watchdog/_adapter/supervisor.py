@@ -1,0 +1,451 @@
+"""The supervisor: attaches to compiled graphs and watches every run they make."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Callable
+from fnmatch import fnmatchcase
+from http.server import HTTPServer
+from typing import Any, TypeVar, overload
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.pregel import Pregel
+from langgraph.runtime import RunControl
+from prometheus_client import CollectorRegistry, start_http_server
+
+from .._core.engine import Engine
+from .._core.errors import PolicyError, PolicyProblem
+from .._core.policies import Policy, PolicySet
+from .._core.scheduler import Scheduler
+from .._files.loading import load_policies
+from .._pod.link import SidecarError, SidecarLink, fetch_policies
+from .._sinks import events as _events
+from .._sinks.metrics import Metrics
+from . import thread_totals as totals
+from .graph import SupervisedGraph, supervise
+from .hooks import DEFAULT_HOOK_TIMEOUT, Hook
+from .run import Run, RunInfo
+
+__all__ = ["RunHandle", "Supervisor"]
+
+RunId = str | uuid.UUID
+HookT = TypeVar("HookT", bound=Hook)
+
+
+def new_run_id() -> uuid.UUID:
+    """A random run id, drawn without ``uuid.uuid4``, so that code which makes its own ids
+    from a seeded or mocked uuid4 (LangGraph's tests do) gets the same ids supervised."""
+    return uuid.UUID(bytes=os.urandom(16), version=4)
+
+
+def _as_uuid(run_id: object) -> uuid.UUID | None:
+    if isinstance(run_id, uuid.UUID):
+        return run_id
+    if isinstance(run_id, str):
+        try:
+            return uuid.UUID(run_id)
+        except ValueError:
+            return None
+    return None
+
+
+class Supervisor:
+    """Checks policies on every run of the graphs it is attached to, and cancels violators.
+
+    ``registry`` is the prometheus_client registry for the metrics (default: the global
+    one). ``clock`` replaces ``time.monotonic`` for tests; with an injected clock no timer
+    thread runs, and ``check_timers()`` runs what is due.
+    """
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] | None = None,
+        lends_checkpointer: bool = False,
+    ) -> None:
+        self.clock = clock or time.monotonic
+        # A server lends the graphs it runs a checkpointer of its own (LangGraph's Agent
+        # Server does), so attach() need not find one on them for a cleanup_node.
+        self.lends_checkpointer = lends_checkpointer
+        self.engine = Engine(policies, clock=self.clock)
+        self.metrics = Metrics.on(registry)
+        # An injected clock moves only when told: its timers run by check_timers().
+        self.scheduler = Scheduler(self.clock, on_error=self.internal_error, threaded=clock is None)
+        self._runs: dict[uuid.UUID, Run] = {}  # live runs; _runs_lock guards it
+        self._runs_lock = threading.Lock()
+        self._token_counters: dict[str, tuple[Any, Any]] = {}
+        self.cancel_hooks: list[tuple[Hook, float]] = []
+        self.link: SidecarLink | None = None  # set by connect()
+        self.ledgers = totals.Ledgers()
+        # Listeners of this supervisor's events alone; replaced, never mutated, on change.
+        self._listeners: list[_events.Listener] = []
+
+    @overload
+    def on_cancel(self, hook: HookT, *, timeout: float = DEFAULT_HOOK_TIMEOUT) -> HookT: ...
+
+    @overload
+    def on_cancel(
+        self, hook: None = None, *, timeout: float = DEFAULT_HOOK_TIMEOUT
+    ) -> Callable[[HookT], HookT]: ...
+
+    def on_cancel(
+        self, hook: HookT | None = None, *, timeout: float = DEFAULT_HOOK_TIMEOUT
+    ) -> HookT | Callable[[HookT], HookT]:
+        """Register ``hook(cancelled: RunCancelled)`` to run for every cancelled run.
+
+        Use it as ``supervisor.on_cancel(hook)``, ``@supervisor.on_cancel`` or
+        ``@supervisor.on_cancel(timeout=2)``. Sync or async; async runs run it in a task the
+        supervisor owns, so it completes even when the caller's task is being cancelled.
+        """
+
+        def register(hook: HookT) -> HookT:
+            self.cancel_hooks.append((hook, timeout))
+            return hook
+
+        return register if hook is None else register(hook)
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] | None = None,
+        lends_checkpointer: bool = False,
+    ) -> Supervisor:
+        """A supervisor for the policies in a YAML file or directory; ``PolicyError`` if bad.
+
+        It takes the constructor's keyword options.
+        """
+        policies = load_policies(path)
+        supervisor = cls(
+            policies, registry=registry, clock=clock, lends_checkpointer=lends_checkpointer
+        )
+        supervisor._loaded(policies, str(path))
+        return supervisor
+
+    @classmethod
+    def connect(
+        cls,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        fallback: str | os.PathLike[str] | None = None,
+        worker: str | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Supervisor:
+        """A supervisor that takes its policies from a sidecar and reports to it.
+
+        ``url`` defaults to ``WATCHDOG_SIDECAR_URL``, ``token`` to ``WATCHDOG_SIDECAR_TOKEN``.
+        When the sidecar cannot be reached at start, the supervisor starts on the local
+        policies at ``fallback`` (default ``WATCHDOG_POLICIES``) and takes the sidecar's
+        as soon as it answers; with no fallback, ``ConnectionError``.
+        """
+        url = (url or os.environ.get("WATCHDOG_SIDECAR_URL") or "").rstrip("/")
+        if not url:
+            msg = "no sidecar url: pass one, or set WATCHDOG_SIDECAR_URL"
+            raise ValueError(msg)
+        token = token or os.environ.get("WATCHDOG_SIDECAR_TOKEN") or None
+        etag = None
+        try:
+            fetched = fetch_policies(url, token)
+            assert fetched is not None
+            policies, etag = fetched
+            source = f"{url}/v1/policies"
+        except SidecarError as error:
+            fallback = fallback or os.environ.get("WATCHDOG_POLICIES")
+            if fallback is None:
+                msg = (
+                    f"the sidecar at {url} cannot be reached ({error}); pass fallback= or "
+                    "set WATCHDOG_POLICIES to start on local policies meanwhile"
+                )
+                raise ConnectionError(msg) from error
+            policies, source = load_policies(fallback), str(fallback)
+            _events.emit("sidecar_unreachable", url=url, error=str(error), fallback=source)
+        supervisor = cls(policies, registry=registry, clock=clock)
+        supervisor._loaded(policies, source)
+        supervisor.link = SidecarLink(supervisor, url, token, etag=etag, worker=worker)
+        return supervisor
+
+    @property
+    def policies(self) -> PolicySet:
+        return self.engine.policies
+
+    def reload(self, policies: PolicySet, source: str = "") -> None:
+        """Swap in a new policy set; live runs take it up at their next check."""
+        self.engine.reload(policies)
+        self._loaded(policies, source)
+
+    def _loaded(self, policies: PolicySet, source: str) -> None:
+        self.metrics.policy_reloads.labels("ok").inc()
+        self.emit(
+            "policy_loaded",
+            source=source,
+            files=list(policies.files),
+            policies=[p.name for p in policies.policies],
+        )
+
+    # -- attaching -----------------------------------------------------------------------
+
+    def attach(self, graph: Any, *, name: str) -> Any:
+        """A supervised copy of a compiled graph: a graph of the same kind (``Pregel``,
+        ``CompiledStateGraph``), whose every run is watched.
+
+        ``TypeError`` when ``graph`` is not a compiled graph; ``PolicyError`` when a policy
+        that can apply to this graph names a ``cleanup_node`` the graph lacks, or when the
+        graph has no checkpointer to resume it from.
+        """
+        if not isinstance(graph, Pregel):
+            hint = " (call .compile() first)" if hasattr(graph, "compile") else ""
+            msg = f"attach() takes a compiled LangGraph graph, got {type(graph).__name__}{hint}"
+            raise TypeError(msg)
+        problems = [
+            problem
+            for policy in self.policies.policies
+            if policy.cleanup_node and _may_apply(policy, name)
+            for problem in _cleanup_problems(policy, graph, name, self.lends_checkpointer)
+        ]
+        if problems:
+            raise PolicyError(problems)
+        if isinstance(graph.checkpointer, BaseCheckpointSaver):
+            self.ledgers.note(graph.checkpointer)
+        return supervise(graph, self, name)
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def runs(self) -> list[RunInfo]:
+        with self._runs_lock:
+            live = list(self._runs.values())
+        return [run.info() for run in live]
+
+    def cancel(self, run_id: RunId, reason: str = "cancelled by request") -> bool:
+        """Cancel a live run from any thread or task; True when this call cancelled it."""
+        key = _as_uuid(run_id)
+        run = self._runs.get(key) if key is not None else None
+        return run is not None and run.cancel_manually(reason)
+
+    def cancel_thread(self, thread_id: str, reason: str = "cancelled by request") -> int:
+        """Cancel every live run on a thread; returns how many this call cancelled."""
+        return sum(run.cancel_manually(reason) for run in self._live_on(str(thread_id)))
+
+    def reset_thread_totals(self, thread_id: str) -> int:
+        """Start a thread's ``scope: thread`` totals again from zero, so a thread that hit
+        its limit takes runs again.
+
+        The reset is a marker kept beside the totals, in every checkpointer this supervisor
+        knows (its attached graphs', and those lent to its runs) that holds totals of the
+        thread; so every process sharing one of them sees it. Runs of the thread live now
+        count in full. Returns how many checkpointers held totals of the thread (0: none
+        did). From async code, ``areset_thread_totals``.
+        """
+        reset = [saver for saver in self.ledgers.savers() if totals.reset(saver, thread_id)]
+        return self._totals_reset(thread_id, reset)
+
+    async def areset_thread_totals(self, thread_id: str) -> int:
+        """``reset_thread_totals``, through the checkpointers' async methods."""
+        reset = [saver for saver in self.ledgers.savers() if await totals.areset(saver, thread_id)]
+        return self._totals_reset(thread_id, reset)
+
+    def _totals_reset(self, thread_id: str, savers: list[totals.Saver]) -> int:
+        for saver in savers:
+            self.ledgers.reset(saver, thread_id)
+        self.emit("thread_totals_reset", thread_id=thread_id, checkpointers=len(savers))
+        return len(savers)
+
+    def _live_on(self, thread_id: str) -> list[Run]:
+        with self._runs_lock:
+            return [run for run in self._runs.values() if run.thread_id == thread_id]
+
+    def start(
+        self, app: SupervisedGraph, input: Any, config: Any = None, **kwargs: Any
+    ) -> RunHandle:
+        """Start a run in the background of the running event loop; returns its handle."""
+        return RunHandle(app, input, config, kwargs)
+
+    def check_timers(self) -> int:
+        """Run the timer checks that are due now; for an injected clock."""
+        return self.scheduler.run_due()
+
+    def serve_metrics(self, port: int = 9464, addr: str = "127.0.0.1") -> HTTPServer:
+        """Serve this supervisor's metrics at ``http://addr:port/metrics`` from a thread.
+
+        Port 0 picks a free port: read it from the returned server's ``server_port``.
+        """
+        server, _ = start_http_server(port, addr=addr, registry=self.metrics.registry)
+        return server
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.link is not None:
+            self.link.close(timeout)
+        self.scheduler.close()
+
+    def start_run(self, graph: str, config: RunnableConfig, control: RunControl) -> Run:
+        """Register a new run of ``graph``, as its config (``config``) describes it."""
+        # Not written into the config: LangGraph formats a run id at every step.
+        run_id = _as_uuid(config.get("run_id")) or new_run_id()
+        thread_id = (config.get("configurable") or {}).get("thread_id")
+        monitor = self.engine.start_run(
+            graph, config.get("tags") or (), config.get("metadata") or {}
+        )
+        run = Run(
+            self,
+            graph,
+            run_id=run_id,
+            thread_id=None if thread_id is None else str(thread_id),
+            monitor=monitor,
+            control=control,
+        )
+        superseding = next((p for p in monitor.policies if p.supersede), None)
+        if superseding is not None and run.thread_id is not None:
+            for older in self._live_on(run.thread_id):
+                older.cancel_manually(
+                    f"A newer run ({run_id}) started on thread {run.thread_id!r}.",
+                    superseding.name,
+                )
+        with self._runs_lock:
+            self._runs[run_id] = run
+        self.metrics.runs_started.labels(graph).inc()
+        self.metrics.active_runs.labels(graph).inc()
+        self.emit("run_started", **run.fields, policies=[p.name for p in monitor.policies])
+        if monitor.has_timers:
+            run.schedule_timers()
+        return run
+
+    # -- what runs use of their supervisor (RunHost) ------------------------------------
+
+    def emit(self, name: str, **fields: Any) -> None:
+        """Log an event, and hand it to this supervisor's listeners (its sidecar link)."""
+        _events.emit_to(self._listeners, name, **fields)
+
+    def add_listener(self, listener: _events.Listener) -> None:
+        self._listeners = [*self._listeners, listener]  # copied: emit reads it unlocked
+
+    def remove_listener(self, listener: _events.Listener) -> None:
+        self._listeners = [x for x in self._listeners if x is not listener]
+
+    def forget(self, run: Run) -> None:
+        with self._runs_lock:
+            if self._runs.get(run.run_id) is run:
+                del self._runs[run.run_id]
+
+    def count_tokens(self, graph: str, input_tokens: int, output_tokens: int) -> None:
+        counters = self._token_counters.get(graph)
+        if counters is None:
+            tokens = self.metrics.tokens
+            counters = self._token_counters[graph] = (
+                tokens.labels(graph, "input"),
+                tokens.labels(graph, "output"),
+            )
+        if input_tokens:
+            counters[0].inc(input_tokens)
+        if output_tokens:
+            counters[1].inc(output_tokens)
+
+    def internal_error(self, error: BaseException, run: Run | None = None) -> None:
+        """A bug of ours: log it, count it, never let it reach the run."""
+        self.metrics.internal_errors.inc()
+        fields = run.fields if run is not None else {}
+        self.emit(
+            "internal_error",
+            **fields,
+            error=f"{type(error).__name__}: {error}",
+            traceback="".join(traceback.format_exception(error)),
+        )
+
+
+def _may_apply(policy: Policy, graph: str) -> bool:
+    """Whether a policy can apply to a graph's runs (tags and metadata are known per run)."""
+    return not policy.match.graphs or any(fnmatchcase(graph, g) for g in policy.match.graphs)
+
+
+def _cleanup_problems(
+    policy: Policy, graph: Any, name: str, lends_checkpointer: bool
+) -> list[PolicyProblem]:
+    def problem(message: str) -> PolicyProblem:
+        path = f"policies.{policy.name}.cleanup_node"
+        return PolicyProblem(policy.file, policy.line, 1, path, message)
+
+    nodes = [n for n in getattr(graph, "nodes", {}) if not n.startswith("__")]
+    problems = []
+    if policy.cleanup_node not in nodes:
+        problems.append(
+            problem(
+                f"graph {name!r} has no node {policy.cleanup_node!r}; "
+                f"expected one of {', '.join(nodes)}"
+            )
+        )
+    if not lends_checkpointer and not getattr(graph, "checkpointer", None):
+        problems.append(
+            problem(
+                f"graph {name!r} has no checkpointer, and a cancelled run is resumed at its "
+                "cleanup node from its last checkpoint; expected a graph compiled with "
+                "checkpointer=..."
+            )
+        )
+    return problems
+
+
+class RunHandle:
+    """A run started in the background: stream it, cancel it, await its result.
+
+    ``handle = supervisor.start(app, input, config)`` inside a running event loop, then
+    ``async for chunk in handle.stream()``, ``await handle.cancel()``, ``await handle.result()``
+    (which raises ``RunCancelled`` for a cancelled run). Chunks are in ``stream_mode="values"``
+    unless another mode is asked for.
+    """
+
+    _END = object()
+
+    def __init__(self, app: SupervisedGraph, input: Any, config: Any, kwargs: dict[str, Any]):
+        config = dict(config or {})
+        self._run_id = _as_uuid(config.get("run_id")) or new_run_id()
+        config["run_id"] = self._run_id
+        self.run_id = str(self._run_id)
+        self._app = app
+        self._supervisor: Supervisor = app._watchdog.supervisor  # type: ignore[assignment]
+        kwargs.setdefault("stream_mode", "values")  # so the last chunk is the final state
+        self._chunks: asyncio.Queue[Any] = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._pump(input, config, kwargs))
+
+    async def _pump(self, input: Any, config: Any, kwargs: dict[str, Any]) -> Any:
+        last = None
+        try:
+            async for chunk in self._app.astream(input, config, **kwargs):
+                last = chunk
+                self._chunks.put_nowait(chunk)
+        finally:
+            self._chunks.put_nowait(self._END)
+        return last
+
+    async def stream(self) -> AsyncIterator[Any]:
+        """The run's chunks as they come; raises as the run does when it ends."""
+        while (chunk := await self._chunks.get()) is not self._END:
+            yield chunk
+        await self._task
+
+    async def result(self) -> Any:
+        """The run's last chunk (its final state, in the default "values" mode)."""
+        return await self._task
+
+    async def cancel(self, reason: str = "cancelled by request") -> bool:
+        """Cancel the run and wait until it has stopped; True when this call cancelled it."""
+        supervisor = self._supervisor
+        while self._run_id not in supervisor._runs and not self._task.done():
+            await asyncio.sleep(0)  # the run registers as it takes its first step
+        cancelled = supervisor.cancel(self._run_id, reason)
+        with contextlib.suppress(Exception):
+            await self._task
+        return cancelled
+
+    def done(self) -> bool:
+        return self._task.done()

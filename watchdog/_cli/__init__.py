@@ -1,0 +1,2 @@
+"""The ``watchdog`` command: ``check``, ``serve`` and ``demo``, each importing only what it
+needs."""

@@ -1,0 +1,535 @@
+"""The policy engine: events of a run in, verdicts and near-limit warnings out.
+
+No LangGraph here. The supervisor turns callbacks into the calls below; the engine keeps the
+run's counters and windows, and checks only the limits an event can move. The clock is
+injected: the engine never reads the time any other way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import cast
+
+from .limits import (
+    BEGINNINGS,
+    CostSpec,
+    CycleSpec,
+    EventWindowSpec,
+    Limit,
+    MaxRepeats,
+    NodeRepeatSpec,
+    NodeSeconds,
+    TimeLimit,
+    ToolRepeatSpec,
+    Trigger,
+)
+from .policies import RATE_OF, Mode, Policy, PolicySet
+from .state import CostMeter, CycleTracker, EventWindow, RepeatWindow, RunState, TrackerSpec
+
+__all__ = ["Clock", "Engine", "Finding", "NearLimit", "RunMonitor", "Verdict"]
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A limit of a policy was exceeded. Audit verdicts are reported, never enforced."""
+
+    policy: str
+    kind: str
+    key: str  # which limit, e.g. "max_steps"
+    mode: Mode
+    reason: str  # one readable sentence
+    observed: float
+    limit: float
+    step: int
+    node: str | None
+
+    @property
+    def enforced(self) -> bool:
+        return self.mode == "enforce"
+
+
+@dataclass(frozen=True, slots=True)
+class NearLimit:
+    """A run used ``warn_at`` of a limit; reported once per limit and run."""
+
+    policy: str
+    kind: str
+    key: str
+    mode: Mode
+    reason: str
+    observed: float
+    limit: float
+    step: int
+    node: str | None
+
+
+Finding = Verdict | NearLimit
+NOTHING: tuple[Finding, ...] = ()
+QUIET_CAP = 1 << 30
+NO_TAGS: frozenset[str] = frozenset()
+NO_METADATA: Mapping[str, object] = MappingProxyType({})
+NOT_YET: frozenset[tuple[str, str]] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """A limit of one policy as applied to one run."""
+
+    limit: Limit
+    policy: Policy
+    threshold: float  # observed values below this need no further look
+
+    @classmethod
+    def of(cls, limit: Limit, policy: Policy) -> _Bound:
+        warn_at = policy.warn_at
+        threshold = limit.limit * warn_at if warn_at is not None else limit.limit
+        return cls(limit, policy, threshold)
+
+
+@dataclass(frozen=True, slots=True)
+class _Split:
+    """The limits that events of one trigger can move, sorted by how they are checked.
+
+    ``every`` is checked at each event. ``counted`` limits rise by at most ``max_rise`` an
+    event, so after a check the next few events cannot reach any of them. ``timed`` limits
+    (``max_seconds`` as a step begins) are looked at once the clock passes their deadline.
+    """
+
+    every: tuple[_Bound, ...]
+    counted: tuple[_Bound, ...]
+    timed: tuple[_Bound, ...]
+    # With nothing counted, a run's checks never change: all its runs share these.
+    stateless: _Checks | None
+
+    @classmethod
+    def of(cls, bound: list[_Bound], trigger: Trigger) -> _Split:
+        mine = [b for b in bound if b.limit.triggers & trigger]
+        timed = tuple(b for b in mine if isinstance(b.limit, TimeLimit))
+        counted = tuple(
+            b for b in mine if b.limit.max_rise is not None and b.limit.triggers == trigger
+        )
+        every = tuple(b for b in mine if b not in timed and b not in counted)
+        stateless = None if counted else _Checks(every, (), timed)
+        return cls(every, counted, timed, stateless)
+
+    def checks(self) -> _Checks:
+        """This trigger's checks for one more run."""
+        if self.stateless is not None:
+            return self.stateless
+        return _Checks(self.every, self.counted, self.timed)
+
+
+class _Checks:
+    """A run's checks on one trigger, and how long they can wait."""
+
+    __slots__ = ("counted", "every", "quiet", "timed")
+
+    def __init__(
+        self, every: tuple[_Bound, ...], counted: tuple[_Bound, ...], timed: tuple[_Bound, ...]
+    ) -> None:
+        self.every, self.counted, self.timed = every, counted, timed
+        self.quiet = 0  # events that can pass before a counted limit must be looked at
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    """What a set of matching policies checks, worked out once and shared by their runs."""
+
+    policies: tuple[Policy, ...]
+    step: _Split
+    node: _Split
+    llm: _Split
+    usage: _Split
+    tool: _Split
+    on_timer: tuple[_Bound, ...]
+    timed: tuple[_Bound, ...]
+    wants_fingerprints: bool
+    node_timer: float | None  # the soonest a node that starts now can fall due, if ever
+    specs: frozenset[TrackerSpec]
+
+    @classmethod
+    def of(cls, policies: tuple[Policy, ...]) -> _Binding:
+        bound = [_Bound.of(lim, p) for p in policies for lim in p.kind.limits]
+        on_timer = tuple(b for b in bound if b.limit.triggers & Trigger.TIMER)
+        timed = tuple(b for b in on_timer if isinstance(b.limit, TimeLimit))
+        return cls(
+            policies=policies,
+            step=_Split.of(bound, Trigger.STEP),
+            node=_Split.of(bound, Trigger.NODE),
+            llm=_Split.of(bound, Trigger.LLM),
+            usage=_Split.of(bound, Trigger.USAGE),
+            tool=_Split.of(bound, Trigger.TOOL),
+            on_timer=on_timer,
+            timed=timed,
+            wants_fingerprints=any(isinstance(b.limit, MaxRepeats) for b in bound),
+            node_timer=min(
+                (b.threshold for b in timed if isinstance(b.limit, NodeSeconds)), default=None
+            ),
+            specs=frozenset(b.limit.tracker for b in bound if b.limit.tracker is not None),
+        )
+
+
+class Engine:
+    """Holds the current policy set and starts a monitor for each run.
+
+    ``reload()`` swaps the policy set; live runs pick the new limits up at their next event,
+    keeping their counters.
+    """
+
+    def __init__(self, policies: PolicySet, *, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self._policies = policies
+        self.generation = 0
+        # By the ids of the matching policies: runs of one graph share one binding.
+        self._bindings: dict[tuple[int, ...], _Binding] = {}
+
+    @property
+    def policies(self) -> PolicySet:
+        return self._policies
+
+    def reload(self, policies: PolicySet) -> None:
+        self._policies = policies
+        self._bindings = {}
+        self.generation += 1
+
+    def _binding(self, policies: tuple[Policy, ...]) -> _Binding:
+        key = tuple(map(id, policies))
+        binding = self._bindings.get(key)
+        if binding is None:
+            binding = self._bindings[key] = _Binding.of(policies)
+        return binding
+
+    def start_run(
+        self,
+        graph: str,
+        tags: Iterable[str] = (),
+        metadata: Mapping[str, object] | None = None,
+    ) -> RunMonitor:
+        return RunMonitor(
+            self,
+            graph,
+            frozenset(tags) if tags else NO_TAGS,
+            dict(metadata) if metadata else NO_METADATA,
+        )
+
+
+class RunMonitor:
+    """One run's state and the limits that apply to it, checked as its events arrive.
+
+    Every event method returns the findings it produced: almost always the empty tuple.
+    """
+
+    __slots__ = (
+        "_cost_meters",
+        "_cycles",
+        "_due",
+        "_generation",
+        "_llm_rates",
+        "_node_rates",
+        "_node_windows",
+        "_on_llm",
+        "_on_node",
+        "_on_step",
+        "_on_timer",
+        "_on_tool",
+        "_on_usage",
+        "_step_rates",
+        "_timed",
+        "_token_rates",
+        "_tool_rates",
+        "_tool_windows",
+        "_violated",
+        "_warned",
+        "engine",
+        "graph",
+        "has_timers",
+        "metadata",
+        "node_timer",
+        "policies",
+        "state",
+        "tags",
+        "wants_fingerprints",
+    )
+
+    def __init__(
+        self,
+        engine: Engine,
+        graph: str,
+        tags: frozenset[str],
+        metadata: Mapping[str, object],
+    ) -> None:
+        self.engine = engine
+        self.graph = graph
+        self.tags = tags
+        self.metadata = metadata
+        self.state = RunState(engine.clock())
+        # (policy, key) of limits already reported, so each is reported once per run; copied
+        # on the rare write, so a run that reports nothing holds no set of its own.
+        self._violated = NOT_YET
+        self._warned = NOT_YET
+        self._bind()
+
+    # -- binding policies to this run --------------------------------------------------------
+
+    def _bind(self) -> None:
+        self._generation = self.engine.generation
+        binding = self.engine._binding(
+            self.engine.policies.matching(self.graph, self.tags, self.metadata)
+        )
+        self.policies = binding.policies
+        state = self.state
+        self._on_step = binding.step.checks()
+        self._on_node = binding.node.checks()
+        self._on_llm = binding.llm.checks()
+        self._on_usage = binding.usage.checks()
+        self._on_tool = binding.tool.checks()
+        self._on_timer = binding.on_timer
+        self._timed = binding.timed
+        # The time limits checked as events begin are max_seconds, whose deadline never
+        # moves: they need no look before the soonest of them.
+        self._due = min(
+            (
+                due
+                for b in binding.timed
+                if b.limit.triggers & BEGINNINGS
+                and (due := cast(TimeLimit, b.limit).deadline(state, b.threshold)) is not None
+            ),
+            default=math.inf,
+        )
+        # What the caller need not compute when no policy looks at it:
+        self.wants_fingerprints = binding.wants_fingerprints
+        self.has_timers = bool(binding.timed)
+        self.node_timer = binding.node_timer
+
+        # Keep the trackers whose spec survives a reload, so windows are not reset.
+        old = state.trackers
+        trackers = state.trackers = {spec: old.get(spec) or spec.create() for spec in binding.specs}
+        node_windows: list[RepeatWindow] = []
+        tool_windows: list[RepeatWindow] = []
+        cost_meters: list[CostMeter] = []
+        rates: dict[str, list[EventWindow]] = {of: [] for of in RATE_OF}
+        self._cycles = None
+        for spec, tracker in trackers.items():
+            match spec:
+                case NodeRepeatSpec():
+                    node_windows.append(cast(RepeatWindow, tracker))
+                case ToolRepeatSpec():
+                    tool_windows.append(cast(RepeatWindow, tracker))
+                case CycleSpec():
+                    self._cycles = cast(CycleTracker, tracker)
+                case CostSpec():
+                    cost_meters.append(cast(CostMeter, tracker))
+                case EventWindowSpec(of=of):
+                    rates[of].append(cast(EventWindow, tracker))
+        self._node_windows = tuple(node_windows)
+        self._tool_windows = tuple(tool_windows)
+        self._cost_meters = tuple(cost_meters)
+        self._step_rates = tuple(rates["steps"])
+        self._node_rates = tuple(rates["node_runs"])
+        self._llm_rates = tuple(rates["llm_calls"])
+        self._tool_rates = tuple(rates["tool_calls"])
+        self._token_rates = tuple(rates["tokens"])
+
+    def _now(self) -> float:
+        if self._generation != self.engine.generation:
+            self._bind()
+        now = self.state.now = self.engine.clock()
+        return now
+
+    # -- checking ------------------------------------------------------------------------------
+
+    def _check(self, bound: tuple[_Bound, ...]) -> tuple[Finding, ...]:
+        state = self.state
+        found: list[Finding] | None = None
+        for b in bound:
+            observed = b.limit.observe(state)
+            if observed < b.threshold:
+                continue
+            finding = self._judge(b, observed)
+            if finding is not None:
+                if found is None:
+                    found = []
+                found.append(finding)
+        return NOTHING if found is None else tuple(found)
+
+    def _check_on(self, checks: _Checks) -> tuple[Finding, ...]:
+        """Check what an event of one trigger can have moved; the hot path."""
+        found = self._check(checks.every) if checks.every else NOTHING
+        if checks.quiet:
+            checks.quiet -= 1
+        elif checks.counted and (more := self._check_counted(checks)):
+            found += more
+        if checks.timed and self.state.now >= self._due:
+            found += self._check(checks.timed)
+        return found
+
+    def _check_counted(self, checks: _Checks) -> tuple[Finding, ...]:
+        """Check the limits that rise by a bounded step, and count how many events of this
+        trigger can pass before any of them could reach its threshold."""
+        state = self.state
+        found: list[Finding] = []
+        quiet = math.inf
+        for b in checks.counted:
+            observed = b.limit.observe(state)
+            if observed < b.threshold:
+                rise: float = b.limit.max_rise  # type: ignore[assignment]
+                quiet = min(quiet, math.ceil((b.threshold - observed) / rise) - 1)
+                continue
+            quiet = 0
+            finding = self._judge(b, observed)
+            if finding is not None:
+                found.append(finding)
+        checks.quiet = int(min(quiet, QUIET_CAP))
+        return tuple(found)
+
+    def _judge(self, b: _Bound, observed: float) -> Finding | None:
+        """The slow path, for values at or past a warning threshold."""
+        limit, policy, state = b.limit, b.policy, self.state
+        key = (policy.name, limit.key)
+        if limit.exceeded(observed):
+            if key in self._violated:
+                return None
+            self._violated = self._violated | {key}
+            cls: type[Finding] = Verdict
+            reason = limit.describe(policy.name, observed, state)
+        else:
+            if key in self._warned or policy.warn_at is None:
+                return None
+            self._warned = self._warned | {key}
+            cls = NearLimit
+            reason = (
+                f"{limit.key} is at {observed / limit.limit:.0%} of its limit: "
+                f"{observed:g} of {limit.limit:g} (policy {policy.name!r})."
+            )
+        return cls(
+            policy=policy.name,
+            kind=limit.kind,
+            key=limit.key,
+            mode=policy.mode,
+            reason=reason,
+            observed=observed,
+            limit=limit.limit,
+            step=state.steps,
+            node=state.node,
+        )
+
+    # -- events ----------------------------------------------------------------------------
+
+    def step_started(self, node: str | None = None) -> tuple[Finding, ...]:
+        """A superstep began, with ``node`` (if given) the first node of it to start: a
+        verdict now names it as the node it stops."""
+        now = self._now()
+        state = self.state
+        if node is not None:
+            state.node = node
+        state.steps += 1
+        for window in self._step_rates:
+            window.push(now)
+        found = self._check_on(self._on_step)
+        state.last_progress = now
+        return found
+
+    def step_ended(self) -> None:
+        self.state.last_progress = self._now()
+
+    def node_started(self, key: Hashable, name: str, fingerprint: Hashable) -> tuple[Finding, ...]:
+        """A node run began; ``fingerprint`` identifies its input (equal input, equal print)."""
+        now = self._now()
+        state = self.state
+        state.node_runs += 1
+        state.node = name
+        state.open_nodes[key] = (name, now)
+        if self._node_windows:
+            entry = (name, fingerprint)
+            for repeats in self._node_windows:
+                repeats.push(entry)
+        if self._cycles is not None:
+            self._cycles.push(name)
+        for window in self._node_rates:
+            window.push(now)
+        found = self._check_on(self._on_node)
+        state.last_progress = now
+        return found
+
+    def node_ended(self, key: Hashable) -> None:
+        self.state.open_nodes.pop(key, None)
+        self.state.last_progress = self._now()
+
+    def llm_started(self, model: str) -> tuple[Finding, ...]:
+        now = self._now()
+        state = self.state
+        state.llm_calls += 1
+        for window in self._llm_rates:
+            window.push(now)
+        found = self._check_on(self._on_llm)
+        state.last_progress = now
+        return found
+
+    def llm_ended(
+        self,
+        model: str,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        total_tokens: int | None = None,
+    ) -> tuple[Finding, ...]:
+        """An LLM call ended and reported its usage (``usage_metadata``)."""
+        now = self._now()
+        state = self.state
+        total = input_tokens + output_tokens if total_tokens is None else total_tokens
+        state.input_tokens += input_tokens
+        state.output_tokens += output_tokens
+        state.total_tokens += total
+        for meter in self._cost_meters:
+            meter.add(model, input_tokens, output_tokens)
+        for window in self._token_rates:
+            window.push(now, total)
+        found = self._check_on(self._on_usage)
+        state.last_progress = now
+        return found
+
+    def tool_started(self, name: str, arguments: Hashable) -> tuple[Finding, ...]:
+        """A tool call began; ``arguments`` is a hashable fingerprint of its arguments."""
+        now = self._now()
+        state = self.state
+        state.tool_calls += 1
+        state.tool = name
+        if self._tool_windows:
+            entry = (name, arguments)
+            for repeats in self._tool_windows:
+                repeats.push(entry)
+        for window in self._tool_rates:
+            window.push(now)
+        found = self._check_on(self._on_tool)
+        state.last_progress = now
+        return found
+
+    def tool_ended(self) -> None:
+        self.state.last_progress = self._now()
+
+    def check_timers(self) -> tuple[Finding, ...]:
+        """Check the time limits now; the scheduler calls this at ``next_deadline()``."""
+        self._now()
+        return self._check(self._on_timer)
+
+    def next_deadline(self) -> float | None:
+        """The earliest clock time at which a time limit, or its warning, falls due."""
+        state = self.state
+        earliest: float | None = None
+        for b in self._timed:
+            limit: TimeLimit = b.limit  # type: ignore[assignment]
+            key = (b.policy.name, limit.key)
+            if key in self._violated:
+                continue
+            seconds = limit.limit
+            if b.threshold < seconds and key not in self._warned:
+                seconds = b.threshold
+            due = limit.deadline(state, seconds)
+            if due is not None and (earliest is None or due < earliest):
+                earliest = due
+        return earliest

@@ -1,0 +1,220 @@
+"""The policy model: what a loaded policy file is, independent of YAML."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Literal
+
+from .limits import (
+    CostSpec,
+    IdleSeconds,
+    Limit,
+    MaxCost,
+    MaxCycleRepeats,
+    MaxEvents,
+    MaxInputTokens,
+    MaxNodeRuns,
+    MaxOutputTokens,
+    MaxRepeats,
+    MaxSeconds,
+    MaxSteps,
+    MaxToolRepeats,
+    MaxTotalTokens,
+    NodeSeconds,
+)
+from .state import Price, RunState
+
+__all__ = [
+    "KINDS",
+    "Kind",
+    "Loop",
+    "Match",
+    "Mode",
+    "Policy",
+    "PolicySet",
+    "Rate",
+    "StepCount",
+    "TokenBudget",
+    "WallTime",
+]
+
+Mode = Literal["enforce", "audit"]
+Scope = Literal["run", "thread"]
+SCOPES: tuple[Scope, ...] = ("run", "thread")
+RATE_OF = ("steps", "node_runs", "llm_calls", "tool_calls", "tokens")
+
+
+def _present(*limits: Limit | None) -> tuple[Limit, ...]:
+    return tuple(limit for limit in limits if limit is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One policy kind: a bundle of limits, each a pure function of a ``RunState``."""
+
+    limits: tuple[Limit, ...] = field(init=False, repr=False, compare=False)
+
+    name = ""
+
+    @property
+    def per_thread(self) -> bool:
+        """Whether this kind counts across the runs of a thread (``scope: thread``)."""
+        return getattr(self, "scope", "run") == "thread"
+
+    def check(self, state: RunState) -> Limit | None:
+        """The first of this kind's limits that ``state`` exceeds, or None."""
+        return next((lim for lim in self.limits if lim.exceeded(lim.observe(state))), None)
+
+
+@dataclass(frozen=True, slots=True)
+class WallTime(Kind):
+    max_seconds: float | None = None
+    idle_seconds: float | None = None
+    node_seconds: float | None = None
+    name = "wall_time"
+
+    def __post_init__(self) -> None:
+        limits = _present(
+            None if self.max_seconds is None else MaxSeconds(self.max_seconds),
+            None if self.idle_seconds is None else IdleSeconds(self.idle_seconds),
+            None if self.node_seconds is None else NodeSeconds(self.node_seconds),
+        )
+        object.__setattr__(self, "limits", limits)
+
+
+@dataclass(frozen=True, slots=True)
+class StepCount(Kind):
+    max_steps: int | None = None
+    max_node_runs: int | None = None
+    scope: Scope = "run"
+    name = "step_count"
+
+    def __post_init__(self) -> None:
+        thread = self.scope == "thread"
+        limits = _present(
+            None if self.max_steps is None else MaxSteps(self.max_steps, thread=thread),
+            None if self.max_node_runs is None else MaxNodeRuns(self.max_node_runs, thread=thread),
+        )
+        object.__setattr__(self, "limits", limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Loop(Kind):
+    window: int = 50
+    max_repeats: int | None = None
+    max_tool_repeats: int | None = None
+    max_cycle_repeats: int | None = None
+    name = "loop"
+
+    def __post_init__(self) -> None:
+        limits = _present(
+            None if self.max_repeats is None else MaxRepeats(self.max_repeats, self.window),
+            None
+            if self.max_tool_repeats is None
+            else MaxToolRepeats(self.max_tool_repeats, self.window),
+            None if self.max_cycle_repeats is None else MaxCycleRepeats(self.max_cycle_repeats),
+        )
+        object.__setattr__(self, "limits", limits)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBudget(Kind):
+    max_total_tokens: int | None = None
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    max_cost_usd: float | None = None
+    prices: Mapping[str, Price] = field(default_factory=dict, hash=False)
+    scope: Scope = "run"
+    name = "token_budget"
+
+    def __post_init__(self) -> None:
+        thread = self.scope == "thread"
+        limits = _present(
+            None
+            if self.max_total_tokens is None
+            else MaxTotalTokens(self.max_total_tokens, thread=thread),
+            None
+            if self.max_input_tokens is None
+            else MaxInputTokens(self.max_input_tokens, thread=thread),
+            None
+            if self.max_output_tokens is None
+            else MaxOutputTokens(self.max_output_tokens, thread=thread),
+            None
+            if self.max_cost_usd is None
+            else MaxCost(self.max_cost_usd, CostSpec(tuple(self.prices.items())), thread=thread),
+        )
+        object.__setattr__(self, "limits", limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Rate(Kind):
+    max_events: int = 0
+    per_seconds: float = 0.0
+    of: str = "steps"
+    name = "rate"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limits", (MaxEvents(self.max_events, self.per_seconds, self.of),))
+
+
+KINDS: dict[str, type[Kind]] = {
+    kind.name: kind for kind in (WallTime, StepCount, Loop, TokenBudget, Rate)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Which runs a policy applies to; the empty match applies to every run."""
+
+    graphs: tuple[str, ...] = ()  # globs on the name given to attach(); any may match
+    tags: frozenset[str] = frozenset()  # all must be among the run's tags
+    metadata: Mapping[str, object] = field(default_factory=dict, hash=False)
+
+    def matches(self, graph: str, tags: Iterable[str], metadata: Mapping[str, object]) -> bool:
+        if self.graphs and not any(fnmatchcase(graph, glob) for glob in self.graphs):
+            return False
+        if self.tags and not self.tags.issubset(tags):
+            return False
+        missing = object()
+        return all(metadata.get(key, missing) == value for key, value in self.metadata.items())
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    kind: Kind
+    mode: Mode = "enforce"
+    grace_seconds: float = 5.0
+    warn_at: float | None = 0.8
+    cleanup_node: str | None = None
+    supersede: bool = False  # a new run on a thread cancels the older one still running
+    description: str | None = None
+    match: Match = field(default_factory=Match)
+    file: str = ""  # where the policy was defined, for messages
+    line: int = 0
+
+    def applies_to(self, graph: str, tags: Iterable[str], metadata: Mapping[str, object]) -> bool:
+        return self.match.matches(graph, tags, metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """Every policy loaded from one file or directory, in file order."""
+
+    policies: tuple[Policy, ...] = ()
+    files: tuple[str, ...] = ()
+
+    def matching(
+        self,
+        graph: str,
+        tags: Iterable[str] = (),
+        metadata: Mapping[str, object] | None = None,
+    ) -> tuple[Policy, ...]:
+        tags = frozenset(tags)
+        meta = metadata or {}
+        return tuple(p for p in self.policies if p.applies_to(graph, tags, meta))
+
+    def __len__(self) -> int:
+        return len(self.policies)

@@ -1,0 +1,1320 @@
+"""``watchdog serve``: the control plane for the agent worker processes of one pod.
+
+Workers enforce locally and never wait on this server on their hot path. It serves and
+hot-reloads the policies, takes the workers' events in batches, keeps the live-run table of
+the pod, exposes the pod's one ``/metrics``, and delivers cancels to the worker that owns the
+run (each worker long-polls for its commands).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+from prometheus_client.metrics import MetricWrapperBase
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .._sinks import events as _events
+from .._sinks.metrics import Metrics
+from .link import EVENTS_BODY_LIMIT
+from .policy_source import PolicySource
+from .run_api import MAX_REASON, BodyError, cancel_reason, refusal, timestamp
+
+if TYPE_CHECKING:
+    import uvicorn
+
+__all__ = ["PolicySource", "SidecarState", "StartError", "create_app", "serve"]
+
+MAX_BATCH = 10_000
+MAX_WAIT_SECONDS = 30.0
+CANCEL_WAIT = 5.0  # seconds a cancel waits for its worker to take it, by default
+# Request bodies are read only once the token is checked, and never past these sizes: an
+# event batch of 1,000 events takes about 300 KB, every other body a few hundred bytes.
+BODY_LIMIT = 64 * 1024
+READ_TIMEOUT = 10.0  # seconds for a request's headers, and again for its body
+KEEP_ALIVE_TIMEOUT = 5.0
+# Label values from workers: see LabelBounds. The run table keeps this much of each text.
+MAX_LABEL_LENGTH = 128
+MAX_LABEL_VALUES = 100
+MAX_SERIES = 1000
+OVERFLOW = "__overflow__"
+MAX_TABLE_TEXT = 256
+MAX_RUN_POLICIES = 50
+MAX_RUNS = 20_000
+MAX_ENDED_RUNS = 1000  # ended runs kept for GET /v1/runs/{run_id}
+MAX_WORKERS = 1000
+# What the run table takes of a worker's numbers: counts up to the largest integer every JSON
+# reader keeps exact, times up to the last second RFC 3339 (and datetime) can write.
+MAX_COUNT = 2**53
+MAX_EPOCH = 253_402_300_799.0  # 9999-12-31T23:59:59Z
+OPEN_PATHS = frozenset(("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"))
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+WorkerKey = tuple[str, str]  # a worker's name, and the incarnation of its process
+
+
+@dataclass
+class CancelCommand:
+    """A cancel on its way to the worker that owns the run: queued, then sent in the answer
+    to a long-poll, then ``taken`` when the worker acknowledges it with the next one."""
+
+    id: str
+    run_id: str
+    reason: str
+    requested_at: float = field(default_factory=time.time)
+    taken: asyncio.Event = field(default_factory=asyncio.Event)
+    applied: bool | None = None  # whether the worker's cancel stopped the run
+    live: bool | None = None  # whether the worker had the run at all
+
+    def as_message(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "cancel", "run_id": self.run_id, "reason": self.reason}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "requested_at": timestamp(self.requested_at),
+            "delivered": self.taken.is_set(),
+            "applied": self.applied,
+        }
+
+
+@dataclass
+class ResetCommand:
+    """A reset of a thread's ``scope: thread`` totals, sent to one worker process: it resets
+    them in the checkpointers it knows. ``checkpointers``: how many held totals of the
+    thread, once the worker has taken it."""
+
+    id: str
+    thread_id: str
+    taken: asyncio.Event = field(default_factory=asyncio.Event)
+    checkpointers: int | None = None
+
+    def as_message(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "reset_thread_totals", "thread_id": self.thread_id}
+
+
+Command = CancelCommand | ResetCommand
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    worker: str
+    incarnation: str
+    thread_id: str | None
+    graph: str
+    started_at: float | None  # epoch seconds, as its worker says; None until one says
+    status: str = "running"
+    policies: list[str] = field(default_factory=list)
+    cancel: CancelCommand | None = None  # the latest cancel asked for through the sidecar
+    finished_at: float | None = None
+    steps: int = 0
+    tokens: int = 0
+    duration: float | None = None  # seconds, once it ended
+
+    @property
+    def owner(self) -> WorkerKey:
+        return (self.worker, self.incarnation)
+
+    def progressed(
+        self, steps: object = None, tokens: object = None, started_at: object = None
+    ) -> None:
+        """What its worker says of the run; a value that is not a number >= 0 is ignored."""
+        if (count := _finite(steps)) is not None:
+            self.steps = int(min(count, MAX_COUNT))
+        if (count := _finite(tokens)) is not None:
+            self.tokens = int(min(count, MAX_COUNT))
+        if self.started_at is None:
+            self.started_at = _moment(started_at)
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """The run as the API shows it, ``now`` (epoch seconds) being when it is asked."""
+        elapsed = self.duration
+        if elapsed is None and self.started_at is not None:
+            elapsed = round(max(0.0, now - self.started_at), 3)
+        return {
+            "run_id": self.run_id,
+            "worker": self.worker,
+            "incarnation": self.incarnation,
+            "thread_id": self.thread_id,
+            "graph": self.graph,
+            "status": self.status,
+            "started_at": None if self.started_at is None else timestamp(self.started_at),
+            "finished_at": None if self.finished_at is None else timestamp(self.finished_at),
+            "elapsed_s": elapsed,
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "policies": self.policies,
+            "cancel": None if self.cancel is None else self.cancel.as_dict(),
+        }
+
+
+class LabelBounds:
+    """Keeps the label values workers send bounded, whoever holds the token.
+
+    A value longer than ``MAX_LABEL_LENGTH``, or new once a label has ``MAX_LABEL_VALUES``
+    values, is collapsed into ``__overflow__``, and so is a new label set once a metric has
+    ``MAX_SERIES``; each collapse is counted in ``watchdog_sidecar_label_overflow_total``.
+    A label takes the same values in every metric, so ``graph`` stays one dimension.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._values: dict[str, set[str]] = {}
+        self._overflow = Counter(
+            "watchdog_sidecar_label_overflow",
+            f"Label values from workers collapsed into {OVERFLOW}: too long, or new once a "
+            f"label had {MAX_LABEL_VALUES} values (label), or new label sets once a metric "
+            f"had {MAX_SERIES} (label *).",
+            ["metric", "label"],
+            registry=registry,
+        )
+
+    def value(self, metric: str, label: str, value: str) -> str:
+        known = self._values.setdefault(label, set())
+        if value in known:
+            return value
+        if len(value) > MAX_LABEL_LENGTH or len(known) >= MAX_LABEL_VALUES:
+            self.overflowed(metric, label)
+            return OVERFLOW
+        known.add(value)
+        return value
+
+    def overflowed(self, metric: str, label: str) -> None:
+        self._overflow.labels(metric, label).inc()
+
+
+class _Children:
+    """A metric's children by their label values, looked up without ``labels()``, and
+    bounded by ``LabelBounds``.
+
+    ``labels()`` takes a lock and checks its arguments on every call, which made it most of
+    the cost of ingesting an event. The children are the metric's own: this holds no label
+    set the metric does not.
+    """
+
+    __slots__ = ("_bounds", "_children", "_labels", "_metric", "_name", "_series")
+
+    def __init__(self, metric: MetricWrapperBase, bounds: LabelBounds, *labels: str) -> None:
+        self._metric = metric
+        self._name = metric._name
+        self._bounds = bounds
+        self._labels = labels
+        self._children: dict[tuple[str, ...], Any] = {}  # values as sent, when kept as sent
+        self._series: dict[tuple[str, ...], Any] = {}  # every label set, as bounded
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._bounded(values)
+        return child
+
+    def _bounded(self, values: tuple[str, ...]) -> Any:
+        bounds = self._bounds
+        kept = tuple(
+            bounds.value(self._name, label, value)
+            for label, value in zip(self._labels, values, strict=True)
+        )
+        child = self._series.get(kept)
+        if child is None:
+            if len(self._series) >= MAX_SERIES:
+                bounds.overflowed(self._name, "*")
+                kept = (OVERFLOW,) * len(values)
+                child = self._series.get(kept)
+            if child is None:
+                child = self._series[kept] = self._metric.labels(*kept)
+        if kept == values:
+            self._children[values] = child
+        return child
+
+
+@dataclass
+class WorkerRow:
+    """One worker process: its name may be shared (two containers of a pod, a restarted
+    container), the incarnation its link drew at start is not."""
+
+    worker: str
+    incarnation: str
+    last_seen: float
+    runs: set[str] = field(default_factory=set)  # the ids of its runs in the table
+    queued: list[Command] = field(default_factory=list)  # to send at its next poll
+    sent: dict[str, Command] = field(default_factory=dict)  # sent, not acknowledged
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    polling: int = 0  # long-polls in progress: a worker waiting for commands is alive
+    # Runs whose end arrived since the worker last listed its live runs: a list taken just
+    # before that end must not bring them back.
+    ended_since_sync: set[str] = field(default_factory=set)
+
+    @property
+    def key(self) -> WorkerKey:
+        return (self.worker, self.incarnation)
+
+
+class BackgroundLoop:
+    """One of the sidecar's background loops: it survives any error in a round, reports it
+    (a ``watchdog.sidecar_loop_failed`` event, ``watchdog_sidecar_loop_errors_total``,
+    ``/readyz``), backs off while the errors last, and goes on."""
+
+    MAX_BACKOFF = 30.0
+
+    def __init__(self, name: str, errors: Counter) -> None:
+        self.name = name
+        self.errors = errors.labels(name)
+        self.failures = 0  # in a row
+        self.error_count = 0
+        self.last_error: str | None = None
+
+    async def run(self, step: Callable[[], object], interval: float) -> None:
+        while True:
+            backoff = interval * 2 ** min(self.failures, 10)
+            await asyncio.sleep(min(backoff, max(interval, self.MAX_BACKOFF)))
+            self.once(step)
+
+    def once(self, step: Callable[[], object]) -> None:
+        try:
+            step()
+        except Exception as error:
+            self.failed(error)
+        else:
+            self.failures = 0
+
+    def failed(self, error: Exception) -> None:
+        self.failures += 1
+        self.error_count += 1
+        self.errors.inc()
+        described = f"{type(error).__name__}: {error}"
+        if self.failures == 1 or described != self.last_error:  # not once a poll
+            _events.emit(
+                "sidecar_loop_failed",
+                loop=self.name,
+                error=described,
+                failures=self.failures,
+                traceback="".join(traceback.format_exception(error)),
+            )
+        self.last_error = described
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "errors": self.error_count,
+            "failing": self.failures > 0,
+            "last_error": self.last_error,
+        }
+
+
+class SidecarState:
+    """The live-run table of the pod, its workers, and the metrics computed from events."""
+
+    def __init__(
+        self,
+        source: PolicySource,
+        registry: CollectorRegistry,
+        *,
+        worker_timeout: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.registry = registry
+        self.metrics = source.metrics
+        self.worker_timeout = worker_timeout
+        self.clock = clock
+        self.runs: dict[str, RunRow] = {}
+        self.workers: dict[WorkerKey, WorkerRow] = {}
+        # Runs that ended lately, so a client that cancelled one can see how it ended.
+        self.ended: collections.OrderedDict[str, RunRow] = collections.OrderedDict()
+        self._command_ids = itertools.count(1)
+        # Set as the server stops: uvicorn waits for every open request before it exits, so
+        # the long-polls and the cancels waiting for their worker are answered at once.
+        self.closing = asyncio.Event()
+        self.events_ingested = Counter(
+            "watchdog_sidecar_events", "Events received from workers.", registry=registry
+        )
+        self.runs_lost = Counter(
+            "watchdog_sidecar_runs_lost",
+            "Runs that left the table without their end: their worker went silent, or no "
+            "longer had them when it listed its live runs (their last events were lost).",
+            ["graph"],
+            registry=registry,
+        )
+        self.workers_connected = Gauge(
+            "watchdog_sidecar_workers", "Workers heard from recently.", registry=registry
+        )
+        self.workers_connected.set_function(lambda: len(self.workers))
+        loop_errors = Counter(
+            "watchdog_sidecar_loop_errors",
+            "Errors in the sidecar's background loops, by loop; each was reported and the "
+            "loop went on.",
+            ["loop"],
+            registry=registry,
+        )
+        self.loops = {
+            name: BackgroundLoop(name, loop_errors) for name in ("policy_watch", "reaper")
+        }
+        self.runs_untracked = Counter(
+            "watchdog_sidecar_runs_untracked",
+            f"Runs left out of the run table, which holds at most {MAX_RUNS} runs.",
+            registry=registry,
+        )
+        m, bounds = self.metrics, LabelBounds(registry)
+        self._runs_started = _Children(m.runs_started, bounds, "graph")
+        self._active_runs = _Children(m.active_runs, bounds, "graph")
+        self._runs_finished = _Children(m.runs_finished, bounds, "graph", "outcome")
+        self._run_duration = _Children(m.run_duration, bounds, "graph", "outcome")
+        self._run_steps = _Children(m.run_steps, bounds, "graph", "outcome")
+        self._tokens = _Children(m.tokens, bounds, "graph", "type")
+        self._cancellations = _Children(m.cancellations, bounds, "graph", "policy", "kind", "phase")
+        self._cancel_latency = _Children(m.cancel_latency, bounds, "kind")
+        self._violations = _Children(m.violations, bounds, "graph", "policy", "kind", "mode")
+        self._runs_lost = _Children(self.runs_lost, bounds, "graph")
+        self._policy_lists: dict[tuple[str, ...], list[str]] = {}
+
+    def worker(self, worker: str, incarnation: str = "") -> WorkerRow:
+        """A worker's row, made on first contact, and marked as heard from now."""
+        key = (worker, incarnation)
+        row = self.workers.get(key)
+        if row is None:
+            if len(self.workers) >= MAX_WORKERS:
+                msg = f"the sidecar already has {MAX_WORKERS} workers; try again later"
+                raise HTTPException(status_code=503, detail=msg)
+            row = self.workers[key] = WorkerRow(worker, incarnation, self.clock())
+        row.last_seen = self.clock()
+        return row
+
+    def ingest(
+        self,
+        worker: str,
+        events: list[dict[str, Any]],
+        *,
+        incarnation: str = "",
+        live: list[LiveRun] | None = None,
+    ) -> None:
+        """Apply a worker's batch of events to the live-run table and the pod's metrics,
+        then, when it sent the list of its ``live`` runs, make its part of the table that.
+
+        Counters and gauges move once a batch by what the whole batch adds up to, as each
+        ``inc`` takes a lock; a batch is applied within one step of the event loop, so no
+        scrape sees part of one. A field of any JSON type is taken without error (a wrong
+        one counts as absent): a worker never has its batch refused for what one event holds.
+        """
+        row = self.worker(worker, incarnation)
+        moves: dict[Any, float] = {}  # counter or gauge child -> how much it moves
+        for event in events:
+            self._apply(row, event, moves)
+        self.events_ingested.inc(len(events))
+        for child, amount in moves.items():
+            if amount:
+                child.inc(amount)
+        if live is not None:
+            self.reconcile(row, live)
+
+    def reconcile(self, worker: WorkerRow, live: list[LiveRun]) -> None:
+        """Make the worker's part of the table its runs as it listed them.
+
+        The list was taken after every event sent before it, so a run of the table that is
+        not in it has ended and its end was lost (dropped from a full buffer, in a refused
+        batch): it leaves the table, counted as lost. A listed run the table lacks (its
+        start was lost, or this sidecar restarted since) comes in.
+        """
+        listed = {entry[0]: entry for entry in live}
+        for run_id in [r for r in worker.runs if r not in listed]:
+            self._lose(run_id)
+        for run_id, graph, thread_id, *progress in listed.values():
+            row = self.runs.get(run_id)
+            if row is None and run_id not in worker.ended_since_sync:
+                row = RunRow(
+                    run_id=run_id,
+                    worker=worker.worker,
+                    incarnation=worker.incarnation,
+                    thread_id=thread_id and thread_id[:MAX_TABLE_TEXT],
+                    graph=graph[:MAX_TABLE_TEXT],
+                    started_at=None,
+                )
+                self._add(row)
+            if row is not None and self.runs.get(run_id) is row and row.owner == worker.key:
+                row.progressed(*progress)
+        worker.ended_since_sync.clear()
+
+    def _apply(self, worker: WorkerRow, event: Mapping[str, Any], moves: dict[Any, float]) -> None:
+        name = str(event.get("event", "")).removeprefix("watchdog.")
+        graph = str(event.get("graph", ""))
+        run_id = str(event.get("run_id", ""))
+        if name == "run_started":
+            _move(moves, self._runs_started(graph), 1)
+            thread_id = event.get("thread_id")
+            row = RunRow(
+                run_id=run_id,
+                worker=worker.worker,
+                incarnation=worker.incarnation,
+                thread_id=None if thread_id is None else str(thread_id)[:MAX_TABLE_TEXT],
+                graph=graph[:MAX_TABLE_TEXT],
+                started_at=_moment(event.get("timestamp")),
+                policies=self._policies(event.get("policies")),
+            )
+            known = self.runs.get(run_id)
+            if known is not None and known.owner == row.owner:  # listed before it started
+                row.cancel, row.steps, row.tokens = known.cancel, known.steps, known.tokens
+                self.runs[run_id] = row
+            else:
+                self._add(row, moves)
+        elif name == "run_finished":
+            outcome = str(event.get("outcome", "failed"))
+            ended = self._end(run_id, worker, outcome[:MAX_TABLE_TEXT], moves)
+            if ended is not None:
+                ended.progressed(event.get("steps"), event.get("tokens"))
+                ended.duration = _finite(event.get("elapsed_s"), ended.duration)
+            _move(moves, self._runs_finished(graph, outcome), 1)
+            self._run_duration(graph, outcome).observe(_number(event.get("elapsed_s")))
+            self._run_steps(graph, outcome).observe(_number(event.get("steps")))
+            for kind in ("input", "output"):
+                tokens = _number(event.get(f"{kind}_tokens"))
+                if tokens:
+                    _move(moves, self._tokens(graph, kind), tokens)
+        elif name == "run_cancelled":
+            policy, kind = str(event.get("policy") or ""), str(event.get("kind", ""))
+            phase = str(event.get("phase", ""))
+            _move(moves, self._cancellations(graph, policy, kind, phase), 1)
+            self._cancel_latency(kind).observe(_number(event.get("latency_s")))
+        elif name == "violation":
+            labels = (graph, event.get("policy"), event.get("kind"), event.get("mode"))
+            _move(moves, self._violations(*(str(v) for v in labels)), 1)
+        elif name == "internal_error":
+            _move(moves, self.metrics.internal_errors, 1)
+        elif name == "drain_requested" and run_id in self.runs:
+            self.runs[run_id].status = "cancelling"
+
+    # -- the run table: every row comes in and leaves through these --------------------------
+
+    def _add(self, row: RunRow, moves: dict[Any, float] | None = None) -> None:
+        if len(self.runs) >= MAX_RUNS or len(row.run_id) > MAX_TABLE_TEXT:
+            self.runs_untracked.inc()
+            return
+        if (known := self.runs.get(row.run_id)) is not None:  # another worker said it first
+            self._drop(known)
+        self.runs[row.run_id] = row
+        if (owner := self.workers.get(row.owner)) is not None:
+            owner.runs.add(row.run_id)
+        if moves is None:
+            self._active_runs(row.graph).inc()
+        else:
+            _move(moves, self._active_runs(row.graph), 1)
+
+    def _drop(self, row: RunRow, moves: dict[Any, float] | None = None) -> None:
+        del self.runs[row.run_id]
+        if (owner := self.workers.get(row.owner)) is not None:
+            owner.runs.discard(row.run_id)
+        if moves is None:
+            self._active_runs(row.graph).dec()
+        else:
+            _move(moves, self._active_runs(row.graph), -1)
+
+    def _end(
+        self, run_id: str, worker: WorkerRow, status: str, moves: dict[Any, float] | None = None
+    ) -> RunRow | None:
+        """A run of ``worker`` ended: it leaves the table, and is kept a while in ``ended``.
+        Its duration is until now, unless its worker says otherwise. None when the table did
+        not have it."""
+        worker.ended_since_sync.add(run_id)
+        row = self.runs.get(run_id)
+        if row is None or row.owner != worker.key:
+            return None
+        self._drop(row, moves)
+        row.status, row.finished_at = status, time.time()
+        if row.started_at is not None:
+            row.duration = round(max(0.0, row.finished_at - row.started_at), 3)
+        self.ended[run_id] = row
+        self.ended.move_to_end(run_id)
+        while len(self.ended) > MAX_ENDED_RUNS:
+            self.ended.popitem(last=False)
+        return row
+
+    def _lose(self, run_id: str) -> None:
+        row = self.runs[run_id]
+        owner = self.workers.get(row.owner)
+        if owner is not None:
+            self._end(run_id, owner, "lost")
+        else:
+            self._drop(row)
+        self._runs_lost(row.graph).inc()
+
+    def _policies(self, policies: object) -> list[str]:
+        """A run's policy names, bounded, and shared by the runs that have the same."""
+        if not isinstance(policies, list):
+            return []
+        names = tuple(str(p)[:MAX_LABEL_LENGTH] for p in policies[:MAX_RUN_POLICIES])
+        shared = self._policy_lists.get(names)
+        if shared is None:
+            shared = list(names)
+            if len(self._policy_lists) < MAX_RUNS:
+                self._policy_lists[names] = shared
+        return shared
+
+    # -- cancels ---------------------------------------------------------------------------
+
+    def cancel(self, row: RunRow, reason: str) -> CancelCommand:
+        """Queue a cancel for the worker that owns the run, and wake its long-poll."""
+        worker = self.workers.get(row.owner) or self.worker(*row.owner)
+        command = CancelCommand(f"c-{next(self._command_ids)}", row.run_id, reason)
+        row.cancel = command
+        worker.queued.append(command)
+        worker.wake.set()
+        return command
+
+    def reset_thread_totals(self, thread_id: str) -> dict[WorkerKey, ResetCommand]:
+        """Queue a reset of a thread's totals for every worker process, and wake them."""
+        commands = {}
+        for key, worker in self.workers.items():
+            command = ResetCommand(f"c-{next(self._command_ids)}", thread_id)
+            worker.queued.append(command)
+            worker.wake.set()
+            commands[key] = command
+        return commands
+
+    def acknowledged(self, worker: WorkerRow, acks: list[Ack]) -> None:
+        """The worker took these commands. A worker acknowledges what it got with its next
+        poll, so what is still unacknowledged then never reached it: it is sent again."""
+        for ack in acks:
+            command = worker.sent.pop(ack.id, None)
+            if isinstance(command, ResetCommand):
+                command.checkpointers = ack.checkpointers or 0
+                command.taken.set()
+            elif command is not None:
+                command.applied, command.live = ack.applied, ack.live
+                command.taken.set()
+                if not ack.live and command.run_id in worker.runs:
+                    self._lose(command.run_id)  # the worker does not have it: a ghost
+        if worker.sent:
+            worker.queued[:0] = worker.sent.values()
+            worker.sent.clear()
+
+    def take_commands(self, worker: WorkerRow) -> list[dict[str, Any]]:
+        taken, worker.queued = worker.queued, []
+        for command in taken:
+            worker.sent[command.id] = command
+        return [command.as_message() for command in taken]
+
+    def close(self) -> None:
+        """The server is stopping: every long-poll answers now, and every wait for a cancel
+        to be taken ends."""
+        self.closing.set()
+        for worker in self.workers.values():
+            worker.wake.set()
+
+    def reap(self) -> None:
+        """Forget workers not heard from in ``worker_timeout``; their runs are lost."""
+        horizon = self.clock() - self.worker_timeout
+        silent = [
+            row for row in self.workers.values() if row.last_seen < horizon and not row.polling
+        ]
+        for worker in silent:
+            for run_id in list(worker.runs):
+                self._lose(run_id)
+            del self.workers[worker.key]
+
+
+def _move(moves: dict[Any, float], child: Any, amount: float) -> None:
+    moves[child] = moves.get(child, 0.0) + amount
+
+
+def _finite(value: object, default: float | None = None) -> float | None:
+    """A duration, count or latency from a worker; ``default`` when it is not a finite
+    number >= 0 (a NaN would stick in a histogram's sum for good, a negative count breaks a
+    counter)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return default
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return default
+    return number if 0 <= number < math.inf else default
+
+
+def _number(value: object) -> float:
+    """``_finite``, or 0: what a metric takes."""
+    return _finite(value) or 0.0
+
+
+def _moment(value: object) -> float | None:
+    """A time from a worker, in epoch seconds; None when it is not one the API can write."""
+    seconds = _finite(value)
+    return seconds if seconds is not None and seconds < MAX_EPOCH else None
+
+
+# What a worker lists of each live run: run id, graph, thread id, and then steps, tokens and
+# when it started (epoch seconds), which workers of an older version leave out. Those three
+# are taken as any JSON: one that is not a number >= 0 is ignored, the batch still taken.
+LiveRun = tuple[str, str, str | None] | tuple[str, str, str | None, Any, Any, Any]
+
+
+class EventBatch(BaseModel):
+    worker: str = Field(min_length=1, max_length=200)
+    incarnation: str = Field(default="", max_length=64)
+    events: list[dict[str, Any]] = Field(max_length=MAX_BATCH)
+    # Every run the worker has now, listed after the events before it were taken.
+    live: list[LiveRun] | None = Field(default=None, max_length=MAX_RUNS)
+
+
+class Ack(BaseModel):
+    id: str = Field(max_length=64)
+    applied: bool  # the cancel stopped the run; the reset found totals to reset
+    live: bool = True  # the worker had the run
+    checkpointers: int | None = Field(default=None, ge=0)  # a reset: those that held totals
+
+
+class CommandPoll(BaseModel):
+    worker: str = Field(min_length=1, max_length=200)
+    incarnation: str = Field(default="", max_length=64)
+    wait: float = Field(default=20.0, ge=0, le=MAX_WAIT_SECONDS)
+    acks: list[Ack] = Field(default_factory=list, max_length=1000)
+
+
+# /v1/events reads its body itself (see ``_event_batch``); this documents it all the same.
+EVENT_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": EventBatch.model_json_schema()}},
+    }
+}
+
+
+def _event_batch(body: bytes) -> EventBatch:
+    """A batch of events parsed and validated in one pass of pydantic's JSON parser.
+
+    That takes half the time ``json.loads`` and then validating the objects took, and the
+    events are most of what the sidecar does. A bad batch is a 422 shaped as FastAPI's own.
+    """
+    try:
+        return EventBatch.model_validate_json(body)
+    except ValidationError as error:
+        refused = error
+    if any(problem["type"] == "json_invalid" for problem in refused.errors()):
+        # Python's parser reads JSON that pydantic's refuses: a lone surrogate in a string
+        # (a path decoded with surrogateescape, say). Take what json.loads takes, as ever,
+        # with such characters as "?", which the metrics and the run table can encode.
+        try:
+            text = json.dumps(json.loads(body), ensure_ascii=False)
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to read
+            pass
+        else:
+            try:
+                return EventBatch.model_validate_json(text.encode("utf-8", "replace"))
+            except ValidationError as error:
+                refused = error  # what is wrong once the JSON is read
+    problems = [
+        {
+            **problem,
+            "loc": ("body", *problem["loc"]),
+            # Not the whole body back: FastAPI does not send it back either.
+            **({"input": {}} if problem["type"] == "json_invalid" else {}),
+        }
+        for problem in refused.errors(include_url=False)
+    ]
+    raise RequestValidationError(problems)
+
+
+CANCEL_REASON = "cancelled through the sidecar"
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # as cancel_reason reads it
+
+    reason: str = Field(default=CANCEL_REASON, max_length=MAX_REASON)
+
+
+# The cancel reads its body itself, as JSON whatever its Content-Type (see ``cancel_reason``).
+CANCEL_BODY = {
+    "requestBody": {
+        "required": False,
+        "description": "Read as JSON whatever the Content-Type; an empty body gives no reason.",
+        "content": {"application/json": {"schema": CancelRequest.model_json_schema()}},
+    }
+}
+
+
+def _cancel_reason(body: bytes) -> str:
+    """The reason a cancel's body gives; a bad body is a 422 shaped as FastAPI's own."""
+    try:
+        return cancel_reason(body, CANCEL_REASON)
+    except BodyError as error:
+        loc = ("body",) if error.key is None else ("body", error.key)
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": loc, "msg": str(error)}]
+        ) from None
+
+
+# A time as ``timestamp`` writes it: RFC 3339, in UTC, to the millisecond.
+Time = Annotated[
+    str, Field(json_schema_extra={"format": "date-time", "example": "2026-11-23T21:10:27.123Z"})
+]
+
+
+class CancelState(BaseModel):
+    reason: str
+    requested_at: Time
+    delivered: bool = Field(description="whether the worker took it")
+    applied: bool | None = Field(
+        description="whether its cancel stopped the run (false: it was stopping already); "
+        "null until it is delivered"
+    )
+
+
+class RunState(BaseModel):
+    """A run of the table: the worker process that owns it, and what it said of the run."""
+
+    run_id: str
+    worker: str
+    incarnation: str
+    thread_id: str | None
+    graph: str
+    status: str = Field(
+        description="running or cancelling; once ended, completed, cancelled, failed, or "
+        "lost when its end never arrived"
+    )
+    started_at: Time | None = Field(description="null when its worker never said")
+    finished_at: Time | None = Field(description="when it left the table; null while live")
+    elapsed_s: float | None = Field(
+        description="seconds since it started; once ended, how long it ran. Null when its "
+        "start is unknown"
+    )
+    steps: int = Field(description="steps so far, as its worker last said (every 2 s)")
+    tokens: int = Field(description="tokens used so far, as its worker last said")
+    policies: list[str]
+    cancel: CancelState | None = Field(description="the last cancel asked for through the sidecar")
+
+
+class RunList(BaseModel):
+    runs: list[RunState]
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        detail = f"the request body is larger than this endpoint takes ({limit} bytes)"
+        super().__init__(status_code=413, detail=detail, headers={"Connection": "close"})
+
+
+class BodyTooSlow(HTTPException):
+    def __init__(self, seconds: float) -> None:
+        detail = f"the request body did not arrive within {seconds:g} s"
+        super().__init__(status_code=408, detail=detail, headers={"Connection": "close"})
+
+
+def _authorization(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return bytes(value)
+    return None
+
+
+async def _refuse(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """Answer without reading the body, and close the connection: what is left of the body
+    is never read."""
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """The sidecar's door, in front of FastAPI, which reads and parses a body before any
+    dependency runs: every path but the open ones needs the token before anything is read,
+    a body is refused past its size (at once when its Content-Length says so), and must
+    arrive within ``read_timeout``."""
+
+    def __init__(self, app: ASGIApp, *, token: str, read_timeout: float) -> None:
+        self.app = app
+        self.token = token.encode()
+        self.read_timeout = read_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path not in OPEN_PATHS and not path.startswith("/docs/"):
+            refused = refusal(_authorization(scope), self.token)
+            if refused is not None:
+                detail, challenge = refused
+                await _refuse(send, 401, detail, [(b"www-authenticate", challenge)])
+                return
+        limit = EVENTS_BODY_LIMIT if path == "/v1/events" else BODY_LIMIT
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                error = BodyTooLarge(limit)
+                await _refuse(send, error.status_code, error.detail, [])
+                return
+        await self.app(scope, self._bounded(receive, limit), send)
+
+    def _bounded(self, receive: Receive, limit: int) -> Receive:
+        """``receive``, refusing a body past ``limit`` bytes or past the read deadline.
+
+        Once the body is in, later calls (a long-poll waiting to hear of a disconnect) are
+        not timed.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout
+        received = 0
+        complete = False
+
+        async def receive_body() -> Message:
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTooSlow(self.read_timeout) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+                complete = not message.get("more_body", False)
+            else:
+                complete = True  # the client is gone
+            return message
+
+        return receive_body
+
+
+def create_app(  # noqa: PLR0915 - the routes are closures over the state
+    source: PolicySource,
+    *,
+    token: str,
+    registry: CollectorRegistry | None = None,
+    poll_interval: float = 1.0,
+    worker_timeout: float = 15.0,
+    read_timeout: float = READ_TIMEOUT,
+    docs: bool = False,
+) -> FastAPI:
+    """The sidecar's ASGI app. ``token`` guards every path but ``/healthz``, ``/readyz``,
+    ``/metrics`` and the API's description; ``docs`` serves ``/docs`` and ``/redoc``."""
+    registry = registry if registry is not None else source.metrics.registry
+    state = SidecarState(source, registry, worker_timeout=worker_timeout)
+
+    def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
+        given = None if authorization is None else authorization.encode("latin-1")
+        refused = refusal(given, token.encode())
+        if refused is not None:
+            detail, challenge = refused
+            headers = {"WWW-Authenticate": challenge.decode()}
+            raise HTTPException(status_code=401, detail=detail, headers=headers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(state.loops["policy_watch"].run(source.check, poll_interval)),
+            asyncio.create_task(state.loops["reaper"].run(state.reap, poll_interval)),
+        ]
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(
+                signal.SIGHUP, state.loops["policy_watch"].once, partial(source.check, force=True)
+            )
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(
+        title="langgraph-watchdog sidecar",
+        description="Policies, events, metrics and cancels for the agent workers of a pod.",
+        version="1",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+    )
+    app.add_middleware(Guard, token=token, read_timeout=read_timeout)
+    app.state.sidecar = state
+    # The Guard has checked the token already; this documents it, and holds if it moves.
+    guarded = [Depends(authorized)]
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, Any]:
+        # Always ready: a pod's readiness gates its agent's traffic, and a sidecar that
+        # keeps the last good policies while it reports a problem still serves them.
+        return {
+            "ready": True,
+            "policies": {
+                "hash": source.hash,
+                "count": len(source.policies),
+                "files_valid": source.error is None,
+                "reload_error": source.error,
+            },
+            "loops": {name: loop.as_dict() for name, loop in state.loops.items()},
+            "workers": len(state.workers),
+            "polling": sum(1 for worker in state.workers.values() if worker.polling),
+            "runs": len(state.runs),
+        }
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/policies", dependencies=guarded)
+    async def policies(request: Request, response: Response) -> Any:
+        etag = f'"{source.hash}"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        response.headers["ETag"] = etag
+        return source.as_dict()
+
+    @app.post("/v1/policies/reload", dependencies=guarded)
+    async def reload() -> dict[str, Any]:
+        state.loops["policy_watch"].once(partial(source.check, force=True))
+        return {"hash": source.hash, "reload_error": source.error}
+
+    @app.post("/v1/events", status_code=202, dependencies=guarded, openapi_extra=EVENT_BATCH_BODY)
+    async def events(request: Request) -> dict[str, int]:
+        batch = _event_batch(await request.body())
+        state.ingest(batch.worker, batch.events, incarnation=batch.incarnation, live=batch.live)
+        return {"accepted": len(batch.events)}
+
+    @app.post("/v1/commands", dependencies=guarded)
+    async def commands(poll: CommandPoll, request: Request) -> dict[str, list[dict[str, Any]]]:
+        """A worker's long-poll: it acknowledges the commands of its last answer, and waits
+        up to ``wait`` seconds for more."""
+        row = state.worker(poll.worker, poll.incarnation)
+        state.acknowledged(row, poll.acks)
+        if not row.queued and poll.wait > 0 and not state.closing.is_set():
+            row.wake.clear()
+            row.polling += 1
+            try:
+                if not await _woken(row.wake, request, poll.wait):
+                    return {"commands": []}  # it went away: what is queued waits for it
+            finally:
+                row.polling -= 1
+                row.last_seen = state.clock()
+        return {"commands": state.take_commands(row)}
+
+    @app.get("/v1/runs", dependencies=guarded, response_model=RunList)
+    async def runs() -> dict[str, list[dict[str, Any]]]:
+        now = time.time()
+        return {"runs": [row.as_dict(now) for row in state.runs.values()]}
+
+    @app.get("/v1/runs/{run_id}", dependencies=guarded, response_model=RunState)
+    async def run(run_id: str) -> dict[str, Any]:
+        """A live run, or one that ended lately (``status`` says how: ``completed``,
+        ``cancelled``, ``failed``, or ``lost`` when its end never arrived)."""
+        row = state.runs.get(run_id) or state.ended.get(run_id)
+        if row is None:
+            raise HTTPException(status_code=404, detail=f"no run {run_id!r} in the table")
+        return row.as_dict(time.time())
+
+    @app.post(
+        "/v1/runs/{run_id}/cancel",
+        status_code=202,
+        dependencies=guarded,
+        openapi_extra=CANCEL_BODY,
+    )
+    async def cancel(
+        run_id: str,
+        request: Request,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = CANCEL_WAIT,
+    ) -> dict[str, Any]:
+        """Cancel a run in the worker that owns it. The answer comes once that worker has
+        taken the cancel (``applied``: whether it stopped the run; false when it was
+        stopping already), or 504 when it did not within ``wait`` seconds (503 when the
+        sidecar stopped first)."""
+        reason = _cancel_reason(await request.body())
+        row = state.runs.get(run_id)
+        if row is None:
+            raise HTTPException(status_code=404, detail=f"no live run {run_id!r}")
+        command = state.cancel(row, reason)
+        await _any_done((command.taken.wait(), state.closing.wait()), wait)
+        where = f"worker {row.worker!r} (incarnation {row.incarnation or 'unknown'})"
+        if not command.taken.is_set() and state.closing.is_set():
+            msg = (
+                f"the sidecar is stopping, and {where} had not taken the cancel of run "
+                f"{run_id!r}: it may not reach the run; ask again once the sidecar is back"
+            )
+            raise HTTPException(status_code=503, detail=msg)
+        if not command.taken.is_set():
+            msg = (
+                f"{where} did not take the cancel of run {run_id!r} within {wait:g} s; it "
+                f"stays queued for that worker, and GET /v1/runs/{run_id} shows when it is "
+                "delivered"
+            )
+            raise HTTPException(status_code=504, detail=msg)
+        if not command.live:
+            msg = f"{where} has no run {run_id!r}: it has left the table"
+            raise HTTPException(status_code=404, detail=msg)
+        return {
+            "run_id": run_id,
+            "worker": row.worker,
+            "incarnation": row.incarnation,
+            "reason": reason,
+            "delivered": True,
+            "applied": command.applied,
+        }
+
+    @app.post("/v1/threads/{thread_id}/reset", dependencies=guarded)
+    async def reset_thread_totals(
+        thread_id: str,
+        response: Response,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = CANCEL_WAIT,
+    ) -> dict[str, Any]:
+        """Reset a thread's ``scope: thread`` totals, so a thread that reached its limit
+        takes runs again: every worker process resets them in the checkpointers it knows.
+        200 once every worker has taken it (``checkpointers``: how many held totals of the
+        thread); 202 when some did not within ``wait`` seconds (``taken`` false: it stays
+        queued for them); 409 when no worker is linked."""
+        commands = state.reset_thread_totals(thread_id)
+        if not commands:
+            msg = "no worker is linked to the sidecar: none can reset the thread's totals"
+            raise HTTPException(status_code=409, detail=msg)
+        taken = asyncio.gather(*(command.taken.wait() for command in commands.values()))
+        await _any_done((taken, state.closing.wait()), wait)  # a stopping server answers now
+        if not all(command.taken.is_set() for command in commands.values()):
+            response.status_code = 202
+        return {
+            "thread_id": thread_id,
+            "checkpointers": sum(command.checkpointers or 0 for command in commands.values()),
+            "workers": [
+                {
+                    "worker": name,
+                    "incarnation": incarnation,
+                    "taken": command.taken.is_set(),
+                    "checkpointers": command.checkpointers,
+                }
+                for (name, incarnation), command in commands.items()
+            ],
+        }
+
+    return app
+
+
+async def _any_done(awaitables: tuple[Awaitable[Any], ...], timeout: float) -> None:
+    """Wait until one of ``awaitables`` is done, at most ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+
+
+async def _woken(wake: asyncio.Event, request: Request, timeout: float) -> bool:
+    """Wait for ``wake`` up to ``timeout``; False when the client went away first.
+
+    A long-poll whose worker is gone (killed, restarted) must not take the commands meant for
+    it: they would be answered into a closed socket and lost.
+    """
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    woken, left = asyncio.ensure_future(wake.wait()), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({woken, left}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        left.cancel()
+    return not (left.done() and not left.cancelled())
+
+
+class StartError(Exception):
+    """``watchdog serve`` cannot start; the message says why, in one line."""
+
+
+def serve(
+    policies: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9464,
+    token_file: str | None = None,
+    poll_interval: float = 1.0,
+    worker_timeout: float = 15.0,
+    read_timeout: float = READ_TIMEOUT,
+    docs: bool = False,
+) -> int:
+    """Run the sidecar until interrupted.
+
+    ``StartError`` when the token cannot be read or the address cannot be listened on,
+    ``PolicyError`` when the policies are invalid.
+    """
+    import uvicorn  # noqa: PLC0415 - the sidecar extra
+
+    token = _read_token(token_file)
+    metrics = Metrics(CollectorRegistry())
+    source = PolicySource(policies, metrics)
+    metrics.policy_reloads.labels("ok").inc()
+    app = create_app(
+        source,
+        token=token,
+        poll_interval=poll_interval,
+        worker_timeout=worker_timeout,
+        read_timeout=read_timeout,
+        docs=docs,
+    )
+    listener = _listen(host, port)
+    address, bound_port = listener.getsockname()[:2]
+    shown = f"[{address}]" if ":" in address else address
+    names = ", ".join(p.name for p in source.policies.policies)
+    print(f"watchdog serve: listening on http://{shown}:{bound_port}", file=sys.stderr)
+    print(
+        f"watchdog serve: {len(source.policies)} policies from {policies} "
+        f"(hash {source.hash}): {names}",
+        file=sys.stderr,
+        flush=True,
+    )
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        http=_http_protocol(read_timeout),
+        timeout_keep_alive=int(KEEP_ALIVE_TIMEOUT),
+    )
+    server = _server(config, app.state.sidecar)
+    # uvicorn stops gracefully on SIGTERM or SIGINT, then raises it again for the handler it
+    # found there: a stop that was asked for is a clean exit, not a kill or a traceback.
+    signal.signal(signal.SIGTERM, _stopped)
+    signal.signal(signal.SIGINT, _stopped)
+    server.run(sockets=[listener])
+    return 0
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _server(config: uvicorn.Config, state: SidecarState) -> uvicorn.Server:
+    """A uvicorn server that, as it stops, ends the open long-polls and the cancels waiting
+    for their worker: its graceful shutdown waits for every open request, and a worker's
+    long-poll lasts up to 30 s."""
+    import uvicorn  # noqa: PLC0415 - the sidecar extra
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            state.close()
+            await super().shutdown(sockets)
+
+    return Server(config)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as error:
+        msg = f"cannot listen on {host}:{port}: {error.strerror or error}"
+        raise StartError(msg) from error
+    return listener
+
+
+def _http_protocol(header_timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request line and headers do not
+    all arrive within ``header_timeout``: uvicorn times idle connections out only between
+    requests, so a client that sends nothing, or trickles its headers, held its socket for
+    ever. (The body has its own deadline, in ``Guard``.)"""
+    from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: PLC0415
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            before = self.cycle
+            super().data_received(data)
+            if self.cycle is not before:  # a request's headers are all in
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request on this connection has its own deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_deadline = self.loop.call_later(header_timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def _expired(self) -> None:
+            self._header_deadline = None
+            waiting = self.cycle is None or self.cycle.response_complete
+            if waiting and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
+def _read_token(token_file: str | None) -> str:
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as file:
+                token = file.read().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            msg = f"cannot read the token file {token_file}: {reason}"
+            raise StartError(msg) from error
+        if not token:
+            msg = f"the token file {token_file} is empty"
+            raise StartError(msg)
+        return token
+    token = os.environ.get("WATCHDOG_SIDECAR_TOKEN", "").strip()
+    if not token:
+        msg = (
+            "the sidecar needs a bearer token for its API: --token-file FILE, "
+            "or WATCHDOG_SIDECAR_TOKEN"
+        )
+        raise StartError(msg)
+    return token
