@@ -28,7 +28,8 @@ from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
 
 from tests.graphs import Bodies, Counter, endless, hanging, react_agent, scripted, tool_call
-from watchdog import RunCancelled, Supervisor
+from watchdog import Finding, RunCancelled, Supervisor
+from watchdog._sinks import schema
 
 
 def say(**fields: Any) -> None:
@@ -97,58 +98,56 @@ POLICY_NAMES = ["wall", "steps", "loops", "tokens", "rate"]
 
 
 def run_events(run_id: str, graph: str, *, cancelled: bool) -> list[dict[str, Any]]:
-    """What one run tells its sidecar, shaped as ``watchdog/_adapter/supervisor.py`` and ``run.py``
-    emit it (tests/pod/test_sidecar_processes.py holds the two side by side): a completed run
-    sends two events, a run cancelled by its step limit five."""
-    fields = {"run_id": run_id, "thread_id": f"thread-{run_id[-6:]}", "graph": graph}
-    summary = {"elapsed_s": 1.234567, "steps": 12, "tokens": 1830}
-    usage = {"input_tokens": 1500, "output_tokens": 330}
-    events: list[dict[str, Any]] = [
-        {"event": "watchdog.run_started", **fields, "policies": POLICY_NAMES}
-    ]
+    """What one run tells its sidecar, made with the event schema the supervisor uses: a
+    completed run sends two events, a run cancelled by its step limit five."""
+    run: dict[str, Any] = {"run_id": run_id, "thread_id": f"thread-{run_id[-6:]}", "graph": graph}
+    events: list[schema.Event] = [schema.RunStarted(**run, policies=POLICY_NAMES)]
     if cancelled:
-        finding = {
-            "policy": "steps",
-            "kind": "step_count",
-            "mode": "enforce",
-            "reason": "The run began step 12, but policy 'steps' allows at most 11 steps.",
-            "observed": 12,
-            "limit": 11,
-            "step": 12,
-            "node": "agent",
-        }
+        finding = Finding(
+            policy="steps",
+            kind="step_count",
+            key="max_steps",
+            mode="enforce",
+            reason="The run began step 12, but policy 'steps' allows at most 11 steps.",
+            observed=12,
+            limit=11,
+            step=12,
+            node="agent",
+        )
         events += [
-            {"event": "watchdog.violation", **fields, **finding},
-            {
-                "event": "watchdog.drain_requested",
-                **fields,
-                "policy": finding["policy"],
-                "kind": finding["kind"],
-                "reason": finding["reason"],
-                "step": finding["step"],
-                "grace_seconds": 5.0,
-            },
-            {
-                "event": "watchdog.run_cancelled",
-                **fields,
-                **finding,
-                "phase": "drained",
-                "also": [],
-                "latency_s": 0.000412,
-                **summary,
-            },
+            schema.Violation(**run, **finding.fields()),
+            schema.DrainRequested(
+                **run,
+                policy=finding.policy,
+                kind=finding.kind,
+                reason=finding.reason,
+                step=finding.step,
+                grace_seconds=5.0,
+            ),
+            schema.RunCancelled(
+                **run,
+                **finding.fields(),
+                phase="drained",
+                also=[],
+                latency_s=0.000412,
+                elapsed_s=1.234567,
+                steps=12,
+                tokens=1830,
+            ),
         ]
     events.append(
-        {
-            "event": "watchdog.run_finished",
-            **fields,
-            "outcome": "cancelled" if cancelled else "completed",
-            "error": None,
-            **summary,
-            **usage,
-        }
+        schema.RunFinished(
+            **run,
+            outcome="cancelled" if cancelled else "completed",
+            error=None,
+            elapsed_s=1.234567,
+            steps=12,
+            tokens=1830,
+            input_tokens=1500,
+            output_tokens=330,
+        )
     )
-    return events
+    return [event.record() for event in events]
 
 
 def flood_events(name: str, round_number: int) -> Iterator[dict[str, Any]]:

@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._adapter.cleanup import cleanup
     from ._adapter.graph import SupervisedGraph
-    from ._adapter.run import RunInfo
     from ._adapter.supervisor import RunHandle, Supervisor
-    from ._core.engine import Engine, NearLimit, RunMonitor, Verdict
     from ._core.errors import PolicyError, PolicyProblem, RunCancelled
+    from ._core.findings import Finding
     from ._core.policies import (
         Loop,
         Match,
@@ -26,29 +25,29 @@ if TYPE_CHECKING:
         TokenBudget,
         WallTime,
     )
-    from ._core.state import Price, RunState
+    from ._core.runs import RunInfo
+    from ._core.state import Price
     from ._files.loading import load_policies, load_policy_text
 
 _MODULES = {
-    "._adapter.cleanup": ["cleanup"],
-    "._core.engine": ["Engine", "NearLimit", "RunMonitor", "Verdict"],
     "._core.errors": ["PolicyError", "PolicyProblem", "RunCancelled"],
-    "._adapter.graph": ["SupervisedGraph"],
-    "._files.loading": ["load_policies", "load_policy_text"],
+    "._core.findings": ["Finding"],
     "._core.policies": [
         "Loop", "Match", "Policy", "PolicySet", "Rate", "StepCount", "TokenBudget", "WallTime",
     ],
-    "._adapter.run": ["RunInfo"],
-    "._core.state": ["Price", "RunState"],
+    "._core.runs": ["RunInfo"],
+    "._core.state": ["Price"],
+    "._files.loading": ["load_policies", "load_policy_text"],
+    "._adapter.cleanup": ["cleanup"],
+    "._adapter.graph": ["SupervisedGraph"],
     "._adapter.supervisor": ["RunHandle", "Supervisor"],
 }  # fmt: skip
 _MODULE_OF = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
-    "Engine",
+    "Finding",
     "Loop",
     "Match",
-    "NearLimit",
     "Policy",
     "PolicyError",
     "PolicyProblem",
@@ -58,13 +57,10 @@ __all__ = [
     "RunCancelled",
     "RunHandle",
     "RunInfo",
-    "RunMonitor",
-    "RunState",
     "StepCount",
     "SupervisedGraph",
     "Supervisor",
     "TokenBudget",
-    "Verdict",
     "WallTime",
     "cleanup",
     "load_policies",

@@ -36,8 +36,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ._adapter.run import RunInfo
 from ._adapter.supervisor import Supervisor
+from ._core.runs import RunInfo
 from ._pod.policy_source import PolicySource
 from ._pod.run_api import BodyError, cancel_reason, refusal, timestamp
 

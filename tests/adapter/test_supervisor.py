@@ -30,7 +30,7 @@ from tests.graphs import (
     tool_call,
     with_subgraph,
 )
-from watchdog import RunCancelled, Supervisor
+from watchdog import Finding, RunCancelled, Supervisor
 from watchdog.testing import FakeClock, capture_events
 
 MODES = ["invoke", "stream", "ainvoke", "astream"]
@@ -115,7 +115,19 @@ def test_run_cancelled_carries_what_happened(clock: FakeClock) -> None:
     run_id = uuid.uuid4()
     with pytest.raises(RunCancelled) as raised:
         app.invoke({"count": 0}, {**thread("t-7"), "run_id": run_id})
+    reason = "The run began step 3, but policy 'steps' allows at most 2 steps."
     assert vars(raised.value) == {
+        "finding": Finding(
+            policy="steps",
+            kind="step_count",
+            key="max_steps",
+            mode="enforce",
+            reason=reason,
+            observed=3,
+            limit=2,
+            step=3,
+            node="work",
+        ),
         "run_id": str(run_id),
         "thread_id": "t-7",
         "graph": "endless",

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watchdog import Engine, NearLimit, RunMonitor, Verdict, load_policy_text
-from watchdog._core.engine import Finding
+from watchdog import Finding, load_policy_text
+from watchdog._core.engine import Engine, RunMonitor
 from watchdog.testing import FakeClock
 
 Event = Callable[[RunMonitor], tuple[Finding, ...]]
@@ -30,8 +30,8 @@ def run(policies: str, clock: FakeClock, *, warn_at: str = "null") -> RunMonitor
     return engine(policies, clock, warn_at=warn_at).start_run("agent")
 
 
-def verdicts(found: tuple[Finding, ...]) -> list[Verdict]:
-    return [f for f in found if isinstance(f, Verdict)]
+def verdicts(found: tuple[Finding, ...]) -> list[Finding]:
+    return [f for f in found if not f.near]
 
 
 # -- events that move one counter each ----------------------------------------------------
@@ -144,7 +144,10 @@ def test_a_counted_limit_fires_on_the_first_event_past_it_and_not_before(
     found = verdicts(event(monitor))
 
     assert [(v.policy, v.key, v.mode) for v in found] == [("p", key, "enforce")]
-    assert found[0].observed > found[0].limit
+    (verdict,) = found
+    assert verdict.observed is not None
+    assert verdict.limit is not None
+    assert verdict.observed > verdict.limit
 
 
 @pytest.mark.parametrize(
@@ -154,7 +157,7 @@ def test_a_counted_limit_fires_on_the_first_event_past_it_and_not_before(
             "wall_time: {max_seconds: 10}", lambda m: None, "max_seconds", id="max_seconds"
         ),
         pytest.param(
-            "wall_time: {idle_seconds: 10}", lambda m: m.step_ended(), "idle_seconds", id="idle"
+            "wall_time: {idle_seconds: 10}", lambda m: m.tool_ended(), "idle_seconds", id="idle"
         ),
         pytest.param(
             "wall_time: {node_seconds: 10}",
@@ -178,7 +181,7 @@ def test_a_time_limit_fires_at_its_deadline_and_not_before(
     clock.now = deadline
     (found,) = monitor.check_timers()
 
-    assert found == Verdict(
+    assert found == Finding(
         policy="p",
         kind="wall_time",
         key=key,
@@ -197,7 +200,7 @@ def test_reasons_are_one_readable_sentence(clock: FakeClock) -> None:
     step(monitor)
     step(monitor)
     (found,) = step(monitor)
-    assert isinstance(found, Verdict)
+    assert not found.near
     assert found.reason == "The run began step 3, but policy 'steps' allows at most 2 steps."
 
 
@@ -217,7 +220,7 @@ def test_node_seconds_names_the_hung_node(clock: FakeClock) -> None:
 def test_idle_is_reset_by_any_progress(clock: FakeClock) -> None:
     monitor = run("- name: idle\n  wall_time: {idle_seconds: 5}", clock)
     for progress in (
-        monitor.step_ended,
+        monitor.step_started,
         lambda: monitor.node_started("n", "agent", 1),
         lambda: monitor.node_ended("n"),
         lambda: monitor.llm_started("m"),
@@ -419,7 +422,7 @@ def test_near_limit_is_reported_once_at_warn_at(clock: FakeClock) -> None:
     assert found == [
         (
             8,
-            NearLimit(
+            Finding(
                 policy="steps",
                 kind="step_count",
                 key="max_steps",
@@ -429,6 +432,7 @@ def test_near_limit_is_reported_once_at_warn_at(clock: FakeClock) -> None:
                 limit=10,
                 step=8,
                 node=None,
+                near=True,
             ),
         )
     ]
@@ -440,7 +444,7 @@ def test_the_timer_wakes_for_a_warning_before_the_limit(clock: FakeClock) -> Non
     assert monitor.next_deadline() == start + 50
     clock.now = start + 50
     (warning,) = monitor.check_timers()
-    assert isinstance(warning, NearLimit)
+    assert warning.near
     assert monitor.next_deadline() == start + 100
 
 

@@ -139,7 +139,6 @@ class WatchdogHandler(BaseCallbackHandler):
         with run.lock:
             found = run.monitor.llm_ended(model, input_tokens, output_tokens, total)
             stop = bool(found) and run.report(found)
-        run.host.count_tokens(run.graph, input_tokens, output_tokens)
         if stop:
             raise Stop  # the answer is paid for, but the node must not act on it
 

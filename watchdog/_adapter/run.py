@@ -20,17 +20,18 @@ from typing import Any, Literal, Protocol
 
 from langgraph.runtime import RunControl
 
-from .._core.engine import Finding, NearLimit, RunMonitor, Verdict
+from .._core.engine import RunMonitor
 from .._core.errors import RunCancelled
+from .._core.findings import Finding
 from .._core.fingerprint import fingerprint
 from .._core.policies import Policy
+from .._core.runs import RunInfo, Status
 from .._core.scheduler import Scheduler, Timer
-from .._sinks.metrics import Metrics
+from .._sinks import schema
 from .hooks import Hook, run_hook_sync, spawn
 
-__all__ = ["Cause", "Run", "RunHost", "RunInfo", "Stop", "current_run", "running"]
+__all__ = ["Cause", "Run", "RunHost", "Stop", "current_run", "running"]
 
-Status = Literal["running", "cancelling", "completed", "cancelled", "failed"]
 DEFAULT_GRACE_SECONDS = 5.0
 MAX_NAMESPACES = 64  # subgraph invocations tracked for step counting; old ones are done
 
@@ -58,14 +59,13 @@ class RunHost(Protocol):
 
     clock: Callable[[], float]
     scheduler: Scheduler
-    metrics: Metrics
     cancel_hooks: list[tuple[Hook, float]]
 
     def emit(self, name: str, **fields: Any) -> None: ...
 
-    def forget(self, run: Run) -> None: ...
+    def record(self, event: schema.Event) -> None: ...
 
-    def count_tokens(self, graph: str, input_tokens: int, output_tokens: int) -> None: ...
+    def forget(self, run: Run) -> None: ...
 
     def internal_error(self, error: BaseException, run: Run | None = None) -> None: ...
 
@@ -86,46 +86,16 @@ class Stop(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Cause:
-    """Why a run is being cancelled: a policy's verdict, or an operator's request."""
+    """Why a run is being cancelled, and how its policy says to go about it."""
 
-    policy: str | None
-    kind: str
-    reason: str
-    observed: float | None
-    limit: float | None
-    step: int
-    node: str | None
+    finding: Finding  # a policy's enforced violation, or an operator's request
     grace_seconds: float
     found_at: float  # on the supervisor's clock
     cleanup_node: str | None = None  # where the run goes to wrap up, if its policy says
 
     @classmethod
-    def of(cls, verdict: Verdict, policy: Policy, found_at: float) -> Cause:
-        return cls(
-            policy=verdict.policy,
-            kind=verdict.kind,
-            reason=verdict.reason,
-            observed=verdict.observed,
-            limit=verdict.limit,
-            step=verdict.step,
-            node=verdict.node,
-            grace_seconds=policy.grace_seconds,
-            found_at=found_at,
-            cleanup_node=policy.cleanup_node,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """A live run, as ``Supervisor.runs()`` lists it."""
-
-    run_id: str
-    thread_id: str | None
-    graph: str
-    started_at: datetime
-    steps: int
-    tokens: int
-    status: Status
+    def of(cls, finding: Finding, policy: Policy, found_at: float) -> Cause:
+        return cls(finding, policy.grace_seconds, found_at, policy.cleanup_node)
 
 
 class Run:
@@ -282,24 +252,9 @@ class Run:
 
         Returns whether the run must stop now.
         """
-        metrics = self.host.metrics
         for finding in findings:
-            fields = {
-                **self.fields,
-                "policy": finding.policy,
-                "kind": finding.kind,
-                "mode": finding.mode,
-                "reason": finding.reason,
-                "observed": finding.observed,
-                "limit": finding.limit,
-                "step": finding.step,
-                "node": finding.node,
-            }
-            if isinstance(finding, NearLimit):
-                self.host.emit("near_limit", **fields)
-                continue
-            metrics.violations.labels(self.graph, finding.policy, finding.kind, finding.mode).inc()
-            self.host.emit("violation", **fields)
+            event = schema.NearLimit if finding.near else schema.Violation
+            self.host.record(event(**self.fields, **finding.fields()))
             if finding.enforced:
                 policy = next(p for p in self.monitor.policies if p.name == finding.policy)
                 self.cancel(Cause.of(finding, policy, self.monitor.state.now))
@@ -315,15 +270,17 @@ class Run:
             self.status = "cancelling"
             self.stopping = True
             self.cause = cause
-        self.control.request_drain(cause.reason)
-        self.host.emit(
-            "drain_requested",
-            **self.fields,
-            policy=cause.policy,
-            kind=cause.kind,
-            reason=cause.reason,
-            step=cause.step,
-            grace_seconds=cause.grace_seconds,
+        finding = cause.finding
+        self.control.request_drain(finding.reason)
+        self.host.record(
+            schema.DrainRequested(
+                **self.fields,
+                policy=finding.policy,
+                kind=finding.kind,
+                reason=finding.reason,
+                step=finding.step,
+                grace_seconds=cause.grace_seconds,
+            )
         )
         self._call_at(cause.found_at + cause.grace_seconds, self._hard_cancel_due)
         return True
@@ -350,12 +307,13 @@ class Run:
     def _emit_hard_cancel(self) -> None:
         cause = self.cause
         assert cause is not None
-        self.host.emit(
-            "hard_cancel",
-            **self.fields,
-            policy=cause.policy,
-            kind=cause.kind,
-            grace_seconds=cause.grace_seconds,
+        self.host.record(
+            schema.HardCancel(
+                **self.fields,
+                policy=cause.finding.policy,
+                kind=cause.finding.kind,
+                grace_seconds=cause.grace_seconds,
+            )
         )
 
     def _interrupt_sync_nodes(self) -> None:
@@ -392,7 +350,7 @@ class Run:
         self.phase = "hard"
         assert self.cause is not None
         self._emit_hard_cancel()
-        task.cancel(f"watchdog: {self.cause.reason}")
+        task.cancel(f"watchdog: {self.cause.finding.reason}")
 
     # -- the cleanup node ------------------------------------------------------------------
 
@@ -469,61 +427,41 @@ class Run:
         for timer in timers or ():
             self.host.scheduler.cancel(timer)
         state = self.monitor.state
-        elapsed = now - state.started_at
-        metrics = self.host.metrics
-        metrics.active_runs.labels(self.graph).dec()
-        metrics.runs_finished.labels(self.graph, outcome).inc()
-        metrics.run_duration.labels(self.graph, outcome).observe(elapsed)
-        metrics.run_steps.labels(self.graph, outcome).observe(state.steps)
-        summary = {
-            "elapsed_s": round(elapsed, 6),
-            "steps": state.steps,
-            "tokens": state.total_tokens,
-        }
-        usage = {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens}
-        if outcome != "cancelled" or self.cause is None:
-            self.host.emit(
-                "run_finished",
+        elapsed = round(now - state.started_at, 6)
+        cause = self.cause if outcome == "cancelled" else None
+        if cause is not None:
+            latency = round(max(0.0, now - cause.found_at), 6)
+            self.host.record(
+                schema.RunCancelled(
+                    **self.fields,
+                    **cause.finding.fields(),
+                    phase=self.phase,
+                    also=[c.finding.policy or c.finding.kind for c in self.also],
+                    latency_s=latency,
+                    elapsed_s=elapsed,
+                    steps=state.steps,
+                    tokens=state.total_tokens,
+                )
+            )
+        self.host.record(
+            schema.RunFinished(
                 **self.fields,
                 outcome=outcome,
-                error=None if error is None else type(error).__name__,
-                **summary,
-                **usage,
+                error=None if error is None or cause is not None else type(error).__name__,
+                elapsed_s=elapsed,
+                steps=state.steps,
+                tokens=state.total_tokens,
+                input_tokens=state.input_tokens,
+                output_tokens=state.output_tokens,
             )
+        )
+        if cause is None:
             return error
-        cause = self.cause
-        latency = max(0.0, now - cause.found_at)
-        metrics.cancellations.labels(self.graph, cause.policy or "", cause.kind, self.phase).inc()
-        metrics.cancel_latency.labels(cause.kind).observe(latency)
-        self.host.emit(
-            "run_cancelled",
-            **self.fields,
-            policy=cause.policy,
-            kind=cause.kind,
-            mode="enforce",
-            reason=cause.reason,
-            observed=cause.observed,
-            limit=cause.limit,
-            step=cause.step,
-            node=cause.node,
-            phase=self.phase,
-            also=[c.policy or c.kind for c in self.also],
-            latency_s=round(latency, 6),
-            **summary,
-        )
-        self.host.emit(
-            "run_finished", **self.fields, outcome=outcome, error=None, **summary, **usage
-        )
         cancelled = RunCancelled(
+            cause.finding,
             run_id=str(self.run_id),
             thread_id=self.thread_id,
             graph=self.graph,
-            policy=cause.policy,
-            kind=cause.kind,
-            reason=cause.reason,
-            observed=cause.observed,
-            limit=cause.limit,
-            step=cause.step,
             phase=self.phase,
         )
         self._run_cancel_hooks(cancelled)
@@ -554,18 +492,20 @@ class Run:
             await asyncio.shield(asyncio.gather(*self.cleanup_tasks))
 
     def _manual(self, reason: str, policy: str | None = None) -> Cause:
-        graces = [p.grace_seconds for p in self.monitor.policies]
-        return Cause(
+        state = self.monitor.state
+        finding = Finding(
             policy=policy,
             kind="manual",
+            key=None,
+            mode="enforce",
             reason=reason,
             observed=None,
             limit=None,
-            step=self.monitor.state.steps,
-            node=self.monitor.state.node,
-            grace_seconds=min(graces, default=DEFAULT_GRACE_SECONDS),
-            found_at=self.host.clock(),
+            step=state.steps,
+            node=state.node,
         )
+        graces = [p.grace_seconds for p in self.monitor.policies]
+        return Cause(finding, min(graces, default=DEFAULT_GRACE_SECONDS), self.host.clock())
 
     def cancel_manually(self, reason: str, policy: str | None = None) -> bool:
         """Cancel at an operator's request, or a policy's that is not a limit (supersede)."""

@@ -23,15 +23,17 @@ from prometheus_client import CollectorRegistry, start_http_server
 from .._core.engine import Engine
 from .._core.errors import PolicyError, PolicyProblem
 from .._core.policies import Policy, PolicySet
+from .._core.runs import RunInfo
 from .._core.scheduler import Scheduler
 from .._files.loading import load_policies
 from .._pod.link import SidecarError, SidecarLink, fetch_policies
 from .._sinks import events as _events
-from .._sinks.metrics import Metrics
+from .._sinks import schema
+from .._sinks.metrics import Metrics, record_metrics
 from . import thread_totals as totals
 from .graph import SupervisedGraph, supervise
 from .hooks import DEFAULT_HOOK_TIMEOUT, Hook
-from .run import Run, RunInfo
+from .run import Run
 
 __all__ = ["RunHandle", "Supervisor"]
 
@@ -82,7 +84,6 @@ class Supervisor:
         self.scheduler = Scheduler(self.clock, on_error=self.internal_error, threaded=clock is None)
         self._runs: dict[uuid.UUID, Run] = {}  # live runs; _runs_lock guards it
         self._runs_lock = threading.Lock()
-        self._token_counters: dict[str, tuple[Any, Any]] = {}
         self.cancel_hooks: list[tuple[Hook, float]] = []
         self.link: SidecarLink | None = None  # set by connect()
         self.ledgers = totals.Ledgers()
@@ -314,9 +315,9 @@ class Supervisor:
                 )
         with self._runs_lock:
             self._runs[run_id] = run
-        self.metrics.runs_started.labels(graph).inc()
         self.metrics.active_runs.labels(graph).inc()
-        self.emit("run_started", **run.fields, policies=[p.name for p in monitor.policies])
+        policy_names = [p.name for p in monitor.policies]
+        self.record(schema.RunStarted(**run.fields, policies=policy_names))
         if monitor.has_timers:
             run.schedule_timers()
         return run
@@ -326,6 +327,11 @@ class Supervisor:
     def emit(self, name: str, **fields: Any) -> None:
         """Log an event, and hand it to this supervisor's listeners (its sidecar link)."""
         _events.emit_to(self._listeners, name, **fields)
+
+    def record(self, event: schema.Event) -> None:
+        """Log an event of the schema, and move the metrics it moves."""
+        record_metrics(self.metrics, event)
+        _events.emit_to(self._listeners, event.name, **event.fields())
 
     def add_listener(self, listener: _events.Listener) -> None:
         self._listeners = [*self._listeners, listener]  # copied: emit reads it unlocked
@@ -337,29 +343,17 @@ class Supervisor:
         with self._runs_lock:
             if self._runs.get(run.run_id) is run:
                 del self._runs[run.run_id]
-
-    def count_tokens(self, graph: str, input_tokens: int, output_tokens: int) -> None:
-        counters = self._token_counters.get(graph)
-        if counters is None:
-            tokens = self.metrics.tokens
-            counters = self._token_counters[graph] = (
-                tokens.labels(graph, "input"),
-                tokens.labels(graph, "output"),
-            )
-        if input_tokens:
-            counters[0].inc(input_tokens)
-        if output_tokens:
-            counters[1].inc(output_tokens)
+                self.metrics.active_runs.labels(run.graph).dec()
 
     def internal_error(self, error: BaseException, run: Run | None = None) -> None:
         """A bug of ours: log it, count it, never let it reach the run."""
-        self.metrics.internal_errors.inc()
         fields = run.fields if run is not None else {}
-        self.emit(
-            "internal_error",
-            **fields,
-            error=f"{type(error).__name__}: {error}",
-            traceback="".join(traceback.format_exception(error)),
+        self.record(
+            schema.InternalError(
+                **fields,
+                error=f"{type(error).__name__}: {error}",
+                traceback="".join(traceback.format_exception(error)),
+            )
         )
 
 

@@ -1,4 +1,4 @@
-"""The policy engine: events of a run in, verdicts and near-limit warnings out.
+"""The policy engine: events of a run in, findings (violations, near-limit warnings) out.
 
 No LangGraph here. The supervisor turns callbacks into the calls below; the engine keeps the
 run's counters and windows, and checks only the limits an event can move. The clock is
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import cast
 
+from .findings import Finding
 from .limits import (
     BEGINNINGS,
     CostSpec,
@@ -27,49 +28,14 @@ from .limits import (
     ToolRepeatSpec,
     Trigger,
 )
-from .policies import RATE_OF, Mode, Policy, PolicySet
+from .policies import RATE_OF, Policy, PolicySet
 from .state import CostMeter, CycleTracker, EventWindow, RepeatWindow, RunState, TrackerSpec
 
-__all__ = ["Clock", "Engine", "Finding", "NearLimit", "RunMonitor", "Verdict"]
+__all__ = ["Clock", "Engine", "RunMonitor"]
 
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """A limit of a policy was exceeded. Audit verdicts are reported, never enforced."""
-
-    policy: str
-    kind: str
-    key: str  # which limit, e.g. "max_steps"
-    mode: Mode
-    reason: str  # one readable sentence
-    observed: float
-    limit: float
-    step: int
-    node: str | None
-
-    @property
-    def enforced(self) -> bool:
-        return self.mode == "enforce"
-
-
-@dataclass(frozen=True, slots=True)
-class NearLimit:
-    """A run used ``warn_at`` of a limit; reported once per limit and run."""
-
-    policy: str
-    kind: str
-    key: str
-    mode: Mode
-    reason: str
-    observed: float
-    limit: float
-    step: int
-    node: str | None
-
-
-Finding = Verdict | NearLimit
 NOTHING: tuple[Finding, ...] = ()
 QUIET_CAP = 1 << 30
 NO_TAGS: frozenset[str] = frozenset()
@@ -396,18 +362,18 @@ class RunMonitor:
             if key in self._violated:
                 return None
             self._violated = self._violated | {key}
-            cls: type[Finding] = Verdict
+            near = False
             reason = limit.describe(policy.name, observed, state)
         else:
             if key in self._warned or policy.warn_at is None:
                 return None
             self._warned = self._warned | {key}
-            cls = NearLimit
+            near = True
             reason = (
                 f"{limit.key} is at {observed / limit.limit:.0%} of its limit: "
                 f"{observed:g} of {limit.limit:g} (policy {policy.name!r})."
             )
-        return cls(
+        return Finding(
             policy=policy.name,
             kind=limit.kind,
             key=limit.key,
@@ -417,6 +383,7 @@ class RunMonitor:
             limit=limit.limit,
             step=state.steps,
             node=state.node,
+            near=near,
         )
 
     # -- events ----------------------------------------------------------------------------
@@ -434,9 +401,6 @@ class RunMonitor:
         found = self._check_on(self._on_step)
         state.last_progress = now
         return found
-
-    def step_ended(self) -> None:
-        self.state.last_progress = self._now()
 
     def node_started(self, key: Hashable, name: str, fingerprint: Hashable) -> tuple[Finding, ...]:
         """A node run began; ``fingerprint`` identifies its input (equal input, equal print)."""

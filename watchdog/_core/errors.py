@@ -7,6 +7,8 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .findings import Finding
+
 # Everything str.splitlines() breaks on: a problem must print as exactly one line.
 LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
@@ -113,27 +115,17 @@ class RunCancelled(RuntimeError):
     """
 
     def __init__(
-        self,
-        *,
-        run_id: str,
-        thread_id: str | None,
-        graph: str,
-        policy: str | None,
-        kind: str,
-        reason: str,
-        observed: float | None,
-        limit: float | None,
-        step: int,
-        phase: str,
+        self, finding: Finding, *, run_id: str, thread_id: str | None, graph: str, phase: str
     ) -> None:
+        self.finding = finding  # the whole record: also its node, mode and limit key
         self.run_id = run_id
         self.thread_id = thread_id
         self.graph = graph
-        self.policy = policy  # None for a manual cancel
-        self.kind = kind  # wall_time, step_count, loop, token_budget, rate or manual
-        self.reason = reason
-        self.observed = observed
-        self.limit = limit
-        self.step = step
+        self.policy = finding.policy  # None for a manual cancel
+        self.kind = finding.kind  # wall_time, step_count, loop, token_budget, rate or manual
+        self.reason = finding.reason
+        self.observed = finding.observed
+        self.limit = finding.limit
+        self.step = finding.step
         self.phase = phase  # "drained": stopped at a step boundary; "hard": its task cancelled
-        super().__init__(f"run {run_id} of graph {graph!r} cancelled ({kind}): {reason}")
+        super().__init__(f"run {run_id} of graph {graph!r} cancelled ({self.kind}): {self.reason}")

@@ -21,16 +21,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .._core.policies import PolicySet
+from .._core.runs import RunInfo
 from .._files.loading import load_policy_texts
 from .._sinks import events as _events
 from .._sinks.metrics import Metrics
 from .run_api import shown
-
-if TYPE_CHECKING:
-    from .._adapter.run import RunInfo  # which imports LangGraph: ``watchdog serve`` does without
 
 __all__ = ["LinkedSupervisor", "SidecarLink", "fetch_policies"]
 

@@ -13,7 +13,6 @@ import collections
 import contextlib
 import itertools
 import json
-import math
 import os
 import signal
 import socket
@@ -32,13 +31,15 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     generate_latest,
 )
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .._sinks import events as _events
-from .._sinks.metrics import Metrics
+from .._sinks import schema
+from .._sinks.metrics import Metrics, record_metrics
 from .link import EVENTS_BODY_LIMIT
 from .policy_source import PolicySource
 from .run_api import MAX_REASON, BodyError, cancel_reason, refusal, timestamp
@@ -149,9 +150,9 @@ class RunRow:
         self, steps: object = None, tokens: object = None, started_at: object = None
     ) -> None:
         """What its worker says of the run; a value that is not a number >= 0 is ignored."""
-        if (count := _finite(steps)) is not None:
+        if (count := schema.finite(steps)) is not None:
             self.steps = int(min(count, MAX_COUNT))
-        if (count := _finite(tokens)) is not None:
+        if (count := schema.finite(tokens)) is not None:
             self.tokens = int(min(count, MAX_COUNT))
         if self.started_at is None:
             self.started_at = _moment(started_at)
@@ -223,11 +224,11 @@ class _Children:
 
     __slots__ = ("_bounds", "_children", "_labels", "_metric", "_name", "_series")
 
-    def __init__(self, metric: MetricWrapperBase, bounds: LabelBounds, *labels: str) -> None:
+    def __init__(self, metric: MetricWrapperBase, bounds: LabelBounds) -> None:
         self._metric = metric
         self._name = metric._name
         self._bounds = bounds
-        self._labels = labels
+        self._labels: tuple[str, ...] = metric._labelnames
         self._children: dict[tuple[str, ...], Any] = {}  # values as sent, when kept as sent
         self._series: dict[tuple[str, ...], Any] = {}  # every label set, as bounded
 
@@ -383,16 +384,21 @@ class SidecarState:
             registry=registry,
         )
         m, bounds = self.metrics, LabelBounds(registry)
-        self._runs_started = _Children(m.runs_started, bounds, "graph")
-        self._active_runs = _Children(m.active_runs, bounds, "graph")
-        self._runs_finished = _Children(m.runs_finished, bounds, "graph", "outcome")
-        self._run_duration = _Children(m.run_duration, bounds, "graph", "outcome")
-        self._run_steps = _Children(m.run_steps, bounds, "graph", "outcome")
-        self._tokens = _Children(m.tokens, bounds, "graph", "type")
-        self._cancellations = _Children(m.cancellations, bounds, "graph", "policy", "kind", "phase")
-        self._cancel_latency = _Children(m.cancel_latency, bounds, "kind")
-        self._violations = _Children(m.violations, bounds, "graph", "policy", "kind", "mode")
-        self._runs_lost = _Children(self.runs_lost, bounds, "graph")
+        self._children: dict[MetricWrapperBase, _Children] = {
+            metric: _Children(metric, bounds)
+            for metric in (
+                m.runs_started,
+                m.runs_finished,
+                m.run_duration,
+                m.run_steps,
+                m.tokens,
+                m.cancellations,
+                m.cancel_latency,
+                m.violations,
+            )
+        }
+        self._active_runs = _Children(m.active_runs, bounds)
+        self._runs_lost = _Children(self.runs_lost, bounds)
         self._policy_lists: dict[tuple[str, ...], list[str]] = {}
 
     def worker(self, worker: str, incarnation: str = "") -> WorkerRow:
@@ -424,13 +430,11 @@ class SidecarState:
         one counts as absent): a worker never has its batch refused for what one event holds.
         """
         row = self.worker(worker, incarnation)
-        moves: dict[Any, float] = {}  # counter or gauge child -> how much it moves
+        batch = _Batch(self._children)
         for event in events:
-            self._apply(row, event, moves)
+            self._apply(row, event, batch)
         self.events_ingested.inc(len(events))
-        for child, amount in moves.items():
-            if amount:
-                child.inc(amount)
+        batch.move()
         if live is not None:
             self.reconcile(row, live)
 
@@ -461,53 +465,37 @@ class SidecarState:
                 row.progressed(*progress)
         worker.ended_since_sync.clear()
 
-    def _apply(self, worker: WorkerRow, event: Mapping[str, Any], moves: dict[Any, float]) -> None:
-        name = str(event.get("event", "")).removeprefix("watchdog.")
-        graph = str(event.get("graph", ""))
-        run_id = str(event.get("run_id", ""))
-        if name == "run_started":
-            _move(moves, self._runs_started(graph), 1)
-            thread_id = event.get("thread_id")
-            row = RunRow(
-                run_id=run_id,
-                worker=worker.worker,
-                incarnation=worker.incarnation,
-                thread_id=None if thread_id is None else str(thread_id)[:MAX_TABLE_TEXT],
-                graph=graph[:MAX_TABLE_TEXT],
-                started_at=_moment(event.get("timestamp")),
-                policies=self._policies(event.get("policies")),
-            )
-            known = self.runs.get(run_id)
-            if known is not None and known.owner == row.owner:  # listed before it started
-                row.cancel, row.steps, row.tokens = known.cancel, known.steps, known.tokens
-                self.runs[run_id] = row
-            else:
-                self._add(row, moves)
-        elif name == "run_finished":
-            outcome = str(event.get("outcome", "failed"))
-            ended = self._end(run_id, worker, outcome[:MAX_TABLE_TEXT], moves)
-            if ended is not None:
-                ended.progressed(event.get("steps"), event.get("tokens"))
-                ended.duration = _finite(event.get("elapsed_s"), ended.duration)
-            _move(moves, self._runs_finished(graph, outcome), 1)
-            self._run_duration(graph, outcome).observe(_number(event.get("elapsed_s")))
-            self._run_steps(graph, outcome).observe(_number(event.get("steps")))
-            for kind in ("input", "output"):
-                tokens = _number(event.get(f"{kind}_tokens"))
-                if tokens:
-                    _move(moves, self._tokens(graph, kind), tokens)
-        elif name == "run_cancelled":
-            policy, kind = str(event.get("policy") or ""), str(event.get("kind", ""))
-            phase = str(event.get("phase", ""))
-            _move(moves, self._cancellations(graph, policy, kind, phase), 1)
-            self._cancel_latency(kind).observe(_number(event.get("latency_s")))
-        elif name == "violation":
-            labels = (graph, event.get("policy"), event.get("kind"), event.get("mode"))
-            _move(moves, self._violations(*(str(v) for v in labels)), 1)
-        elif name == "internal_error":
-            _move(moves, self.metrics.internal_errors, 1)
-        elif name == "drain_requested" and run_id in self.runs:
-            self.runs[run_id].status = "cancelling"
+    def _apply(self, worker: WorkerRow, record: Mapping[str, Any], batch: _Batch) -> None:
+        event = schema.read_event(record)
+        if event is None:
+            return
+        record_metrics(self.metrics, event, batch)
+        match event:
+            case schema.RunStarted():
+                row = RunRow(
+                    run_id=event.run_id,
+                    worker=worker.worker,
+                    incarnation=worker.incarnation,
+                    thread_id=event.thread_id and event.thread_id[:MAX_TABLE_TEXT],
+                    graph=event.graph[:MAX_TABLE_TEXT],
+                    started_at=_moment(record.get("timestamp")),
+                    policies=self._policies(event.policies),
+                )
+                known = self.runs.get(event.run_id)
+                if known is not None and known.owner == row.owner:  # listed before it started
+                    row.cancel, row.steps, row.tokens = known.cancel, known.steps, known.tokens
+                    self.runs[event.run_id] = row
+                else:
+                    self._add(row, batch.moves)
+            case schema.RunFinished():
+                status = event.outcome[:MAX_TABLE_TEXT]
+                ended = self._end(event.run_id, worker, status, batch.moves)
+                if ended is not None:
+                    ended.progressed(event.steps, event.tokens)
+                    if event.elapsed_s is not None:
+                        ended.duration = event.elapsed_s
+            case schema.DrainRequested() if event.run_id in self.runs:
+                self.runs[event.run_id].status = "cancelling"
 
     # -- the run table: every row comes in and leaves through these --------------------------
 
@@ -563,11 +551,9 @@ class SidecarState:
             self._drop(row)
         self._runs_lost(row.graph).inc()
 
-    def _policies(self, policies: object) -> list[str]:
+    def _policies(self, policies: list[str]) -> list[str]:
         """A run's policy names, bounded, and shared by the runs that have the same."""
-        if not isinstance(policies, list):
-            return []
-        names = tuple(str(p)[:MAX_LABEL_LENGTH] for p in policies[:MAX_RUN_POLICIES])
+        names = tuple(p[:MAX_LABEL_LENGTH] for p in policies[:MAX_RUN_POLICIES])
         shared = self._policy_lists.get(names)
         if shared is None:
             shared = list(names)
@@ -642,27 +628,29 @@ def _move(moves: dict[Any, float], child: Any, amount: float) -> None:
     moves[child] = moves.get(child, 0.0) + amount
 
 
-def _finite(value: object, default: float | None = None) -> float | None:
-    """A duration, count or latency from a worker; ``default`` when it is not a finite
-    number >= 0 (a NaN would stick in a histogram's sum for good, a negative count breaks a
-    counter)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return default
-    try:
-        number = float(value)
-    except OverflowError:  # an int too large for a float
-        return default
-    return number if 0 <= number < math.inf else default
+class _Batch:
+    """``record_metrics`` over one batch of events: label values bounded, and each counter
+    and gauge moved once, by what the whole batch adds up to, as each ``inc`` takes a lock."""
 
+    def __init__(self, children: Mapping[MetricWrapperBase, _Children]) -> None:
+        self._children = children
+        self.moves: dict[Any, float] = {}  # counter or gauge child -> how much it moves
 
-def _number(value: object) -> float:
-    """``_finite``, or 0: what a metric takes."""
-    return _finite(value) or 0.0
+    def count(self, metric: Counter, *labels: str, amount: float = 1) -> None:
+        _move(self.moves, self._children[metric](*labels) if labels else metric, amount)
+
+    def observe(self, metric: Histogram, *labels: str, value: float) -> None:
+        self._children[metric](*labels).observe(value)
+
+    def move(self) -> None:
+        for child, amount in self.moves.items():
+            if amount:
+                child.inc(amount)
 
 
 def _moment(value: object) -> float | None:
     """A time from a worker, in epoch seconds; None when it is not one the API can write."""
-    seconds = _finite(value)
+    seconds = schema.finite(value)
     return seconds if seconds is not None and seconds < MAX_EPOCH else None
 
 

@@ -1,13 +1,20 @@
-"""Prometheus metrics. Names and labels are a contract; labels are bounded (no run ids)."""
+"""Prometheus metrics. Names and labels are a contract; labels are bounded (no run ids).
+
+``record_metrics`` is the one mapping from events to metrics: the supervisor applies it to
+each event it logs, the sidecar to each event its workers send. ``watchdog_active_runs`` is
+not in it: it is the size of a table of live runs, the supervisor's or the sidecar's.
+"""
 
 from __future__ import annotations
 
 import weakref
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Metrics"]
+from . import schema
+
+__all__ = ["DIRECT", "Metrics", "Tally", "record_metrics"]
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 STEP_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
@@ -111,3 +118,47 @@ class Metrics:
             "Errors inside the watchdog itself; each was logged and the run went on.",
             registry=registry,
         )
+
+
+class Tally(Protocol):
+    """How ``record_metrics`` moves a metric: at once, or summed over a batch (the sidecar)."""
+
+    def count(self, metric: Counter, *labels: str, amount: float = 1) -> None: ...
+
+    def observe(self, metric: Histogram, *labels: str, value: float) -> None: ...
+
+
+class _Direct:
+    def count(self, metric: Counter, *labels: str, amount: float = 1) -> None:
+        (metric.labels(*labels) if labels else metric).inc(amount)
+
+    def observe(self, metric: Histogram, *labels: str, value: float) -> None:
+        metric.labels(*labels).observe(value)
+
+
+DIRECT: Tally = _Direct()
+
+
+def record_metrics(metrics: Metrics, event: schema.Event, tally: Tally = DIRECT) -> None:
+    """Move the metrics ``event`` moves. A number a worker left out counts as 0."""
+    match event:
+        case schema.RunStarted():
+            tally.count(metrics.runs_started, event.graph)
+        case schema.Violation():
+            labels = (event.graph, event.policy or "", event.kind, event.mode)
+            tally.count(metrics.violations, *labels)
+        case schema.RunCancelled():
+            labels = (event.graph, event.policy or "", event.kind, event.phase)
+            tally.count(metrics.cancellations, *labels)
+            tally.observe(metrics.cancel_latency, event.kind, value=event.latency_s or 0.0)
+        case schema.RunFinished():
+            graph, outcome = event.graph, event.outcome
+            tally.count(metrics.runs_finished, graph, outcome)
+            tally.observe(metrics.run_duration, graph, outcome, value=event.elapsed_s or 0.0)
+            tally.observe(metrics.run_steps, graph, outcome, value=event.steps or 0)
+            if event.input_tokens:
+                tally.count(metrics.tokens, graph, "input", amount=event.input_tokens)
+            if event.output_tokens:
+                tally.count(metrics.tokens, graph, "output", amount=event.output_tokens)
+        case schema.InternalError():
+            tally.count(metrics.internal_errors)

@@ -1,0 +1,213 @@
+"""The run events, written once: what a run reports, as the supervisor logs it and as a worker
+sends it to its sidecar.
+
+The supervisor makes these records; ``record_metrics`` (``metrics.py``) turns them into
+metrics in the agent process and in the sidecar alike; the sidecar reads a worker's JSON back
+into them with ``read_event``, which takes any JSON value without error (a value of the wrong
+type counts as absent), so a worker never has its batch refused for what one event holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .events import NAMESPACE
+
+__all__ = [
+    "DrainRequested",
+    "Event",
+    "FindingEvent",
+    "HardCancel",
+    "InternalError",
+    "NearLimit",
+    "RunCancelled",
+    "RunEvent",
+    "RunFinished",
+    "RunStarted",
+    "Violation",
+    "finite",
+    "read_event",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """An event of the schema; ``name`` is its name without the ``watchdog.`` namespace."""
+
+    name: ClassVar[str]
+
+    def fields(self) -> dict[str, Any]:
+        """The event's flat keys, as logged."""
+        return {name: getattr(self, name) for name in _SHAPES[type(self)]}
+
+    def record(self) -> dict[str, Any]:
+        """The event as listeners get it and a worker sends it: its fields and its name."""
+        return {"event": f"{NAMESPACE}.{self.name}", **self.fields()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunEvent(Event):
+    run_id: str
+    thread_id: str | None
+    graph: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStarted(RunEvent):
+    name = "run_started"
+    policies: list[str]  # the names of the policies that apply to the run
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FindingEvent(RunEvent):
+    """An event about a finding (``watchdog._core.findings.Finding.fields()``)."""
+
+    policy: str | None
+    kind: str
+    mode: str
+    reason: str
+    observed: float | None
+    limit: float | None
+    step: int | None
+    node: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NearLimit(FindingEvent):
+    name = "near_limit"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Violation(FindingEvent):
+    name = "violation"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DrainRequested(RunEvent):
+    name = "drain_requested"
+    policy: str | None
+    kind: str
+    reason: str
+    step: int | None
+    grace_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HardCancel(RunEvent):
+    name = "hard_cancel"
+    policy: str | None
+    kind: str
+    grace_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunCancelled(FindingEvent):
+    name = "run_cancelled"
+    phase: str  # drained or hard
+    also: list[str]  # the policies (or kinds) of later violations on the same cancel
+    latency_s: float | None  # from the finding to the run's end
+    elapsed_s: float | None
+    steps: int | None
+    tokens: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFinished(RunEvent):
+    name = "run_finished"
+    outcome: str  # completed, cancelled or failed
+    error: str | None  # the exception's type, for a failed run
+    elapsed_s: float | None
+    steps: int | None
+    tokens: int | None
+    input_tokens: int | None
+    output_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InternalError(Event):
+    """A bug of the watchdog's own, in a run (its fields are set) or outside any."""
+
+    name = "internal_error"
+    run_id: str | None = None
+    thread_id: str | None = None
+    graph: str | None = None
+    error: str
+    traceback: str
+
+    def fields(self) -> dict[str, Any]:
+        fields = Event.fields(self)
+        if self.run_id is None:  # not about a run: no run keys at all
+            del fields["run_id"], fields["thread_id"], fields["graph"]
+        return fields
+
+
+def finite(value: object) -> float | None:
+    """A number from a worker; None when it is not a finite number >= 0 (a NaN would stick in
+    a histogram's sum for good, a negative count breaks a counter)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return number if 0 <= number < math.inf else None
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _whole(value: object) -> int | None:
+    number = finite(value)
+    return None if number is None else int(number)
+
+
+def _texts(value: object) -> list[str]:
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+# How a JSON value from a worker is read into each type a field of the schema has.
+_READERS: dict[object, Callable[[object], Any]] = {
+    str: _text,
+    str | None: _optional_text,
+    float | None: finite,
+    int | None: _whole,
+    list[str]: _texts,
+}
+_EVENTS: tuple[type[Event], ...] = (
+    RunStarted,
+    NearLimit,
+    Violation,
+    DrainRequested,
+    HardCancel,
+    RunCancelled,
+    RunFinished,
+    InternalError,
+)
+_BY_NAME = {cls.name: cls for cls in _EVENTS}
+
+
+def _shape(cls: type[Event]) -> dict[str, Callable[[object], Any]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: _READERS[hints[f.name]] for f in dataclasses.fields(cls)}
+
+
+_SHAPES = {cls: _shape(cls) for cls in _EVENTS}
+
+
+def read_event(record: Mapping[str, Any]) -> Event | None:
+    """A worker's event read into the schema; None for an event the schema does not have."""
+    name = record.get("event")
+    cls = _BY_NAME.get(name.removeprefix(f"{NAMESPACE}.")) if isinstance(name, str) else None
+    if cls is None:
+        return None
+    return cls(**{key: read(record.get(key)) for key, read in _SHAPES[cls].items()})
