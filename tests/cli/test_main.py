@@ -272,19 +272,38 @@ def test_missing_path_is_an_error(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [f"{missing}: no such file", "1 error"]
 
 
-def test_version_is_the_installed_distributions_and_imports_no_langgraph() -> None:
+def imported_by(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``python -X importtime -m watchdog *args`` from the project's root, and the modules it
+    imported."""
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "watchdog", "--version"],
+        [sys.executable, "-X", "importtime", "-m", "watchdog", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        cwd=ROOT,
     )
+    lines = result.stderr.splitlines()
+    return result, {line.rsplit("|", 1)[-1].strip() for line in lines if "import time:" in line}
+
+
+def langgraph_modules(imported: set[str]) -> set[str]:
+    return {m for m in imported if m.split(".")[0] in ("langgraph", "langchain_core")}
+
+
+def test_version_is_the_installed_distributions_and_imports_no_langgraph() -> None:
+    result, imported = imported_by("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"watchdog {importlib.metadata.version('langgraph-watchdog')}\n"
-    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert "watchdog._cli.main" in imported
-    assert not {m for m in imported if m.split(".")[0] in ("langgraph", "langchain_core")}
+    assert langgraph_modules(imported) == set()
+
+
+def test_check_imports_no_langgraph() -> None:
+    result, imported = imported_by("check", "policies/")
+    assert result.returncode == 0, result.stderr
+    assert {"watchdog._files.loading", "yaml"} <= imported
+    assert langgraph_modules(imported) == set()
 
 
 def test_the_lazy_package_root_gives_every_name_it_lists() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -70,22 +71,26 @@ def supervise(graph: Pregel[Any, Any, Any, Any], supervisor: RunStarter, name: s
     return _supervised_class(type(graph))(**attrs)
 
 
-_classes: dict[type, type] = {}  # written at attach time only, never on a run's path
+# Supervised subclasses by graph class; _classes_lock guards it (attach() may run in threads).
+_classes: dict[type, type] = {}
+_classes_lock = threading.Lock()
 
 
 def _supervised_class(cls: type) -> type:
     if issubclass(cls, SupervisedGraph):
         return cls
-    supervised = _classes.get(cls)
-    if supervised is None:
-        # Named as the graph's own class, so what names a class (get_graph().to_json(),
-        # drawings, reprs) shows the user's graph as it was; isinstance tells them apart.
-        supervised = _classes[cls] = type(
-            cls.__name__,
-            (SupervisedGraph, cls),
-            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
-        )
-    return supervised
+    with _classes_lock:
+        return _classes.get(cls) or _classes.setdefault(cls, _subclass(cls))
+
+
+def _subclass(cls: type) -> type:
+    # Named as the graph's own class, so what names a class (get_graph().to_json(),
+    # drawings, reprs) shows the user's graph as it was; isinstance tells them apart.
+    return type(
+        cls.__name__,
+        (SupervisedGraph, cls),
+        {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
+    )
 
 
 def _with_handler(callbacks: Any, handler: WatchdogHandler) -> Any:

@@ -23,7 +23,8 @@ DEFAULT_HOOK_TIMEOUT = 5.0
 Hook = Callable[..., Any]
 
 # Strong references to hook tasks: the loop keeps only weak ones, and a hook whose caller has
-# gone must not be collected half-way. Touched only from the tasks' own event loops.
+# gone must not be collected half-way. No lock: the tasks' own event loops (one a thread) only
+# add and discard, each atomic.
 _running: set[asyncio.Task[None]] = set()
 
 

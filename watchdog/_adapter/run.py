@@ -146,7 +146,9 @@ class Run:
         self.monitor = monitor
         self.control = control
         self._started_at = time.time()
-        # Sync graphs run parallel nodes in threads; the timer thread checks deadlines.
+        # Guards the monitor and its state, status, cause, also, phase, timers and
+        # node_threads: sync graphs run parallel nodes in threads, and the timer thread checks
+        # deadlines. ``stopping`` is read without it (a bool, set once).
         self.lock = threading.RLock()
         self.status: Status = "running"
         self.stopping = False  # read on every event: a plain attribute, not a property

@@ -211,7 +211,8 @@ def _pickled(value: Any) -> tuple[str, int] | None:
 
 
 # id(model) -> (a weak reference to it, a copy of its fields, its print). An entry leaves
-# with its model, so the cache keeps nothing alive.
+# with its model, so the cache keeps nothing alive. No lock: node threads share it, each dict
+# operation is atomic, and an entry lost to a race only costs a fingerprint computed again.
 _models: dict[int, tuple[weakref.ref[Any], dict[str, Any], int]] = {}
 
 

@@ -211,7 +211,7 @@ class SidecarLink:
         self.command_wait = command_wait
         self.sync_interval = sync_interval
         self._buffer: collections.deque[dict[str, Any]] = collections.deque()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _buffer, _enqueued and _taken
         self._stopped = threading.Event()
         # Set when a full batch waits: a busy worker's events go out at once, not at the
         # next interval, so a burst is sent rather than dropped when the buffer fills.

@@ -331,7 +331,10 @@ class BackgroundLoop:
 
 
 class SidecarState:
-    """The live-run table of the pod, its workers, and the metrics computed from events."""
+    """The live-run table of the pod, its workers, and the metrics computed from events.
+
+    No lock: only the server's event loop touches it, and no method awaits part-way.
+    """
 
     def __init__(
         self,

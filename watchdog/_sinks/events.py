@@ -34,7 +34,9 @@ ERROR_EVENTS = frozenset(
 
 Listener = Callable[[dict[str, Any]], None]
 Emit = Callable[..., None]  # emit(name, **fields)
-# Process-wide listeners (tests, capture helpers). Changed only between runs, by tests.
+# Process-wide listeners (tests, capture helpers). No lock: changed only between runs, by
+# tests. The fallback logger, no lock either: two threads may each build one at first use,
+# and either serves.
 _listeners: list[Listener] = []
 _fallback: Any = None
 

@@ -7,6 +7,7 @@ not in it: it is the size of a table of live runs, the supervisor's or the sidec
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import ClassVar, Protocol
 
@@ -28,16 +29,19 @@ class Metrics:
     registry shares one ``Metrics``: use ``Metrics.on(registry)``.
     """
 
+    # _lock guards _by_registry: two supervisors made at once must not register twice.
     _by_registry: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, Metrics]] = (
         weakref.WeakKeyDictionary()
     )
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
     def on(cls, registry: CollectorRegistry | None = None) -> Metrics:
         registry = REGISTRY if registry is None else registry
-        metrics = cls._by_registry.get(registry)
-        if metrics is None:
-            metrics = cls._by_registry[registry] = cls(registry)
+        with cls._lock:
+            metrics = cls._by_registry.get(registry)
+            if metrics is None:
+                metrics = cls._by_registry[registry] = cls(registry)
         return metrics
 
     def __init__(self, registry: CollectorRegistry) -> None:
