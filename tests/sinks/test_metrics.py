@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage
@@ -14,7 +15,10 @@ from prometheus_client.samples import Sample
 
 from tests.graphs import Bodies, endless, policies, react_agent, scripted, tool_call
 from watchdog import RunCancelled, Supervisor
-from watchdog.testing import FakeClock
+from watchdog._pod.policy_source import PolicySource
+from watchdog._pod.sidecar import SidecarState
+from watchdog._sinks.metrics import Metrics
+from watchdog.testing import FakeClock, capture_events
 
 LABELS = {
     "watchdog_runs_started": {("graph",)},
@@ -146,3 +150,56 @@ def test_metrics_over_http_have_the_contracted_names_labels_and_values(
         for value in sample.labels.values()
     }
     assert not label_values & ({str(r) for r in run_ids} | {"thread-1"}), "ids in labels"
+
+
+RUN_METRICS = {
+    "watchdog_runs_started",
+    "watchdog_runs_finished",
+    "watchdog_active_runs",
+    "watchdog_run_duration_seconds",
+    "watchdog_run_steps",
+    "watchdog_tokens",
+    "watchdog_cancellations",
+    "watchdog_violations",
+    "watchdog_cancel_latency_seconds",
+    "watchdog_internal_errors",
+}
+
+
+def run_metrics(
+    registry: CollectorRegistry,
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The values of the metrics that runs move."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in registry.collect()
+        if family.name in RUN_METRICS
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+def test_a_sidecar_moves_the_same_metrics_from_a_workers_events_as_the_worker(
+    supervisor: Supervisor, registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    looping = supervisor.attach(endless(Bodies(), is_async=False), name="looper")
+    agent = supervisor.attach(
+        react_agent(scripted(tool_call("one"), AIMessage("done"))), name="agent"
+    )
+    with capture_events() as events:
+        with pytest.raises(RunCancelled):
+            looping.invoke({"count": 0}, {"configurable": {"thread_id": "t"}})
+        agent.invoke({"messages": [("user", "hi")]})
+    (tmp_path / "policies.yaml").write_text("version: 1\npolicies: []\n")
+    pod = CollectorRegistry()
+    sidecar = SidecarState(PolicySource(str(tmp_path), Metrics(pod)), pod)
+
+    sidecar.ingest("worker", events)
+
+    embedded = run_metrics(registry)
+    assert (
+        embedded[("watchdog_runs_finished_total", (("graph", "agent"), ("outcome", "completed")))]
+        == 1
+    )
+    assert embedded[("watchdog_tokens_total", (("graph", "agent"), ("type", "input")))] == 200
+    assert run_metrics(pod) == embedded
