@@ -21,16 +21,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import RFC_3339, wait_for
+from watchdog._pod.policy_source import PolicySource
 from watchdog._pod.run_api import MAX_REASON
-from watchdog._pod.sidecar import (
+from watchdog._pod.sidecar import create_app
+from watchdog._pod.table import (
     MAX_COUNT,
     MAX_LABEL_LENGTH,
     MAX_RUN_POLICIES,
     MAX_RUNS,
     MAX_SERIES,
     MAX_TABLE_TEXT,
-    PolicySource,
-    create_app,
 )
 from watchdog._sinks.metrics import Metrics
 from watchdog.testing import capture_events

@@ -18,7 +18,7 @@ from tests.graphs import Counter, policies
 from tests.processes import POLICIES, TOKEN, Pod, Process, without_file_access_override
 from watchdog import Supervisor
 from watchdog._pod.link import SidecarLink
-from watchdog._pod.sidecar import MAX_LABEL_LENGTH, MAX_LABEL_VALUES
+from watchdog._pod.table import MAX_LABEL_LENGTH, MAX_LABEL_VALUES
 
 FAILED = ("watchdog_policy_reloads_total", (("result", "failed"),))
 VALID = ("watchdog_policy_files_valid", ())

@@ -16,7 +16,7 @@ from prometheus_client.samples import Sample
 from tests.graphs import Bodies, endless, policies, react_agent, scripted, tool_call
 from watchdog import RunCancelled, Supervisor
 from watchdog._pod.policy_source import PolicySource
-from watchdog._pod.sidecar import SidecarState
+from watchdog._pod.table import SidecarState
 from watchdog._sinks.metrics import Metrics
 from watchdog.testing import FakeClock, capture_events
 
