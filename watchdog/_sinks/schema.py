@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Event:
     """An event of the schema; ``name`` is its name without the ``watchdog.`` namespace."""
 
@@ -43,27 +43,27 @@ class Event:
 
     def fields(self) -> dict[str, Any]:
         """The event's flat keys, as logged."""
-        return {name: getattr(self, name) for name in _SHAPES[type(self)]}
+        return {name: getattr(self, name) for name, _, _ in _SHAPES[type(self)]}
 
     def record(self) -> dict[str, Any]:
         """The event as listeners get it and a worker sends it: its fields and its name."""
         return {"event": f"{NAMESPACE}.{self.name}", **self.fields()}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RunEvent(Event):
     run_id: str
     thread_id: str | None
     graph: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RunStarted(RunEvent):
     name = "run_started"
     policies: list[str]  # the names of the policies that apply to the run
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class FindingEvent(RunEvent):
     """An event about a finding (``watchdog._core.findings.Finding.fields()``)."""
 
@@ -77,17 +77,17 @@ class FindingEvent(RunEvent):
     node: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class NearLimit(FindingEvent):
     name = "near_limit"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Violation(FindingEvent):
     name = "violation"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class DrainRequested(RunEvent):
     name = "drain_requested"
     policy: str | None
@@ -97,7 +97,7 @@ class DrainRequested(RunEvent):
     grace_seconds: float | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class HardCancel(RunEvent):
     name = "hard_cancel"
     policy: str | None
@@ -105,7 +105,7 @@ class HardCancel(RunEvent):
     grace_seconds: float | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RunCancelled(FindingEvent):
     name = "run_cancelled"
     phase: str  # drained or hard
@@ -116,7 +116,7 @@ class RunCancelled(FindingEvent):
     tokens: int | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RunFinished(RunEvent):
     name = "run_finished"
     outcome: str  # completed, cancelled or failed
@@ -128,7 +128,7 @@ class RunFinished(RunEvent):
     output_tokens: int | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class InternalError(Event):
     """A bug of the watchdog's own, in a run (its fields are set) or outside any."""
 
@@ -146,27 +146,34 @@ class InternalError(Event):
         return fields
 
 
+MAX_WHOLE = 1 << 63  # a count past this is no count (and 10**400 overflows a float)
+
+
 def finite(value: object) -> float | None:
     """A number from a worker; None when it is not a finite number >= 0 (a NaN would stick in
-    a histogram's sum for good, a negative count breaks a counter)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an int too large for a float
-        return None
-    return number if 0 <= number < math.inf else None
+    a histogram's sum for good, a negative count breaks a counter). Exact types only: JSON
+    gives no subclasses, and a bool is not a number here."""
+    if type(value) is float:
+        return value if 0 <= value < math.inf else None
+    if type(value) is int and value >= 0:
+        try:
+            return float(value)
+        except OverflowError:  # an int too large for a float
+            return None
+    return None
 
 
 def _text(value: object) -> str:
-    return "" if value is None else str(value)
+    return value if type(value) is str else ("" if value is None else str(value))
 
 
 def _optional_text(value: object) -> str | None:
-    return None if value is None else str(value)
+    return value if value is None or type(value) is str else str(value)
 
 
 def _whole(value: object) -> int | None:
+    if type(value) is int:
+        return value if 0 <= value < MAX_WHOLE else None
     number = finite(value)
     return None if number is None else int(number)
 
@@ -175,13 +182,14 @@ def _texts(value: object) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list) else []
 
 
-# How a JSON value from a worker is read into each type a field of the schema has.
-_READERS: dict[object, Callable[[object], Any]] = {
-    str: _text,
-    str | None: _optional_text,
-    float | None: finite,
-    int | None: _whole,
-    list[str]: _texts,
+# How a JSON value from a worker is read into each type a field of the schema has, and the
+# type of value taken as it is (the common case, so it costs no call; None: always read).
+_READERS: dict[object, tuple[type | None, Callable[[object], Any]]] = {
+    str: (str, _text),
+    str | None: (str, _optional_text),
+    float | None: (None, finite),
+    int | None: (None, _whole),
+    list[str]: (None, _texts),
 }
 _EVENTS: tuple[type[Event], ...] = (
     RunStarted,
@@ -196,9 +204,9 @@ _EVENTS: tuple[type[Event], ...] = (
 _BY_NAME = {cls.name: cls for cls in _EVENTS}
 
 
-def _shape(cls: type[Event]) -> dict[str, Callable[[object], Any]]:
+def _shape(cls: type[Event]) -> tuple[tuple[str, type | None, Callable[[object], Any]], ...]:
     hints = typing.get_type_hints(cls)
-    return {f.name: _READERS[hints[f.name]] for f in dataclasses.fields(cls)}
+    return tuple((f.name, *_READERS[hints[f.name]]) for f in dataclasses.fields(cls))
 
 
 _SHAPES = {cls: _shape(cls) for cls in _EVENTS}
@@ -210,4 +218,10 @@ def read_event(record: Mapping[str, Any]) -> Event | None:
     cls = _BY_NAME.get(name.removeprefix(f"{NAMESPACE}.")) if isinstance(name, str) else None
     if cls is None:
         return None
-    return cls(**{key: read(record.get(key)) for key, read in _SHAPES[cls].items()})
+    get = record.get
+    return cls(
+        **{
+            key: value if type(value := get(key)) is taken else read(value)
+            for key, taken, read in _SHAPES[cls]
+        }
+    )
