@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import Callable
 from typing import Annotated, Any, TypedDict
 
+import pytest
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
@@ -16,8 +17,8 @@ from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Send
 
-from watchdog import PolicySet, load_policy_text
-from watchdog.testing import FakeChatModel, FakeClock
+from watchdog import PolicySet, RunCancelled, Supervisor, load_policy_text
+from watchdog.testing import FakeChatModel, FakeClock, capture_events
 
 
 def policies(text: str) -> PolicySet:
@@ -183,3 +184,17 @@ def scripted(
 
 
 Call = Callable[..., Any]
+
+
+def cancelled_and_completed(supervisor: Supervisor) -> list[dict[str, Any]]:
+    """The events of two runs: a loop its step limit cancels (graph ``looper``), and a ReAct
+    agent that calls a tool and completes (graph ``agent``)."""
+    looping = supervisor.attach(endless(Bodies(), is_async=False), name="looper")
+    agent = supervisor.attach(
+        react_agent(scripted(tool_call("one"), AIMessage("done"))), name="agent"
+    )
+    with capture_events() as events:
+        with pytest.raises(RunCancelled):
+            looping.invoke({"count": 0}, {"configurable": {"thread_id": "t"}})
+        agent.invoke({"messages": [("user", "hi")]})
+    return events

@@ -13,12 +13,20 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.graphs import Bodies, endless, policies, react_agent, scripted, tool_call
+from tests.graphs import (
+    Bodies,
+    cancelled_and_completed,
+    endless,
+    policies,
+    react_agent,
+    scripted,
+    tool_call,
+)
 from watchdog import RunCancelled, Supervisor
 from watchdog._pod.policy_source import PolicySource
 from watchdog._pod.table import SidecarState
 from watchdog._sinks.metrics import Metrics
-from watchdog.testing import FakeClock, capture_events
+from watchdog.testing import FakeClock
 
 LABELS = {
     "watchdog_runs_started": {("graph",)},
@@ -182,14 +190,7 @@ def run_metrics(
 def test_a_sidecar_moves_the_same_metrics_from_a_workers_events_as_the_worker(
     supervisor: Supervisor, registry: CollectorRegistry, tmp_path: Path
 ) -> None:
-    looping = supervisor.attach(endless(Bodies(), is_async=False), name="looper")
-    agent = supervisor.attach(
-        react_agent(scripted(tool_call("one"), AIMessage("done"))), name="agent"
-    )
-    with capture_events() as events:
-        with pytest.raises(RunCancelled):
-            looping.invoke({"count": 0}, {"configurable": {"thread_id": "t"}})
-        agent.invoke({"messages": [("user", "hi")]})
+    events = cancelled_and_completed(supervisor)
     (tmp_path / "policies.yaml").write_text("version: 1\npolicies: []\n")
     pod = CollectorRegistry()
     sidecar = SidecarState(PolicySource(str(tmp_path), Metrics(pod)), pod)

@@ -6,12 +6,11 @@ import math
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage
 
-from tests.graphs import Bodies, endless, policies, react_agent, scripted, tool_call
-from watchdog import RunCancelled, Supervisor
+from tests.graphs import cancelled_and_completed, policies
+from watchdog import Supervisor
 from watchdog._sinks import schema
-from watchdog.testing import FakeClock, capture_events
+from watchdog.testing import FakeClock
 
 
 def test_an_event_is_logged_as_its_namespaced_name_and_flat_fields() -> None:
@@ -43,14 +42,7 @@ def test_what_a_supervised_run_logs_is_read_back_as_it_was(clock: FakeClock) -> 
         ),
         clock=clock,
     )
-    looping = supervisor.attach(endless(Bodies(), is_async=False), name="looper")
-    agent = supervisor.attach(
-        react_agent(scripted(tool_call("one"), AIMessage("done"))), name="agent"
-    )
-    with capture_events() as events:
-        with pytest.raises(RunCancelled):
-            looping.invoke({"count": 0}, {"configurable": {"thread_id": "t"}})
-        agent.invoke({"messages": [("user", "hi")]})
+    events = cancelled_and_completed(supervisor)
 
     read = [(e, schema.read_event(e)) for e in events]
     assert [e for e, event in read if event is None] == []
