@@ -24,7 +24,7 @@ from .._core.engine import RunMonitor
 from .._core.errors import RunCancelled
 from .._core.findings import Finding
 from .._core.fingerprint import fingerprint
-from .._core.policies import Policy
+from .._core.policies import DEFAULT_GRACE_SECONDS, Policy
 from .._core.runs import RunInfo, Status
 from .._core.scheduler import Scheduler, Timer
 from .._sinks import schema
@@ -32,7 +32,6 @@ from .hooks import Hook, run_hook_sync, spawn
 
 __all__ = ["Cause", "Run", "RunHost", "Stop", "current_run", "running"]
 
-DEFAULT_GRACE_SECONDS = 5.0
 MAX_NAMESPACES = 64  # subgraph invocations tracked for step counting; old ones are done
 
 

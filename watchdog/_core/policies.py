@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Literal, get_args
 
 from .limits import (
     CostSpec,
@@ -27,6 +27,7 @@ from .limits import (
 from .state import Price, RunState
 
 __all__ = [
+    "DEFAULT_GRACE_SECONDS",
     "KINDS",
     "Kind",
     "Loop",
@@ -42,8 +43,12 @@ __all__ = [
 
 Mode = Literal["enforce", "audit"]
 Scope = Literal["run", "thread"]
-SCOPES: tuple[Scope, ...] = ("run", "thread")
-RATE_OF = ("steps", "node_runs", "llm_calls", "tool_calls", "tokens")
+RateOf = Literal["steps", "node_runs", "llm_calls", "tool_calls", "tokens"]
+RATE_OF: tuple[RateOf, ...] = get_args(RateOf)
+# The defaults of a policy, here and nowhere else: policy files and manual cancels use them.
+DEFAULT_GRACE_SECONDS = 5.0
+DEFAULT_WARN_AT = 0.8
+DEFAULT_LOOP_WINDOW = 50
 
 
 def _present(*limits: Limit | None) -> tuple[Limit, ...]:
@@ -102,7 +107,7 @@ class StepCount(Kind):
 
 @dataclass(frozen=True, slots=True)
 class Loop(Kind):
-    window: int = 50
+    window: int = DEFAULT_LOOP_WINDOW
     max_repeats: int | None = None
     max_tool_repeats: int | None = None
     max_cycle_repeats: int | None = None
@@ -152,7 +157,7 @@ class TokenBudget(Kind):
 class Rate(Kind):
     max_events: int = 0
     per_seconds: float = 0.0
-    of: str = "steps"
+    of: RateOf = "steps"
     name = "rate"
 
     def __post_init__(self) -> None:
@@ -186,8 +191,8 @@ class Policy:
     name: str
     kind: Kind
     mode: Mode = "enforce"
-    grace_seconds: float = 5.0
-    warn_at: float | None = 0.8
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    warn_at: float | None = DEFAULT_WARN_AT
     cleanup_node: str | None = None
     supersede: bool = False  # a new run on a thread cancels the older one still running
     description: str | None = None

@@ -1,0 +1,396 @@
+"""Policy files, version 1: the document a ``NodeReader`` reads into the core's model.
+
+The schema is derived from the model: a kind's keys are its dataclass's fields, each read as
+the type the field has, and a default is the field's own (``_core/policies.py``), so neither
+a key nor a default is written twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from yaml.nodes import Node, ScalarNode, SequenceNode
+
+from .._core.errors import PolicyProblem
+from .._core.policies import KINDS, RATE_OF, Kind, Loop, Match, Mode, Policy, Rate, TokenBudget
+from .._core.state import Price
+from .reader import NULL_TAG, Entry, Invalid, NodeReader, describe, position, text_number_hint
+
+__all__ = ["PolicyFileReader"]
+
+SUPPORTED_VERSIONS = (1,)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+TOP_KEYS = ("version", "defaults", "policies")
+DEFAULT_KEYS = ("mode", "grace_seconds", "warn_at")
+POLICY_KEYS = ("name", "description", "match", "cleanup_node", "supersede", *DEFAULT_KEYS)
+MATCH_KEYS = ("graph", "tags", "metadata")
+PRICE_KEYS = tuple(f.name for f in dataclasses.fields(Price))
+MODES: tuple[Mode, ...] = typing.get_args(Mode)
+
+FieldReader = Callable[["PolicyFileReader", Node, str], object]
+
+
+@dataclass(frozen=True, slots=True)
+class _KindField:
+    """A key of a kind, as its dataclass field says: how it is read, and whether it is a limit
+    (optional: a kind sets at least one of its limits)."""
+
+    read: FieldReader
+    limit: bool
+    numeric: bool  # null leaves a number unset, to its default
+
+
+def _kind_fields(kind: type[Kind]) -> dict[str, _KindField]:
+    hints = typing.get_type_hints(kind)
+    fields: dict[str, _KindField] = {}
+    for field in dataclasses.fields(kind):
+        if not field.init:
+            continue
+        hint = hints[field.name]
+        optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+        (base,) = [a for a in typing.get_args(hint) if a is not type(None)] if optional else [hint]
+        fields[field.name] = _KindField(_reader_of(base), optional, base in (int, float))
+    return fields
+
+
+def _reader_of(base: Any) -> FieldReader:
+    if base is int:
+        return NodeReader.whole
+    if base is float:
+        return NodeReader.number
+    if typing.get_origin(base) is Literal:
+        choices = typing.get_args(base)
+        return lambda reader, node, path: reader.choice(node, path, choices)
+    if typing.get_origin(base) is Mapping:
+        return PolicyFileReader.prices
+    msg = f"no reader for a field of type {base!r}"
+    raise TypeError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class _Name:
+    """A policy's name and where it stands, for duplicate-name messages."""
+
+    name: str
+    node: Node
+    path: str
+
+
+class PolicyFileReader(NodeReader):
+    """Reads one policy file, version 1."""
+
+    def __init__(self, file: str, text: str) -> None:
+        super().__init__(file, text)
+        self.names: list[_Name] = []  # every valid name, in file order, valid policy or not
+
+    def read(self) -> list[Policy]:
+        read: list[Policy] = []
+        root = self.compose()
+        if root is None or (isinstance(root, ScalarNode) and root.tag == NULL_TAG):
+            if not self.problems:  # about the whole file: no line to show
+                self.problems.append(
+                    PolicyProblem(
+                        self.file,
+                        1,
+                        1,
+                        "",
+                        "the file is empty; expected a mapping with 'version: 1' and 'policies'",
+                    )
+                )
+            return read
+        top = self.field(
+            self.mapping, root, "", TOP_KEYS, "a mapping with 'version' and 'policies'"
+        )
+        if top is None:
+            return read
+        self._version(root, top)
+        defaults = self._defaults(top.get("defaults"))
+        entry = top.get("policies")
+        if entry is None:
+            self.problem(
+                root, "policies", "missing required key 'policies'; expected a list of policies"
+            )
+            return read
+        if not isinstance(entry.value, SequenceNode):
+            self.problem(
+                entry.value,
+                "policies",
+                f"expected a list of policies, got {describe(entry.value)}",
+            )
+            return read
+        try:
+            self.plain(entry.value, "policies")
+        except Invalid:
+            return read
+        for index, node in enumerate(entry.value.value):
+            path = f"policies[{index}]"
+            policy = self.field(self._policy, node, path, defaults)
+            if policy is not None:
+                read.append(policy)
+        return read
+
+    def _version(self, root: Node, top: dict[str, Entry]) -> None:
+        entry = top.get("version")
+        if entry is None:
+            self.problem(root, "version", "missing required key 'version'; expected version: 1")
+            return
+        try:
+            value = self.scalar(entry.value, "version")
+        except Invalid:
+            return
+        if type(value) is not int or value not in SUPPORTED_VERSIONS:
+            supported = " or ".join(str(v) for v in SUPPORTED_VERSIONS)
+            self.problem(
+                entry.value,
+                "version",
+                f"expected version {supported}, got {describe(entry.value, value)}",
+            )
+
+    def _defaults(self, entry: Entry | None) -> dict[str, Any]:
+        """The file's defaults that are set; the model has the rest."""
+        if entry is None:
+            return {}
+        fields = self.field(
+            self.mapping, entry.value, "defaults", DEFAULT_KEYS, "a mapping of defaults"
+        )
+        return {} if fields is None else self._options(fields, "defaults")
+
+    def _options(self, fields: dict[str, Entry], path: str) -> dict[str, Any]:
+        """mode, grace_seconds and warn_at, where set and valid."""
+        options: dict[str, Any] = {}
+        if "mode" in fields:
+            mode = self.field(self.choice, fields["mode"].value, f"{path}.mode", MODES)
+            if mode is not None:
+                options["mode"] = mode
+        if "grace_seconds" in fields:
+            grace = self.field(
+                self.number, fields["grace_seconds"].value, f"{path}.grace_seconds", allow_zero=True
+            )
+            if grace is not None:
+                options["grace_seconds"] = grace
+        if "warn_at" in fields:
+            node = fields["warn_at"].value
+            if self.null(node):
+                options["warn_at"] = None
+            else:
+                warn_at = self.field(self._fraction, node, f"{path}.warn_at")
+                if warn_at is not None:
+                    options["warn_at"] = warn_at
+        return options
+
+    def _fraction(self, node: Node, path: str) -> float:
+        value = self.scalar(node, path)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+            self.invalid(
+                node,
+                path,
+                f"expected a fraction between 0 and 1 (such as 0.8), or null to turn warnings "
+                f"off, got {describe(node, value)}{text_number_hint(node, value)}",
+            )
+        return float(value)
+
+    def _policy(self, node: Node, path: str, defaults: dict[str, Any]) -> Policy:
+        keys = (*POLICY_KEYS, *KINDS)
+        problems_before = len(self.problems)
+        fields = self.mapping(node, path, keys, "a policy mapping with a name and one kind")
+        unknown_keys = len(self.problems) > problems_before  # a misspelt kind, perhaps
+        kinds = [k for k in fields if k in KINDS]
+        name_entry = fields.get("name")
+        name = None
+        if name_entry is None:
+            self.problem(
+                node, f"{path}.name", "missing required key 'name'; expected a unique policy name"
+            )
+        else:
+            name = self.field(self._name, name_entry.value, f"{path}.name")
+            if name is not None:
+                self.names.append(_Name(name, name_entry.value, f"{path}.name"))
+        if not kinds and not unknown_keys:
+            self.problem(
+                node,
+                path,
+                f"no policy kind; expected exactly one of {', '.join(KINDS)}",
+            )
+        for extra in kinds[1:]:
+            self.problem(
+                fields[extra].key,
+                f"{path}.{extra}",
+                f"a policy has exactly one kind, and this one already has {kinds[0]}; "
+                "expected a separate policy for each kind",
+            )
+        options = dict(defaults)
+        options.update(self._options(fields, path))
+        match = self.field(self._match, fields.get("match"), f"{path}.match")
+        if "cleanup_node" in fields:
+            options["cleanup_node"] = self.field(
+                self.text, fields["cleanup_node"].value, f"{path}.cleanup_node", "a node name"
+            )
+        if "description" in fields:
+            options["description"] = self.field(
+                self.text, fields["description"].value, f"{path}.description"
+            )
+        if "supersede" in fields:
+            options["supersede"] = bool(
+                self.field(self.flag, fields["supersede"].value, f"{path}.supersede")
+            )
+        kind = None
+        if kinds:
+            kind_name = kinds[0]
+            kind = self.field(self._kind, kind_name, fields[kind_name].value, f"{path}.{kind_name}")
+        if len(self.problems) > problems_before or name is None or kind is None or match is None:
+            raise Invalid
+        line, _ = position(node)
+        return Policy(name=name, kind=kind, match=match, file=self.file, line=line, **options)
+
+    def _name(self, node: Node, path: str) -> str:
+        name = self.text(node, path, "a policy name")
+        if not NAME_PATTERN.fullmatch(name):
+            self.invalid(
+                node,
+                path,
+                f"expected a name of letters, digits and _ . : - (at most 64, it is a metric "
+                f"label), got {name!r}",
+            )
+        return name
+
+    def _match(self, entry: Entry | None, path: str) -> Match:
+        if entry is None:
+            return Match()
+        fields = self.mapping(entry.value, path, MATCH_KEYS, "a mapping of graph, tags, metadata")
+        graphs = tags = None
+        metadata: dict[str, object] | None = {}
+        if "graph" in fields:
+            graphs = self.field(
+                self.strings, fields["graph"].value, f"{path}.graph", "a graph name glob"
+            )
+        if "tags" in fields:
+            tags = self.field(self.strings, fields["tags"].value, f"{path}.tags", "a tag")
+        if "metadata" in fields:
+            metadata = self.field(self._metadata, fields["metadata"].value, f"{path}.metadata")
+        if (
+            ("graph" in fields and graphs is None)
+            or ("tags" in fields and tags is None)
+            or metadata is None
+        ):
+            raise Invalid
+        return Match(graphs=graphs or (), tags=frozenset(tags or ()), metadata=metadata)
+
+    def _metadata(self, node: Node, path: str) -> dict[str, object]:
+        return self.table(node, path, "metadata keys to values", "a string key", self._exact)
+
+    def _exact(self, node: Node, path: str) -> object:
+        value = self.scalar(node, path)
+        if not isinstance(value, str | int | float | bool):
+            self.invalid(
+                node,
+                path,
+                "expected a string, number or boolean to match exactly, got "
+                f"{describe(node, value)}",
+            )
+        return value
+
+    # -- kinds ---------------------------------------------------------------------------
+
+    def _kind(self, kind: str, node: Node, path: str) -> Kind:
+        kind_fields = KIND_FIELDS[kind]
+        keys = tuple(kind_fields)
+        example = f"{{{keys[0]}: ...}}"
+        # Problems in the mapping count too: "sets no limit" is noise after a misspelt key.
+        before = len(self.problems)
+        fields = self.mapping(node, path, keys, f"a mapping of {kind} limits such as {example}")
+        values: dict[str, Any] = {}
+        for key, entry in fields.items():
+            if self.null(entry.value) and kind_fields[key].numeric:
+                continue  # null leaves a number unset
+            value = self.field(kind_fields[key].read, self, entry.value, f"{path}.{key}")
+            if value is not None:
+                values[key] = value
+        if len(self.problems) > before:
+            raise Invalid
+        limits = [key for key, field in kind_fields.items() if field.limit]
+        if limits and not values.keys() & set(limits):
+            self.invalid(
+                node, path, f"{kind} sets no limit; expected at least one of {', '.join(limits)}"
+            )
+        check = _CHECKS.get(kind)
+        if check is not None:
+            check(self, node, path, fields, values)
+        return KINDS[kind](**values)
+
+    def prices(self, node: Node, path: str) -> dict[str, Price]:
+        return self.table(node, path, "model name to prices", "a model name", self._price)
+
+    def _price(self, node: Node, path: str) -> Price:
+        fields = self.mapping(
+            node, path, PRICE_KEYS, "a mapping {input_per_mtok: ..., output_per_mtok: ...}"
+        )
+        for key in PRICE_KEYS:
+            if key not in fields:
+                self.problem(
+                    node,
+                    f"{path}.{key}",
+                    f"missing required key {key!r}; expected US dollars per million tokens",
+                )
+        amounts = {
+            key: self.field(self.number, entry.value, f"{path}.{key}", allow_zero=True)
+            for key, entry in fields.items()
+        }
+        input_price, output_price = (amounts.get(key) for key in PRICE_KEYS)
+        if input_price is None or output_price is None:
+            raise Invalid
+        return Price(input_price, output_price)
+
+    def _check_loop(
+        self, node: Node, path: str, fields: dict[str, Entry], values: dict[str, Any]
+    ) -> None:
+        window = Loop(**values).window
+        for key in ("max_repeats", "max_tool_repeats"):
+            # A repeat can only be seen when window holds limit + 1 runs.
+            if key in values and values[key] >= window:
+                where = fields["window"].value if "window" in fields else fields[key].value
+                self.invalid(
+                    where,
+                    f"{path}.window" if "window" in fields else f"{path}.{key}",
+                    f"window {window} cannot hold {values[key] + 1} runs, so {key}: "
+                    f"{values[key]} could never fire; expected a window larger than {key}",
+                )
+
+    def _check_token_budget(
+        self, node: Node, path: str, fields: dict[str, Entry], values: dict[str, Any]
+    ) -> None:
+        if "max_cost_usd" in values and "default" not in values.get("prices", {}):
+            where = fields["prices"] if "prices" in fields else fields["max_cost_usd"]
+            self.invalid(
+                where.value if "prices" in fields else where.key,
+                f"{path}.prices",
+                "max_cost_usd is set but prices has no 'default' entry, so a model missing "
+                "from prices would run free; expected a default price "
+                "{input_per_mtok: ..., output_per_mtok: ...}",
+            )
+
+    def _check_rate(
+        self, node: Node, path: str, fields: dict[str, Entry], values: dict[str, Any]
+    ) -> None:
+        missing = [k for k in KIND_FIELDS["rate"] if k not in values]
+        if missing:
+            self.invalid(
+                node,
+                f"{path}.{missing[0]}",
+                f"missing required key {missing[0]!r}; rate needs max_events, per_seconds and "
+                f"of ({', '.join(RATE_OF)})",
+            )
+
+
+KIND_FIELDS = {name: _kind_fields(kind) for name, kind in KINDS.items()}
+_CHECKS: dict[str, Callable[[PolicyFileReader, Node, str, dict[str, Entry], dict[str, Any]], None]]
+_CHECKS = {
+    Loop.name: PolicyFileReader._check_loop,
+    TokenBudget.name: PolicyFileReader._check_token_budget,
+    Rate.name: PolicyFileReader._check_rate,
+}
