@@ -6,10 +6,15 @@ import logging
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, LLMResult
 from langgraph.func import entrypoint, task
 
-from tests.graphs import Bodies, policies, with_subgraph
+from tests.graphs import Bodies, Counter, one_node, policies, scripted, with_subgraph
 from watchdog import RunCancelled, Supervisor
+from watchdog._adapter.callbacks import _usage
+from watchdog.testing import capture_events
 
 
 @task
@@ -45,3 +50,69 @@ def test_a_cancel_through_chain_callbacks_logs_no_callback_error(
         app.invoke(graph_input)
     assert raised.value.observed == 5
     assert [r.getMessage() for r in caplog.records] == []
+
+
+def generation(input_tokens: int, output_tokens: int, **total: int) -> ChatGeneration:
+    usage = UsageMetadata(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=total.get("total_tokens", input_tokens + output_tokens),
+    )
+    return ChatGeneration(message=AIMessage("x", usage_metadata=usage))
+
+
+def test_usage_adds_up_every_generation_and_skips_those_without() -> None:
+    result = LLMResult(
+        generations=[
+            [generation(10, 2), ChatGeneration(message=AIMessage("no usage"))],
+            [generation(5, 1, total_tokens=7)],
+        ]
+    )
+    assert _usage(result) == (15, 3, 19)
+    assert _usage(LLMResult(generations=[[ChatGeneration(message=AIMessage("none"))]])) == (
+        0,
+        0,
+        None,
+    )
+
+
+def chatty(model: Any, calls: int) -> Any:
+    """One node that calls ``model`` ``calls`` times."""
+
+    def talk(state: Counter) -> dict[str, int]:
+        for _ in range(calls):
+            model.invoke("hi")
+        return {"count": state["count"] + 1}
+
+    return one_node(talk)
+
+
+def test_llm_usage_reaches_the_run_and_a_budget_stops_the_next_call() -> None:
+    model = scripted(*[AIMessage("ok")] * 5, input_tokens=40, output_tokens=10)
+    supervisor = Supervisor(policies("- {name: tokens, token_budget: {max_total_tokens: 100}}"))
+    app = supervisor.attach(chatty(model, calls=5), name="chatty")
+    with capture_events() as events, pytest.raises(RunCancelled) as raised:
+        app.invoke({"count": 0})
+    assert (raised.value.kind, raised.value.observed) == ("token_budget", 150)
+    assert model.i == 3, "the call after the one past the budget never started"
+    (finished,) = [e for e in events if e["event"] == "watchdog.run_finished"]
+    assert (finished["input_tokens"], finished["output_tokens"]) == (120, 30)
+
+
+def test_an_error_of_the_watchdogs_in_a_callback_is_reported_and_the_run_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: object) -> None:
+        msg = "a bug in the watchdog"
+        raise ZeroDivisionError(msg)
+
+    monkeypatch.setattr("watchdog._core.engine.RunMonitor.llm_started", broken)
+    model = scripted(*[AIMessage("ok")] * 3)  # its count of calls wraps at the last answer
+    app = Supervisor(policies("- {name: steps, step_count: {max_steps: 10}}")).attach(
+        chatty(model, calls=2), name="chatty"
+    )
+    with capture_events() as events:
+        assert app.invoke({"count": 0}) == {"count": 1}
+    errors = [e["error"] for e in events if e["event"] == "watchdog.internal_error"]
+    assert errors == ["ZeroDivisionError: a bug in the watchdog"] * 2
+    assert model.i == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from langgraph.graph import END, START, StateGraph
 from tests.graphs import Bodies, Counter, endless, one_node, policies, scripted
 from watchdog import RunCancelled, Supervisor, testing
 from watchdog._adapter import thread_totals as totals
+from watchdog._core.state import ThreadTotals
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -270,3 +272,63 @@ def test_an_async_reset_also_zeroes_the_totals_the_live_runs_of_the_thread_share
 
     asyncio.run(scenario())
     assert totals.load(saver, "t").steps == 5
+
+
+# -- the records, on real checkpointers ------------------------------------------------------
+
+
+def usage(steps: int, input_tokens: int = 0, cost: float = 0.0) -> ThreadTotals:
+    used = totals.used_by(testing.make_run_state(steps=steps, input_tokens=input_tokens))
+    used.cost_usd = {"t": cost}
+    return used
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def saver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "memory":
+        yield InMemorySaver()
+        return
+    with SqliteSaver.from_conn_string(str(tmp_path / "threads.sqlite")) as saver:
+        yield saver
+
+
+def test_a_threads_totals_are_the_sum_of_its_records(saver: Any) -> None:
+    assert totals.load(saver, "t").as_dict() == ThreadTotals().as_dict()
+    totals.save(saver, "t", usage(3, input_tokens=10, cost=0.5))
+    totals.save(saver, "t", usage(4, input_tokens=5, cost=0.25))
+    totals.save(saver, "other", usage(100))
+    loaded = totals.load(saver, "t")
+    assert (loaded.steps, loaded.input_tokens, loaded.cost_usd) == (7, 15, {"t": 0.75})
+
+
+def test_a_reset_counts_from_itself_and_needs_records_to_reset(saver: Any) -> None:
+    assert totals.reset(saver, "t") is False  # nothing to reset: no marker written
+    totals.save(saver, "t", usage(3))
+    assert totals.reset(saver, "t") is True
+    assert totals.load(saver, "t").steps == 0
+    totals.save(saver, "t", usage(2))
+    assert totals.load(saver, "t").steps == 2
+
+
+def test_the_records_stay_out_of_the_threads_own_state_and_history(saver: Any) -> None:
+    graph = one_node(lambda state: {"count": state["count"] + 1}).builder.compile(
+        checkpointer=saver
+    )
+    graph.invoke({"count": 0}, thread_config("t"))
+    before = [c.config for c in graph.get_state_history(thread_config("t"))]
+    totals.save(saver, "t", usage(1))
+    totals.reset(saver, "t")
+    assert graph.get_state(thread_config("t")).values == {"count": 1}
+    assert [c.config for c in graph.get_state_history(thread_config("t"))] == before
+
+
+def test_the_async_records_are_the_same_records() -> None:
+    saver = InMemorySaver()
+
+    async def scenario() -> tuple[int, int, bool]:
+        await totals.asave(saver, "t", usage(3))
+        loaded = (await totals.aload(saver, "t")).steps
+        reset = await totals.areset(saver, "t")
+        return loaded, totals.load(saver, "t").steps, reset
+
+    assert asyncio.run(scenario()) == (3, 0, True)
