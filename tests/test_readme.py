@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import watchdog
 from tests.processes import TOKEN, Pod, tool
 
 ROOT = Path(__file__).parent.parent
@@ -28,6 +29,13 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_command = next(c for c in commands if "pytest" in c)
     ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert test_command in ci_lines
+
+
+def test_the_readme_documents_every_name_the_package_exports() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### What `watchdog` exports", 1)[1].split("\n#", 1)[0]
+    documented = set(re.findall(r"`(\w+)[`(]", section))
+    assert set(watchdog.__all__) - documented == set()
 
 
 def test_the_readme_way_to_route_events_through_logging_quiets_the_info_events() -> None:
