@@ -232,7 +232,7 @@ class Pod:
         }
         self.workers += started.values()
         for worker in started.values():
-            worker.expect("ready")
+            worker.expect("ready", timeout=120)  # a busy machine imports slowly
         return started
 
     def answers(self, path: str) -> bool:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 
 import structlog
 
-from .common import Row
-
 BENCHMARKS = ("overhead", "latency", "scale", "sidecar", "fingerprint")
+NAME, VALUE, SPREAD = 64, 36, 24  # column widths
 
 
 def main() -> None:
@@ -37,15 +37,11 @@ def main() -> None:
         ],
         logger_factory=structlog.PrintLoggerFactory(open(os.devnull, "w")),  # noqa: SIM115
     )
-    rows: list[Row] = []
+    # Each row is printed as it is measured: a run cut short still shows what it measured.
     for name in args.names or BENCHMARKS:
-        rows += importlib.import_module(f"{__package__}.{name}").rows(args.quick)
-    widths = [max(len(getattr(r, f)) for r in rows) for f in ("name", "value", "spread")]
-    for row in rows:
-        print(
-            f"{row.name:<{widths[0]}}  {row.value:<{widths[1]}}  {row.spread:<{widths[2]}}  "
-            f"{row.target}"
-        )
+        for row in importlib.import_module(f"{__package__}.{name}").rows(args.quick):
+            print(f"{row.name:<{NAME}}  {row.value:<{VALUE}}  {row.spread:<{SPREAD}}  {row.target}")
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":

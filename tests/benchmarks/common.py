@@ -1,11 +1,11 @@
-"""What the benchmarks share: the table row, a timer, and the trivial graph."""
+"""What the benchmarks share: the table row, a timer that interleaves, and the trivial graph."""
 
 from __future__ import annotations
 
 import gc
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -55,10 +55,27 @@ def trivial(steps: int, *, is_async: bool, checkpointer: bool) -> Any:
 
 
 def timed(call: Callable[[], Any]) -> float:
+    """The CPU time ``call`` takes this process: unlike the wall clock, it does not count the
+    time other processes of a shared machine hold the cores."""
     gc.collect()  # so a collection owed to the run before is not charged to this one
-    started = time.perf_counter()
+    started = time.process_time()
     call()
-    return time.perf_counter() - started
+    return time.process_time() - started
+
+
+def interleaved(calls: Mapping[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Each call's times over ``repeats`` rounds, after one warm-up round. Every round runs
+    them all, in an order rotated by one from the round before, so none always runs first
+    or right after the same other."""
+    names = list(calls)
+    for name in names:
+        calls[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(timed(calls[name]))
+    return times
 
 
 def ratio_row(name: str, ratios: Sequence[float], target: str) -> Row:

@@ -10,22 +10,23 @@ import functools
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from tests.processes import TOKEN, Pod
 from watchdog import Supervisor, load_policy_text
 
-from .common import ALL_KINDS, Row, ratio_row, timed, trivial
+from .common import ALL_KINDS, Row, interleaved, ratio_row, trivial
 
 WORKERS = 4
 INGESTED = ("watchdog_sidecar_events_total", ())
 
 
-def rows(quick: bool) -> list[Row]:
-    return [*ingest_rows(quick), *overhead_rows(quick)]
+def rows(quick: bool) -> Iterator[Row]:
+    yield from ingest_rows(quick)
+    yield from overhead_rows(quick)
 
 
 def ingest_rows(quick: bool) -> list[Row]:
@@ -94,7 +95,6 @@ def overhead_rows(quick: bool) -> list[Row]:
     steps, repeats = (500, 5) if quick else (2000, 15)
     graph = trivial(steps, is_async=False, checkpointer=False)
     config = {"recursion_limit": steps + 10}
-    times: dict[str, list[float]] = {"bare": [], "embedded": [], "sidecar": []}
     with tempfile.TemporaryDirectory(prefix="watchdog-bench-") as directory:
         pod = Pod(Path(directory), policies=ALL_KINDS)
         embedded = Supervisor(load_policy_text(ALL_KINDS), registry=CollectorRegistry())
@@ -104,18 +104,18 @@ def overhead_rows(quick: bool) -> list[Row]:
             remote = Supervisor.connect(pod.url, TOKEN, registry=CollectorRegistry())
             names = [p.name for p in remote.policies.policies]
             assert names == [p.name for p in embedded.policies.policies], names
-            apps: dict[str, Any] = {
-                "bare": graph,
-                "embedded": embedded.attach(graph, name="bench"),
-                "sidecar": remote.attach(graph, name="bench"),
-            }
-            modes = list(apps)
-            for mode in modes:  # warm up
-                apps[mode].invoke({"n": 0}, config)
-            for repeat in range(repeats):
-                for mode in modes[repeat % 3 :] + modes[: repeat % 3]:
-                    invoke = functools.partial(apps[mode].invoke, {"n": 0}, config)
-                    times[mode].append(timed(invoke))
+            times = interleaved(
+                {
+                    "bare": functools.partial(graph.invoke, {"n": 0}, config),
+                    "embedded": functools.partial(
+                        embedded.attach(graph, name="bench").invoke, {"n": 0}, config
+                    ),
+                    "sidecar": functools.partial(
+                        remote.attach(graph, name="bench").invoke, {"n": 0}, config
+                    ),
+                },
+                repeats,
+            )
         finally:
             if remote is not None:
                 remote.close()
