@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -31,6 +34,7 @@ from tests.graphs import (
     with_subgraph,
 )
 from watchdog import Finding, RunCancelled, Supervisor
+from watchdog._adapter.supervisor import new_run_id
 from watchdog.testing import FakeClock, capture_events
 
 MODES = ["invoke", "stream", "ainvoke", "astream"]
@@ -529,3 +533,33 @@ def test_a_node_that_catches_the_hard_cancel_leaves_the_callers_task_uncancelled
     finally:
         supervisor.close()
     assert caught == ["cancel"]
+
+
+def test_run_ids_leave_the_random_module_alone() -> None:
+    random.seed(7)
+    expected = [random.random() for _ in range(3)]
+    random.seed(7)
+    ids = {new_run_id() for _ in range(1000)}
+    assert [random.random() for _ in range(3)] == expected  # nothing drawn from it
+    assert len(ids) == 1000
+    assert {i.version for i in ids} == {4}
+
+
+# In a process of its own: forking this one, which has threads, could deadlock.
+FORKED_IDS = """
+import os
+from watchdog._adapter.supervisor import new_run_id
+read, write = os.pipe()
+if os.fork() == 0:
+    os.write(write, new_run_id().bytes)
+    os._exit(0)
+os.wait()
+print(os.read(read, 16) != new_run_id().bytes)
+"""
+
+
+def test_a_forked_child_draws_run_ids_of_its_own() -> None:
+    found = subprocess.run(
+        [sys.executable, "-c", FORKED_IDS], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert (found.returncode, found.stdout.strip()) == (0, "True"), found.stderr

@@ -469,6 +469,32 @@ def test_every_matching_policy_applies_and_the_first_violation_comes_first(
     assert [v.policy for v in verdicts(step(monitor))] == ["first", "second"]
 
 
+def test_each_run_gets_the_policies_its_graph_tags_and_metadata_match(clock: FakeClock) -> None:
+    policies = """\
+        - name: all
+          step_count: {max_steps: 9}
+        - name: billing
+          match: {graph: "billing-*"}
+          step_count: {max_steps: 9}
+        """
+    by_name = engine(policies, clock)
+    names = [
+        [p.name for p in by_name.start_run(graph).policies]
+        for graph in ("agent", "billing-eu", "agent", "billing-us")
+    ]
+    assert names == [["all"], ["all", "billing"], ["all"], ["all", "billing"]]
+
+    vip = "- {name: vip, match: {tags: [vip]}, rate: {max_events: 9, per_seconds: 1, of: steps}}\n"
+    tagged = engine(textwrap.dedent(policies) + vip, clock)
+    names = [
+        [p.name for p in tagged.start_run("agent", tags).policies] for tags in ((), ["vip"], ())
+    ]
+    assert names == [["all"], ["all", "vip"], ["all"]]
+
+    by_name.reload(load_policy_text("version: 1\npolicies:\n- {name: new, loop: {max_repeats: 3}}\n"))
+    assert [p.name for p in by_name.start_run("agent").policies] == ["new"]
+
+
 def test_a_reload_applies_new_limits_at_the_next_check_and_keeps_counters(clock: FakeClock) -> None:
     steps = engine(
         "- name: steps\n  step_count: {max_steps: 10}\n- name: loops\n  loop: {max_repeats: 5}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import threading
 import time
 import traceback
@@ -41,10 +42,18 @@ RunId = str | uuid.UUID
 HookT = TypeVar("HookT", bound=Hook)
 
 
+# Run ids come from a generator of their own: not ``uuid.uuid4`` (code that makes its own ids
+# from a seeded or mocked uuid4, as LangGraph's tests do, gets the same ids supervised), nor
+# the ``random`` module's (drawing from it would change what a seeded program draws next), nor
+# ``os.urandom`` (a system call a run). Seeded from the system, and again in a forked child,
+# so no two processes draw the same ids.
+_ids = random.Random()  # ids, not secrets
+os.register_at_fork(after_in_child=_ids.seed)
+
+
 def new_run_id() -> uuid.UUID:
-    """A random run id, drawn without ``uuid.uuid4``, so that code which makes its own ids
-    from a seeded or mocked uuid4 (LangGraph's tests do) gets the same ids supervised."""
-    return uuid.UUID(bytes=os.urandom(16), version=4)
+    """A random (version 4) run id."""
+    return uuid.UUID(int=_ids.getrandbits(128), version=4)
 
 
 def _as_uuid(run_id: object) -> uuid.UUID | None:
@@ -315,7 +324,7 @@ class Supervisor:
                 )
         with self._runs_lock:
             self._runs[run_id] = run
-        self.metrics.active_runs.labels(graph).inc()
+        self.metrics.direct.child(self.metrics.active_runs, graph).inc()
         policy_names = [p.name for p in monitor.policies]
         self.record(schema.RunStarted(**run.fields, policies=policy_names))
         if monitor.has_timers:
@@ -343,7 +352,7 @@ class Supervisor:
         with self._runs_lock:
             if self._runs.get(run.run_id) is run:
                 del self._runs[run.run_id]
-                self.metrics.active_runs.labels(run.graph).dec()
+                self.metrics.direct.child(self.metrics.active_runs, run.graph).dec()
 
     def internal_error(self, error: BaseException, run: Run | None = None) -> None:
         """A bug of ours: log it, count it, never let it reach the run."""

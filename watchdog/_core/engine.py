@@ -41,6 +41,7 @@ QUIET_CAP = 1 << 30
 NO_TAGS: frozenset[str] = frozenset()
 NO_METADATA: Mapping[str, object] = MappingProxyType({})
 NOT_YET: frozenset[tuple[str, str]] = frozenset()
+MAX_GRAPHS = 1000  # graph names whose binding is kept by name; more are looked up each run
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +118,24 @@ class _Binding:
     timed: tuple[_Bound, ...]
     wants_fingerprints: bool
     node_timer: float | None  # the soonest a node that starts now can fall due, if ever
-    specs: frozenset[TrackerSpec]
+    # The time limits checked as events begin (max_seconds, whose deadline never moves):
+    # a run need not look at them before the soonest of their deadlines.
+    at_beginnings: tuple[tuple[TimeLimit, float], ...]
+    # The trackers a run keeps, and which of them each event feeds: worked out here, once,
+    # so binding a run only makes (or keeps) its trackers.
+    specs: tuple[TrackerSpec, ...]
+    node_windows: tuple[NodeRepeatSpec, ...]
+    tool_windows: tuple[ToolRepeatSpec, ...]
+    cycles: CycleSpec | None
+    cost_meters: tuple[CostSpec, ...]
+    rates: Mapping[str, tuple[EventWindowSpec, ...]]  # by what they count (RATE_OF)
 
     @classmethod
     def of(cls, policies: tuple[Policy, ...]) -> _Binding:
         bound = [_Bound.of(lim, p) for p in policies for lim in p.kind.limits]
         on_timer = tuple(b for b in bound if b.limit.triggers & Trigger.TIMER)
         timed = tuple(b for b in on_timer if isinstance(b.limit, TimeLimit))
+        specs = tuple(dict.fromkeys(b.limit.tracker for b in bound if b.limit.tracker is not None))
         return cls(
             policies=policies,
             step=_Split.of(bound, Trigger.STEP),
@@ -137,7 +149,20 @@ class _Binding:
             node_timer=min(
                 (b.threshold for b in timed if isinstance(b.limit, NodeSeconds)), default=None
             ),
-            specs=frozenset(b.limit.tracker for b in bound if b.limit.tracker is not None),
+            at_beginnings=tuple(
+                (cast(TimeLimit, b.limit), b.threshold)
+                for b in timed
+                if b.limit.triggers & BEGINNINGS
+            ),
+            specs=specs,
+            node_windows=tuple(s for s in specs if isinstance(s, NodeRepeatSpec)),
+            tool_windows=tuple(s for s in specs if isinstance(s, ToolRepeatSpec)),
+            cycles=next((s for s in specs if isinstance(s, CycleSpec)), None),
+            cost_meters=tuple(s for s in specs if isinstance(s, CostSpec)),
+            rates={
+                of: tuple(s for s in specs if isinstance(s, EventWindowSpec) and s.of == of)
+                for of in RATE_OF
+            },
         )
 
 
@@ -150,25 +175,40 @@ class Engine:
 
     def __init__(self, policies: PolicySet, *, clock: Clock = time.monotonic) -> None:
         self.clock = clock
-        self._policies = policies
         self.generation = 0
-        # By the ids of the matching policies: runs of one graph share one binding.
-        self._bindings: dict[tuple[int, ...], _Binding] = {}
+        self._use(policies)
 
     @property
     def policies(self) -> PolicySet:
         return self._policies
 
     def reload(self, policies: PolicySet) -> None:
-        self._policies = policies
-        self._bindings = {}
+        self._use(policies)
         self.generation += 1
 
-    def _binding(self, policies: tuple[Policy, ...]) -> _Binding:
+    def _use(self, policies: PolicySet) -> None:
+        self._policies = policies
+        # By the ids of the matching policies: runs of one graph share one binding.
+        self._bindings: dict[tuple[int, ...], _Binding] = {}
+        # When no policy matches on tags or metadata, the graph's name alone says which
+        # apply: a run then finds its binding with one lookup.
+        self._by_graph: dict[str, _Binding] | None = (
+            None if any(p.match.tags or p.match.metadata for p in policies.policies) else {}
+        )
+
+    def _binding(
+        self, graph: str, tags: frozenset[str], metadata: Mapping[str, object]
+    ) -> _Binding:
+        by_graph = self._by_graph
+        if by_graph is not None and (binding := by_graph.get(graph)) is not None:
+            return binding
+        policies = self._policies.matching(graph, tags, metadata)
         key = tuple(map(id, policies))
         binding = self._bindings.get(key)
         if binding is None:
             binding = self._bindings[key] = _Binding.of(policies)
+        if by_graph is not None and len(by_graph) < MAX_GRAPHS:
+            by_graph[graph] = binding
         return binding
 
     def start_run(
@@ -245,9 +285,7 @@ class RunMonitor:
 
     def _bind(self) -> None:
         self._generation = self.engine.generation
-        binding = self.engine._binding(
-            self.engine.policies.matching(self.graph, self.tags, self.metadata)
-        )
+        binding = self.engine._binding(self.graph, self.tags, self.metadata)
         self.policies = binding.policies
         state = self.state
         self._on_step = binding.step.checks()
@@ -257,14 +295,11 @@ class RunMonitor:
         self._on_tool = binding.tool.checks()
         self._on_timer = binding.on_timer
         self._timed = binding.timed
-        # The time limits checked as events begin are max_seconds, whose deadline never
-        # moves: they need no look before the soonest of them.
         self._due = min(
             (
                 due
-                for b in binding.timed
-                if b.limit.triggers & BEGINNINGS
-                and (due := cast(TimeLimit, b.limit).deadline(state, b.threshold)) is not None
+                for limit, threshold in binding.at_beginnings
+                if (due := limit.deadline(state, threshold)) is not None
             ),
             default=math.inf,
         )
@@ -276,31 +311,20 @@ class RunMonitor:
         # Keep the trackers whose spec survives a reload, so windows are not reset.
         old = state.trackers
         trackers = state.trackers = {spec: old.get(spec) or spec.create() for spec in binding.specs}
-        node_windows: list[RepeatWindow] = []
-        tool_windows: list[RepeatWindow] = []
-        cost_meters: list[CostMeter] = []
-        rates: dict[str, list[EventWindow]] = {of: [] for of in RATE_OF}
-        self._cycles = None
-        for spec, tracker in trackers.items():
-            match spec:
-                case NodeRepeatSpec():
-                    node_windows.append(cast(RepeatWindow, tracker))
-                case ToolRepeatSpec():
-                    tool_windows.append(cast(RepeatWindow, tracker))
-                case CycleSpec():
-                    self._cycles = cast(CycleTracker, tracker)
-                case CostSpec():
-                    cost_meters.append(cast(CostMeter, tracker))
-                case EventWindowSpec(of=of):
-                    rates[of].append(cast(EventWindow, tracker))
-        self._node_windows = tuple(node_windows)
-        self._tool_windows = tuple(tool_windows)
-        self._cost_meters = tuple(cost_meters)
-        self._step_rates = tuple(rates["steps"])
-        self._node_rates = tuple(rates["node_runs"])
-        self._llm_rates = tuple(rates["llm_calls"])
-        self._tool_rates = tuple(rates["tool_calls"])
-        self._token_rates = tuple(rates["tokens"])
+        self._node_windows = tuple(cast(RepeatWindow, trackers[s]) for s in binding.node_windows)
+        self._tool_windows = tuple(cast(RepeatWindow, trackers[s]) for s in binding.tool_windows)
+        cycles = binding.cycles
+        self._cycles = None if cycles is None else cast(CycleTracker, trackers[cycles])
+        self._cost_meters = tuple(cast(CostMeter, trackers[s]) for s in binding.cost_meters)
+        self._step_rates = self._windows(binding.rates["steps"])
+        self._node_rates = self._windows(binding.rates["node_runs"])
+        self._llm_rates = self._windows(binding.rates["llm_calls"])
+        self._tool_rates = self._windows(binding.rates["tool_calls"])
+        self._token_rates = self._windows(binding.rates["tokens"])
+
+    def _windows(self, specs: tuple[EventWindowSpec, ...]) -> tuple[EventWindow, ...]:
+        trackers = self.state.trackers
+        return tuple(cast(EventWindow, trackers[spec]) for spec in specs) if specs else ()
 
     def _now(self) -> float:
         if self._generation != self.engine.generation:
