@@ -3,7 +3,7 @@
 Two figures, each from its own phase, as tracemalloc slows everything it traces:
 
 - Memory: the runs are started and left waiting inside their node; the memory traced per
-  waiting run is taken for bare runs and for supervised ones, side by side, and the
+  waiting run is taken for bare runs and for supervised ones (all five kinds), side by side, and the
   watchdog's share is the difference (what attaching adds to a run, wherever it is
   allocated) next to what the watchdog's own code allocated.
 - Cancel: the same runs under ``max_seconds``, untraced; each run's overshoot is the time
@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 import watchdog
 from watchdog import RunCancelled, Supervisor, load_policy_text
 
-from .common import Counter, Row, percentile
+from .common import ALL_KINDS, Counter, Row, percentile
 
 WATCHDOG_FILES = str(Path(watchdog.__file__).parent / "*")
 
@@ -59,7 +59,7 @@ async def traced_per_run(runs: int, supervised: bool) -> tuple[float, float]:
     """Bytes traced per waiting run: in all, and allocated by the watchdog's own code."""
     inside, release = [0], asyncio.Event()
     graph = waiting_graph(inside, release)
-    supervisor = Supervisor(policies(3600), registry=CollectorRegistry())
+    supervisor = Supervisor(load_policy_text(ALL_KINDS), registry=CollectorRegistry())
     target = supervisor.attach(graph, name="scale") if supervised else graph
     release.set()
     await target.ainvoke({"n": 0})  # warm up: first-use caches are not per run

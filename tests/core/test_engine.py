@@ -491,7 +491,9 @@ def test_each_run_gets_the_policies_its_graph_tags_and_metadata_match(clock: Fak
     ]
     assert names == [["all"], ["all", "vip"], ["all"]]
 
-    by_name.reload(load_policy_text("version: 1\npolicies:\n- {name: new, loop: {max_repeats: 3}}\n"))
+    by_name.reload(
+        load_policy_text("version: 1\npolicies:\n- {name: new, loop: {max_repeats: 3}}\n")
+    )
     assert [p.name for p in by_name.start_run("agent").policies] == ["new"]
 
 

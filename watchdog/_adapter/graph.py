@@ -108,30 +108,41 @@ def _joins(run: Run | None) -> bool:
     return run is not None and run.status in ("running", "cancelling")
 
 
-@contextlib.contextmanager
-def _supervising(run: Run) -> Iterator[None]:
-    """Turn how the graph call ended into the run's outcome, and what the caller sees."""
-    try:
-        yield
-    except BaseException as error:
-        outcome = run.end(error)
+class _Supervising:
+    """Turn how the graph call ended into the run's outcome, and what the caller sees.
+
+    A class, not a generator: each live run holds one, and a generator's frame is ten times
+    the size.
+    """
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any
+    ) -> None:
+        outcome = self.run.end(error)
         if outcome is error:
-            raise
-        # Replaced, and never shown: its traceback would hold the run's frames in a cycle
-        # with LangGraph's loop (which keeps a failed task's error), outliving the run.
-        error.__traceback__ = None
+            return  # the error goes on as it was; None for None: the call just completed
+        if error is not None:
+            # Replaced, and never shown: its traceback would hold the run's frames in a
+            # cycle with LangGraph's loop (which keeps a failed task's error), outliving it.
+            error.__traceback__ = None
         try:
             raise outcome from None  # type: ignore[misc]
         finally:
             # The exception's traceback holds this frame: no cycle, so the run it raised
             # for is freed as soon as the caller drops the exception.
             outcome = None
-    outcome = run.end(None)
-    if outcome is not None:
-        try:
-            raise outcome
-        finally:
-            outcome = None
+
+
+# What a run with no thread totals to keep enters: one object, shared by every such run.
+_NO_TOTALS = contextlib.nullcontext()
 
 
 class SupervisedGraph(Pregel[Any, Any, Any, Any]):
@@ -168,7 +179,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             yield from super().stream(input, config, **kwargs)
             return
         run, config, seen = self._start(config, kwargs)
-        with _supervising(run):
+        with _Supervising(run):
             try:
                 with self._thread_totals(run):
                     chunks = cast(Generator[Any], super().stream(input, config, **kwargs))
@@ -202,7 +213,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         run, config, seen = self._start(config, kwargs)
         run.bind_task()
         try:
-            with _supervising(run):
+            with _Supervising(run):
                 try:
                     async with self._athread_totals(run):
                         chunks = cast(AsyncGenerator[Any], super().astream(input, config, **kwargs))
@@ -256,13 +267,21 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         saver = self.checkpointer
         return saver if isinstance(saver, BaseCheckpointSaver) else None
 
-    @contextlib.contextmanager
-    def _thread_totals(self, run: Run) -> Iterator[None]:
+    def _thread_totals(self, run: Run) -> contextlib.AbstractContextManager[None]:
         saver = self._totals_saver(run)
         if saver is None or run.thread_id is None:
-            yield
-            return
-        ledgers, thread, state = self._watchdog.supervisor.ledgers, run.thread_id, run.monitor.state
+            return _NO_TOTALS
+        return self._keeping_totals(run, saver, run.thread_id)
+
+    def _athread_totals(self, run: Run) -> contextlib.AbstractAsyncContextManager[None]:
+        saver = self._totals_saver(run)
+        if saver is None or run.thread_id is None:
+            return _NO_TOTALS
+        return self._akeeping_totals(run, saver, run.thread_id)
+
+    @contextlib.contextmanager
+    def _keeping_totals(self, run: Run, saver: totals.Saver, thread: str) -> Iterator[None]:
+        ledgers, state = self._watchdog.supervisor.ledgers, run.monitor.state
         loaded = None if ledgers.has(saver, thread) else totals.load(saver, thread)
         ledgers.join(saver, thread, loaded, state)
         try:
@@ -274,12 +293,10 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
                 ledgers.leave(saver, thread, state)
 
     @contextlib.asynccontextmanager
-    async def _athread_totals(self, run: Run) -> AsyncIterator[None]:
-        saver = self._totals_saver(run)
-        if saver is None or run.thread_id is None:
-            yield
-            return
-        ledgers, thread, state = self._watchdog.supervisor.ledgers, run.thread_id, run.monitor.state
+    async def _akeeping_totals(
+        self, run: Run, saver: totals.Saver, thread: str
+    ) -> AsyncIterator[None]:
+        ledgers, state = self._watchdog.supervisor.ledgers, run.monitor.state
         loaded = None if ledgers.has(saver, thread) else await totals.aload(saver, thread)
         ledgers.join(saver, thread, loaded, state)
         try:

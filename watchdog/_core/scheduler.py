@@ -24,11 +24,14 @@ COMPACT_AT = 64  # taken-back entries before a rebuild is considered
 class Timer:
     """One scheduled call: ``method(*args)`` at ``when``, unless cancelled first."""
 
-    __slots__ = ("args", "method", "pending", "when")
+    __slots__ = ("args", "function", "owner", "pending", "when")
 
     def __init__(self, when: float, method: Callable[..., None], args: tuple[Any, ...]) -> None:
         self.when = when
-        self.method = weakref.WeakMethod(method)
+        # The bound method's object, held weakly, and its function: a plain reference to an
+        # object is made once and shared, where a WeakMethod is two more a timer.
+        self.owner = weakref.ref(method.__self__)  # type: ignore[attr-defined]
+        self.function: Callable[..., None] = method.__func__  # type: ignore[attr-defined]
         self.args = args
         self.pending = True  # in the heap and not cancelled
 
@@ -93,11 +96,11 @@ class Scheduler:
                     self._cancelled -= 1
                     continue
                 timer.pending = False
-            method = timer.method()
-            if method is None:
+            owner = timer.owner()
+            if owner is None:
                 continue  # its owner is gone
             try:
-                method(*timer.args)
+                timer.function(owner, *timer.args)
             except Exception as exc:
                 self._on_error(exc)
             ran += 1

@@ -6,7 +6,6 @@ steps holds the same memory as a run of ten.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -40,26 +39,34 @@ class TrackerSpec(Protocol):
 
 
 class RepeatWindow:
-    """Counts of each key among the last ``size`` keys pushed, in O(1) per push."""
+    """Counts of each key among the last ``size`` keys pushed, in O(1) per push.
 
-    __slots__ = ("_counts", "_keys", "last_count", "size")
+    The keys are a list used as a ring once full: a deque takes 600 bytes for its first key,
+    and a run holds one window per loop limit.
+    """
+
+    __slots__ = ("_counts", "_keys", "_oldest", "last_count", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._keys: deque[Hashable] = deque()
+        self._keys: list[Hashable] = []
+        self._oldest = 0  # once the window is full, where its oldest key is
         self._counts: dict[Hashable, int] = {}
         self.last_count = 0
 
     def push(self, key: Hashable) -> None:
         keys, counts = self._keys, self._counts
-        if len(keys) == self.size:
-            oldest = keys.popleft()
+        if len(keys) < self.size:
+            keys.append(key)
+        else:
+            at = self._oldest
+            oldest, keys[at] = keys[at], key
+            self._oldest = at + 1 if at + 1 < self.size else 0
             left = counts[oldest] - 1
             if left:
                 counts[oldest] = left
             else:
                 del counts[oldest]
-        keys.append(key)
         count = counts[key] = counts.get(key, 0) + 1
         self.last_count = count
 
@@ -74,7 +81,7 @@ class CycleTracker:
     __slots__ = ("_matches", "_period", "_recent", "repeats")
 
     def __init__(self) -> None:
-        self._recent: deque[str] = deque(maxlen=MAX_CYCLE_PERIOD)
+        self._recent: list[str] = []  # the last MAX_CYCLE_PERIOD node runs, oldest first
         self._matches = [0] * (MAX_CYCLE_PERIOD + 1)
         self._period = 1
         self.repeats = 0
@@ -92,47 +99,74 @@ class CycleTracker:
             else:
                 matches[period] = 0
         recent.append(name)
+        if len(recent) > MAX_CYCLE_PERIOD:
+            del recent[0]
         self.repeats = best
         self._period = best_period
 
     @property
     def cycle(self) -> tuple[str, ...]:
         """The nodes of the cycle that is repeating, oldest first."""
-        return tuple(self._recent)[-self._period :]
+        return tuple(self._recent[-self._period :])
+
+
+# Expired entries at the head of a window's lists are dropped in one go once there are this
+# many, and they are half the list: amortized O(1) a push, and a list never twice its window.
+COMPACT_AT = 32
 
 
 class EventWindow:
     """Events in the sliding window ``(now - per_seconds, now]``.
 
     Counting windows keep at most ``capacity`` timestamps (the limit plus one is all a
-    check needs); amount windows (tokens) keep one entry per event inside the window.
+    check needs); amount windows (tokens) keep one entry per event inside the window. The
+    entries are lists read from ``_head`` on: a deque takes 600 bytes for its first entry.
     """
 
-    __slots__ = ("_amounts", "_times", "per_seconds", "total")
+    __slots__ = ("_amounts", "_capacity", "_head", "_times", "per_seconds", "total")
 
     def __init__(self, per_seconds: float, capacity: int | None) -> None:
         self.per_seconds = per_seconds
-        self._times: deque[float] = deque(maxlen=capacity)
-        self._amounts: deque[int] | None = None if capacity else deque()
+        self._capacity = capacity
+        self._times: list[float] = []
+        self._amounts: list[int] | None = None if capacity else []
+        self._head = 0  # the entries before it have left the window
         self.total = 0
 
     def push(self, now: float, amount: int = 1) -> None:
         # Expire as we go: a window is not observed at every push, and must stay bounded.
         self.observe(now)
-        self._times.append(now)
-        if self._amounts is not None:
-            self._amounts.append(amount)
+        times = self._times
+        times.append(now)
+        amounts = self._amounts
+        if amounts is not None:
+            amounts.append(amount)
             self.total += amount
+        elif len(times) - self._head > self._capacity:  # type: ignore[operator]
+            self._head += 1  # a count past the capacity needs no older time
+            self._compact()
 
     def observe(self, now: float) -> int:
         """The sum of events (or amounts) still inside the window at ``now``."""
-        times, amounts = self._times, self._amounts
+        times, amounts, head = self._times, self._amounts, self._head
         horizon = now - self.per_seconds
-        while times and times[0] <= horizon:
-            times.popleft()
+        end = len(times)
+        while head < end and times[head] <= horizon:
             if amounts is not None:
-                self.total -= amounts.popleft()
-        return len(times) if amounts is None else self.total
+                self.total -= amounts[head]
+            head += 1
+        if head != self._head:
+            self._head = head
+            self._compact()
+        return end - head if amounts is None else self.total
+
+    def _compact(self) -> None:
+        head = self._head
+        if head >= COMPACT_AT and head * 2 >= len(self._times):
+            del self._times[:head]
+            if self._amounts is not None:
+                del self._amounts[:head]
+            self._head = 0
 
 
 @dataclass(frozen=True, slots=True)
