@@ -497,6 +497,24 @@ def test_each_run_gets_the_policies_its_graph_tags_and_metadata_match(clock: Fak
     assert [p.name for p in by_name.start_run("agent").policies] == ["new"]
 
 
+def test_a_node_that_begins_a_step_counts_both_and_a_step_that_stops_leaves_it_uncounted(
+    clock: FakeClock,
+) -> None:
+    monitor = run(
+        "- name: steps\n  step_count: {max_steps: 2}\n"
+        "- name: audit\n  mode: audit\n  step_count: {max_node_runs: 1}",
+        clock,
+    )
+    assert monitor.node_started("a", "agent", 1, new_step=True) == ()
+    (audit,) = monitor.node_started("b", "tools", 2)  # the same step: an audit finding only
+    assert (audit.policy, audit.enforced) == ("audit", False)
+    assert monitor.node_started("c", "agent", 3, new_step=True) == ()
+    (stop,) = monitor.node_started("d", "tools", 4, new_step=True)
+    assert (stop.policy, stop.key, stop.node) == ("steps", "max_steps", "tools")
+    state = monitor.state
+    assert (state.steps, state.node_runs, list(state.open_nodes)) == (3, 3, ["a", "b", "c"])
+
+
 def test_a_reload_applies_new_limits_at_the_next_check_and_keeps_counters(clock: FakeClock) -> None:
     steps = engine(
         "- name: steps\n  step_count: {max_steps: 10}\n- name: loops\n  loop: {max_repeats: 5}",
@@ -573,7 +591,7 @@ CHECKED_POLICIES = """\
 monitor_events = st.lists(
     st.one_of(
         st.tuples(st.just("step")),
-        st.tuples(st.just("node"), st.sampled_from("abc"), st.integers(0, 2)),
+        st.tuples(st.just("node"), st.sampled_from("abc"), st.integers(0, 2), st.booleans()),
         st.tuples(st.just("tool"), st.integers(0, 2)),
         st.tuples(st.just("llm"), st.integers(0, 150)),
         st.tuples(st.just("wait"), st.sampled_from([0.05, 0.5, 1.0])),
@@ -610,9 +628,9 @@ def test_limits_that_wait_their_turn_find_what_checking_every_event_finds(
             match event:
                 case ("step",):
                     found.append(monitor.step_started())
-                case ("node", name, data):
+                case ("node", name, data, new_step):  # the first of a step, or not
                     key = next(_keys)
-                    found.append(monitor.node_started(key, name, data))
+                    found.append(monitor.node_started(key, name, data, new_step=new_step))
                     monitor.node_ended(key)
                 case ("tool", data):
                     found.append(monitor.tool_started("search", data))

@@ -1,6 +1,12 @@
 """LangChain callbacks that turn a run's LLM and tool calls (and, for graphs the node probes
 cannot reach, its nodes) into engine events.
 
+A run's handler is not in its callbacks: LangChain would copy it into the config of every
+node and runnable, and dispatch every chain event to it. It sits in ``hooked``, a context
+variable registered with LangChain's configure hook: every callback manager configured while
+the run's code runs (a chat model's or a tool's, as each call begins) gets it, for that call
+alone (not inherited).
+
 The handler is synchronous with ``run_inline = True``: LangChain then calls it directly, in
 async graphs too, instead of handing each event to a thread pool. Nothing in it blocks.
 It raises ``Stop`` from a ``*_start`` callback to keep a cancelled run from starting a node,
@@ -12,15 +18,17 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import LLMResult
+from langchain_core.tracers.context import register_configure_hook
 
 from .run import Run, Stop
 
-__all__ = ["ChainHandler", "WatchdogHandler"]
+__all__ = ["ChainHandler", "WatchdogHandler", "hooked"]
 
 HANDLERS = frozenset({"WatchdogHandler", "ChainHandler"})
 
@@ -231,3 +239,8 @@ class ChainHandler(WatchdogHandler):
         namespace = self._tasks.pop(run_id, None)
         if namespace is not None:
             self.run.node_ended(namespace)
+
+
+# The handler of the run whose code runs in this context (set beside ``run.running``).
+hooked: ContextVar[WatchdogHandler | None] = ContextVar("watchdog_handler", default=None)
+register_configure_hook(hooked, inheritable=False)

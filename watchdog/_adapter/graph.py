@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -34,7 +34,7 @@ from langgraph.runtime import RunControl
 from langgraph.types import Command
 
 from . import thread_totals as totals
-from .callbacks import ChainHandler, WatchdogHandler
+from .callbacks import ChainHandler, WatchdogHandler, hooked
 from .probe import probed_nodes
 from .run import Run, running
 
@@ -102,6 +102,20 @@ def _with_handler(callbacks: Any, handler: WatchdogHandler) -> Any:
         manager.add_handler(handler, inherit=True)
         return manager
     return [*callbacks, handler]
+
+
+_Tokens = tuple[Token[Run | None], Token[WatchdogHandler | None]]
+
+
+def _enter(run: Run | None, handler: WatchdogHandler | None) -> _Tokens:
+    """Make ``run`` the one whose code runs in this context, and ``handler`` the one LangChain
+    adds to the callbacks it configures in it."""
+    return running.set(run), hooked.set(handler)
+
+
+def _leave(tokens: _Tokens) -> None:
+    hooked.reset(tokens[1])
+    running.reset(tokens[0])
 
 
 def _joins(run: Run | None) -> bool:
@@ -178,27 +192,27 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         if _joins(running.get()):
             yield from super().stream(input, config, **kwargs)
             return
-        run, config, seen = self._start(config, kwargs)
+        run, handler, config, seen = self._start(config, kwargs)
         with _Supervising(run):
             try:
                 with self._thread_totals(run):
                     chunks = cast(Generator[Any], super().stream(input, config, **kwargs))
                     try:
                         while True:
-                            token = running.set(run)
+                            tokens = _enter(run, handler)
                             try:
                                 chunk = next(chunks)
                             except StopIteration:
                                 break
                             finally:
-                                running.reset(token)
+                                _leave(tokens)
                             yield chunk
                     finally:
-                        token = running.set(run)
+                        tokens = _enter(run, handler)
                         try:
                             chunks.close()
                         finally:
-                            running.reset(token)
+                            _leave(tokens)
             except BaseException:
                 self._cleanup(run, seen)
                 raise
@@ -210,7 +224,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             async for chunk in super().astream(input, config, **kwargs):
                 yield chunk
             return
-        run, config, seen = self._start(config, kwargs)
+        run, handler, config, seen = self._start(config, kwargs)
         run.bind_task()
         try:
             with _Supervising(run):
@@ -222,20 +236,20 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
                                 # A server may read each chunk in a task of its own (the
                                 # Agent Server does): the one to hard-cancel is this one.
                                 run.task = asyncio.current_task()
-                                token = running.set(run)
+                                tokens = _enter(run, handler)
                                 try:
                                     chunk = await anext(chunks)
                                 except StopAsyncIteration:
                                     break
                                 finally:
-                                    running.reset(token)
+                                    _leave(tokens)
                                 yield chunk
                         finally:
-                            token = running.set(run)
+                            tokens = _enter(run, handler)
                             try:
                                 await chunks.aclose()
                             finally:
-                                running.reset(token)
+                                _leave(tokens)
                 except BaseException:
                     await self._acleanup(run, seen)
                     raise
@@ -244,19 +258,25 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
 
     def _start(
         self, config: RunnableConfig | None, kwargs: dict[str, Any]
-    ) -> tuple[Run, RunnableConfig, RunnableConfig]:
-        """Start a run; returns it, the config to run the graph with, and the config as the
-        graph will see it (with_config's and the caller context's included)."""
+    ) -> tuple[Run, WatchdogHandler, RunnableConfig | None, RunnableConfig]:
+        """Start a run; returns it, its callback handler, the config to run the graph with,
+        and the config as the graph will see it (with_config's and the caller context's
+        included)."""
         attachment = self._watchdog
         control = kwargs.get("control") or RunControl()
         kwargs["control"] = control
         seen = ensure_config(merge_configs(self.config, config))
         run = attachment.supervisor.start_run(attachment.name, seen, control)
         run.caller_gone = caller_gone.get()
-        handler = (WatchdogHandler if attachment.probed else ChainHandler)(run)
+        if attachment.probed:
+            # LLM and tool calls reach the handler through the configure hook (``hooked``):
+            # the run's callbacks stay the caller's.
+            return run, WatchdogHandler(run), config, seen
+        # Chain events too: the handler goes in the callbacks, which every child inherits.
+        handler = ChainHandler(run)
         ours = RunnableConfig(**(config or {}))
         ours["callbacks"] = _with_handler(ours.get("callbacks"), handler)
-        return run, ours, seen
+        return run, handler, ours, seen
 
     # -- scope: thread: totals kept with the thread ---------------------------------------
 
@@ -315,7 +335,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             return
         thread = _thread_config(seen)
         run.cleanup_started(node)
-        token = running.set(None)  # the cleanup node's run is not supervised
+        tokens = _enter(None, None)  # the cleanup node's run is not supervised
         try:
             resume = _cleanup_input(node, self.get_state(thread))
             if resume is not None:
@@ -327,7 +347,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         else:
             run.cleanup_finished(node, None)
         finally:
-            running.reset(token)
+            _leave(tokens)
 
     async def _acleanup(self, run: Run, seen: RunnableConfig) -> None:
         node = run.cleanup_node()
@@ -335,7 +355,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             return
         thread = _thread_config(seen)
         run.cleanup_started(node)
-        token = running.set(None)
+        tokens = _enter(None, None)
         try:
             async with asyncio.timeout(run.cleanup_budget()):
                 resume = _cleanup_input(node, await self.aget_state(thread))
@@ -348,7 +368,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         else:
             run.cleanup_finished(node, None)
         finally:
-            running.reset(token)
+            _leave(tokens)
 
 
 def _thread_config(seen: RunnableConfig) -> RunnableConfig:

@@ -218,17 +218,14 @@ class Run:
         namespace = checkpoint_ns.rpartition("|")[0]
         with self.lock:
             step_of = self._step_of
-            if step_of.get(namespace, self) != step:
+            new_step = step_of.get(namespace, self) != step
+            if new_step:
                 step_of.pop(namespace, None)
                 step_of[namespace] = step
                 if len(step_of) > MAX_NAMESPACES:
                     del step_of[next(iter(step_of))]
-                found = monitor.step_started(name)
-                if found and self.report(found):
-                    self.unwinding = True
-                    raise Stop
             print_ = fingerprint(inputs) if monitor.wants_fingerprints else None
-            found = monitor.node_started(key, name, print_)
+            found = monitor.node_started(key, name, print_, new_step=new_step)
             if found and self.report(found):
                 self.unwinding = True
                 raise Stop

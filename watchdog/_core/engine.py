@@ -416,22 +416,37 @@ class RunMonitor:
         """A superstep began, with ``node`` (if given) the first node of it to start: a
         verdict now names it as the node it stops."""
         now = self._now()
-        state = self.state
         if node is not None:
-            state.node = node
-        state.steps += 1
-        for window in self._step_rates:
-            window.push(now)
-        found = self._check_on(self._on_step)
-        state.last_progress = now
+            self.state.node = node
+        found = self._stepped(now)
+        self.state.last_progress = now
         return found
 
-    def node_started(self, key: Hashable, name: str, fingerprint: Hashable) -> tuple[Finding, ...]:
-        """A node run began; ``fingerprint`` identifies its input (equal input, equal print)."""
+    def _stepped(self, now: float) -> tuple[Finding, ...]:
+        self.state.steps += 1
+        for window in self._step_rates:
+            window.push(now)
+        return self._check_on(self._on_step)
+
+    def node_started(
+        self, key: Hashable, name: str, fingerprint: Hashable, *, new_step: bool = False
+    ) -> tuple[Finding, ...]:
+        """A node run began; ``fingerprint`` identifies its input (equal input, equal print).
+
+        With ``new_step`` the node is the first of a new superstep, counted and checked first
+        in the same call: a violation that stops the run there leaves the node uncounted, as
+        it never runs.
+        """
         now = self._now()
         state = self.state
-        state.node_runs += 1
         state.node = name
+        found = NOTHING
+        if new_step:
+            found = self._stepped(now)
+            if found and any(f.enforced for f in found):
+                state.last_progress = now
+                return found
+        state.node_runs += 1
         state.open_nodes[key] = (name, now)
         if self._node_windows:
             entry = (name, fingerprint)
@@ -441,9 +456,9 @@ class RunMonitor:
             self._cycles.push(name)
         for window in self._node_rates:
             window.push(now)
-        found = self._check_on(self._on_node)
+        more = self._check_on(self._on_node)
         state.last_progress = now
-        return found
+        return found + more if found else more
 
     def node_ended(self, key: Hashable) -> None:
         self.state.open_nodes.pop(key, None)
