@@ -9,11 +9,12 @@ import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.runnables import RunnableConfig
 from langgraph.func import entrypoint, task
 
 from tests.graphs import Bodies, Counter, one_node, policies, scripted, with_subgraph
 from watchdog import RunCancelled, Supervisor
-from watchdog._adapter.callbacks import _usage
+from watchdog._adapter.callbacks import _usage, hooked
 from watchdog.testing import capture_events
 
 
@@ -116,3 +117,26 @@ def test_an_error_of_the_watchdogs_in_a_callback_is_reported_and_the_run_goes_on
     errors = [e["error"] for e in events if e["event"] == "watchdog.internal_error"]
     assert errors == ["ZeroDivisionError: a bug in the watchdog"] * 2
     assert model.i == 2
+
+
+def test_a_probed_graph_runs_with_the_callers_callbacks_and_its_calls_still_report() -> None:
+    """The handler is added by LangChain's configure hook to each chat model's (and tool's)
+    call alone: the node's config carries the caller's callbacks, and nothing is left in
+    this context once the run is over."""
+    model = scripted(AIMessage("ok"), input_tokens=40, output_tokens=10)
+    seen: list[Any] = []
+
+    def talk(state: Counter, config: RunnableConfig) -> dict[str, int]:
+        seen.append(config["callbacks"])
+        model.invoke("hello", config)
+        return {"count": state["count"] + 1}
+
+    supervisor = Supervisor(policies("- {name: tokens, token_budget: {max_total_tokens: 100}}"))
+    app = supervisor.attach(one_node(talk), name="talk")
+    with capture_events() as events:
+        app.invoke({"count": 0})
+    (manager,) = seen
+    assert [type(h).__name__ for h in manager.handlers] == []  # LangGraph's, with none of ours
+    (finished,) = [e for e in events if e["event"] == "watchdog.run_finished"]
+    assert (finished["input_tokens"], finished["output_tokens"]) == (40, 10)
+    assert hooked.get() is None
