@@ -14,7 +14,7 @@ from langgraph.func import entrypoint, task
 
 from tests.graphs import Bodies, Counter, one_node, policies, scripted, with_subgraph
 from watchdog import RunCancelled, Supervisor
-from watchdog._adapter.callbacks import _usage, hooked
+from watchdog._adapter.callbacks import _usage, running
 from watchdog.testing import capture_events
 
 
@@ -139,4 +139,4 @@ def test_a_probed_graph_runs_with_the_callers_callbacks_and_its_calls_still_repo
     assert [type(h).__name__ for h in manager.handlers] == []  # LangGraph's, with none of ours
     (finished,) = [e for e in events if e["event"] == "watchdog.run_finished"]
     assert (finished["input_tokens"], finished["output_tokens"]) == (40, 10)
-    assert hooked.get() is None
+    assert running.get() is None

@@ -26,7 +26,8 @@ from pydantic import BaseModel
 
 from tests.graphs import Bodies, Counter, endless, inner_loop, one_node, policies
 from watchdog import RunCancelled, SupervisedGraph, Supervisor
-from watchdog._adapter.run import Run, current_run
+from watchdog._adapter.callbacks import current_run
+from watchdog._adapter.run import Run
 from watchdog.testing import capture_events
 
 STEPS = "- {name: steps, step_count: {max_steps: 5}}"

@@ -2,10 +2,10 @@
 cannot reach, its nodes) into engine events.
 
 A run's handler is not in its callbacks: LangChain would copy it into the config of every
-node and runnable, and dispatch every chain event to it. It sits in ``hooked``, a context
+node and runnable, and dispatch every chain event to it. It sits in ``running``, a context
 variable registered with LangChain's configure hook: every callback manager configured while
 the run's code runs (a chat model's or a tool's, as each call begins) gets it, for that call
-alone (not inherited).
+alone (not inherited). The same variable tells the node probes which run they are in.
 
 The handler is synchronous with ``run_inline = True``: LangChain then calls it directly, in
 async graphs too, instead of handing each event to a thread pool. Nothing in it blocks.
@@ -28,7 +28,7 @@ from langchain_core.tracers.context import register_configure_hook
 
 from .run import Run, Stop
 
-__all__ = ["ChainHandler", "WatchdogHandler", "hooked"]
+__all__ = ["ChainHandler", "WatchdogHandler", "current_run", "running"]
 
 HANDLERS = frozenset({"WatchdogHandler", "ChainHandler"})
 
@@ -241,6 +241,15 @@ class ChainHandler(WatchdogHandler):
             self.run.node_ended(namespace)
 
 
-# The handler of the run whose code runs in this context (set beside ``run.running``).
-hooked: ContextVar[WatchdogHandler | None] = ContextVar("watchdog_handler", default=None)
-register_configure_hook(hooked, inheritable=False)
+# The handler of the run whose graph code runs in this context (its run: ``.run``). LangGraph
+# copies the context into every task, thread and subgraph of a run, and nothing of it reaches
+# configs, checkpoints or streamed chunks. A supervised graph sets it only while its own code
+# runs (see graph.py).
+running: ContextVar[WatchdogHandler | None] = ContextVar("watchdog_run", default=None)
+register_configure_hook(running, inheritable=False)
+
+
+def current_run() -> Run | None:
+    """The supervised run whose node is running in this context, if any."""
+    handler = running.get()
+    return None if handler is None else handler.run

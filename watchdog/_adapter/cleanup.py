@@ -6,8 +6,9 @@ import asyncio
 from typing import Any
 
 from .._sinks.events import Emit, emit
+from .callbacks import current_run
 from .hooks import DEFAULT_HOOK_TIMEOUT, Hook, run_hook_sync, spawn
-from .run import Run, current_run
+from .run import Run
 
 __all__ = ["cleanup"]
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -34,9 +34,9 @@ from langgraph.runtime import RunControl
 from langgraph.types import Command
 
 from . import thread_totals as totals
-from .callbacks import ChainHandler, WatchdogHandler, hooked
+from .callbacks import ChainHandler, WatchdogHandler, running
 from .probe import probed_nodes
-from .run import Run, running
+from .run import Run
 
 __all__ = ["Attachment", "RunStarter", "SupervisedGraph", "caller_gone", "supervise"]
 
@@ -104,22 +104,9 @@ def _with_handler(callbacks: Any, handler: WatchdogHandler) -> Any:
     return [*callbacks, handler]
 
 
-_Tokens = tuple[Token[Run | None], Token[WatchdogHandler | None]]
-
-
-def _enter(run: Run | None, handler: WatchdogHandler | None) -> _Tokens:
-    """Make ``run`` the one whose code runs in this context, and ``handler`` the one LangChain
-    adds to the callbacks it configures in it."""
-    return running.set(run), hooked.set(handler)
-
-
-def _leave(tokens: _Tokens) -> None:
-    hooked.reset(tokens[1])
-    running.reset(tokens[0])
-
-
-def _joins(run: Run | None) -> bool:
-    return run is not None and run.status in ("running", "cancelling")
+def _joins(handler: WatchdogHandler | None) -> bool:
+    """Whether a call in this context joins a live run."""
+    return handler is not None and handler.run.status in ("running", "cancelling")
 
 
 class _Supervising:
@@ -199,20 +186,20 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
                     chunks = cast(Generator[Any], super().stream(input, config, **kwargs))
                     try:
                         while True:
-                            tokens = _enter(run, handler)
+                            token = running.set(handler)
                             try:
                                 chunk = next(chunks)
                             except StopIteration:
                                 break
                             finally:
-                                _leave(tokens)
+                                running.reset(token)
                             yield chunk
                     finally:
-                        tokens = _enter(run, handler)
+                        token = running.set(handler)
                         try:
                             chunks.close()
                         finally:
-                            _leave(tokens)
+                            running.reset(token)
             except BaseException:
                 self._cleanup(run, seen)
                 raise
@@ -236,20 +223,20 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
                                 # A server may read each chunk in a task of its own (the
                                 # Agent Server does): the one to hard-cancel is this one.
                                 run.task = asyncio.current_task()
-                                tokens = _enter(run, handler)
+                                token = running.set(handler)
                                 try:
                                     chunk = await anext(chunks)
                                 except StopAsyncIteration:
                                     break
                                 finally:
-                                    _leave(tokens)
+                                    running.reset(token)
                                 yield chunk
                         finally:
-                            tokens = _enter(run, handler)
+                            token = running.set(handler)
                             try:
                                 await chunks.aclose()
                             finally:
-                                _leave(tokens)
+                                running.reset(token)
                 except BaseException:
                     await self._acleanup(run, seen)
                     raise
@@ -269,7 +256,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         run = attachment.supervisor.start_run(attachment.name, seen, control)
         run.caller_gone = caller_gone.get()
         if attachment.probed:
-            # LLM and tool calls reach the handler through the configure hook (``hooked``):
+            # LLM and tool calls reach the handler through the configure hook (``running``):
             # the run's callbacks stay the caller's.
             return run, WatchdogHandler(run), config, seen
         # Chain events too: the handler goes in the callbacks, which every child inherits.
@@ -335,7 +322,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             return
         thread = _thread_config(seen)
         run.cleanup_started(node)
-        tokens = _enter(None, None)  # the cleanup node's run is not supervised
+        token = running.set(None)  # the cleanup node's run is not supervised
         try:
             resume = _cleanup_input(node, self.get_state(thread))
             if resume is not None:
@@ -347,7 +334,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         else:
             run.cleanup_finished(node, None)
         finally:
-            _leave(tokens)
+            running.reset(token)
 
     async def _acleanup(self, run: Run, seen: RunnableConfig) -> None:
         node = run.cleanup_node()
@@ -355,7 +342,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             return
         thread = _thread_config(seen)
         run.cleanup_started(node)
-        tokens = _enter(None, None)
+        token = running.set(None)
         try:
             async with asyncio.timeout(run.cleanup_budget()):
                 resume = _cleanup_input(node, await self.aget_state(thread))
@@ -368,7 +355,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         else:
             run.cleanup_finished(node, None)
         finally:
-            _leave(tokens)
+            running.reset(token)
 
 
 def _thread_config(seen: RunnableConfig) -> RunnableConfig:

@@ -3,7 +3,8 @@
 Every callback handler on a run makes LangChain dispatch every chain event to it, and on a
 graph of small nodes that dispatch alone costs more than the watchdog may. So a supervised
 graph runs nodes wrapped in a ``NodeProbe``: LangGraph calls the probe in place of the node,
-and the probe tells the run of its context that the node starts and ends. The callback
+and the probe tells the run of its context (``callbacks.running``) that the node starts
+and ends. The callback
 handler is left with LLM and tool events, and skips chain events altogether.
 
 A graph whose work cannot all be probed (the functional API, whose ``@task`` calls are no
@@ -20,7 +21,8 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.pregel import Pregel
 
-from .run import Stop, running
+from .callbacks import running
+from .run import Stop
 
 if TYPE_CHECKING:
     from collections.abc import Hashable
@@ -93,9 +95,10 @@ class NodeProbe(Runnable[Any, Any]):
         self.name = self.node = name
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        run = running.get()
-        if run is None or config is None:
+        handler = running.get()
+        if handler is None or config is None:
             return self.inner.invoke(input, config, **kwargs)
+        run = handler.run
         key = _started(run, self.node, config, input)
         try:
             return self.inner.invoke(input, config, **kwargs)
@@ -103,9 +106,10 @@ class NodeProbe(Runnable[Any, Any]):
             _ended(run, key)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        run = running.get()
-        if run is None or config is None:
+        handler = running.get()
+        if handler is None or config is None:
             return await self.inner.ainvoke(input, config, **kwargs)
+        run = handler.run
         key = _started(run, self.node, config, input)
         try:
             return await self.inner.ainvoke(input, config, **kwargs)
@@ -115,10 +119,11 @@ class NodeProbe(Runnable[Any, Any]):
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        run = running.get()
-        if run is None or config is None:
+        handler = running.get()
+        if handler is None or config is None:
             yield from self.inner.stream(input, config, **kwargs)
             return
+        run = handler.run
         key = _started(run, self.node, config, input)
         try:
             yield from self.inner.stream(input, config, **kwargs)
@@ -128,11 +133,12 @@ class NodeProbe(Runnable[Any, Any]):
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        run = running.get()
-        if run is None or config is None:
+        handler = running.get()
+        if handler is None or config is None:
             async for chunk in self.inner.astream(input, config, **kwargs):
                 yield chunk
             return
+        run = handler.run
         key = _started(run, self.node, config, input)
         try:
             async for chunk in self.inner.astream(input, config, **kwargs):

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Hashable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -30,7 +29,7 @@ from .._core.scheduler import Scheduler, Timer
 from .._sinks import schema
 from .hooks import Hook, run_hook_sync, spawn
 
-__all__ = ["Cause", "Run", "RunHost", "Stop", "current_run", "running"]
+__all__ = ["Cause", "Run", "RunHost", "Stop"]
 
 MAX_NAMESPACES = 64  # subgraph invocations tracked for step counting; old ones are done
 
@@ -40,17 +39,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-# The run whose graph code runs in this context. LangGraph copies the context into every
-# task, thread and subgraph of a run, and nothing of it reaches configs, checkpoints or
-# streamed chunks. A supervised graph sets it only while its own code runs (see _graph).
-running: ContextVar[Run | None] = ContextVar("watchdog_run", default=None)
-
-
-def current_run() -> Run | None:
-    """The supervised run whose node is running in this context, if any."""
-    return running.get()
 
 
 class RunHost(Protocol):
