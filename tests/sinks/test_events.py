@@ -113,6 +113,31 @@ def test_an_applications_own_structlog_configuration_is_respected(
     assert capsys.readouterr().err == ""
 
 
+def test_a_configuration_changed_after_events_were_logged_takes_the_next_ones(
+    supervisor: Supervisor, clock: FakeClock
+) -> None:
+    """The watchdog keeps the logger it built from the application's configuration, and
+    builds another as soon as that configuration changes."""
+    seen: dict[str, list[str]] = {"first": [], "second": []}
+
+    def keeping(into: str) -> Any:
+        def keep(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+            seen[into].append(event["event"])
+            raise structlog.DropEvent
+
+        return keep
+
+    structlog.configure(processors=[keeping("first")])
+    cancel_a_run(supervisor, clock, uuid.uuid4())
+    structlog.configure(processors=[keeping("second")])
+    with capture_logs() as captured:  # the processor list changed in place, and back
+        cancel_a_run(supervisor, clock, uuid.uuid4())
+    cancel_a_run(supervisor, clock, uuid.uuid4())
+    assert seen["first"].count("watchdog.run_finished") == 1
+    assert [e["event"] for e in captured].count("watchdog.run_finished") == 1
+    assert seen["second"].count("watchdog.run_finished") == 1
+
+
 def test_capture_cancellations_sees_only_cancels(supervisor: Supervisor, clock: FakeClock) -> None:
     with capture_logs(), capture_cancellations() as cancellations:
         cancel_a_run(supervisor, clock, uuid.uuid4())

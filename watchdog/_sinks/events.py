@@ -35,16 +35,25 @@ ERROR_EVENTS = frozenset(
 Listener = Callable[[dict[str, Any]], None]
 Emit = Callable[..., None]  # emit(name, **fields)
 # Process-wide listeners (tests, capture helpers). No lock: changed only between runs, by
-# tests. The fallback logger, no lock either: two threads may each build one at first use,
-# and either serves.
+# tests. The loggers, no lock either: two threads may each build one, and either serves.
 _listeners: list[Listener] = []
 _fallback: Any = None
+# The logger built from the application's configuration, and that configuration's values,
+# held so that none of them is freed (and its id taken by a new one) while cached.
+_configured: tuple[list[Any], Any] | None = None
 
 
 def _logger() -> Any:
-    global _fallback  # noqa: PLW0603 - built once, on first use
+    global _fallback, _configured  # noqa: PLW0603 - built on first use
     if structlog.is_configured():
-        return structlog.get_logger(NAMESPACE)
+        # structlog builds a logger from its configuration at every call of a logger it
+        # gave out, unless told to cache it; a run logs twice at least. Kept here until the
+        # configuration changes.
+        config = list(structlog.get_config().values())
+        cached = _configured
+        if cached is None or any(a is not b for a, b in zip(cached[0], config, strict=True)):
+            cached = _configured = (config, structlog.get_logger(NAMESPACE).bind())
+        return cached[1]
     if _fallback is None:
         _fallback = structlog.wrap_logger(
             structlog.PrintLogger(sys.stderr),
@@ -89,7 +98,7 @@ def remove_listener(listener: Listener) -> None:
 
 
 def reset() -> None:
-    """Forget listeners and the fallback logger (tests call this between tests)."""
-    global _fallback  # noqa: PLW0603
+    """Forget listeners and the loggers (tests call this between tests)."""
+    global _fallback, _configured  # noqa: PLW0603
     _listeners.clear()
-    _fallback = None
+    _fallback = _configured = None
