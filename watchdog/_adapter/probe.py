@@ -1,11 +1,11 @@
 """Probes in a graph's nodes: node and step events without LangChain's callback dispatch.
 
-Every callback handler on a run makes LangChain dispatch every chain event to it, and on a
-graph of small nodes that dispatch alone costs more than the watchdog may. So a supervised
-graph runs nodes wrapped in a ``NodeProbe``: LangGraph calls the probe in place of the node,
-and the probe tells the run of its context (``callbacks.running``) that the node starts
-and ends. The callback
-handler is left with LLM and tool events, and skips chain events altogether.
+A callback handler in a run's callbacks makes LangChain dispatch every chain event to it,
+and on a graph of small nodes that dispatch alone costs more than the watchdog may. So a
+supervised graph runs nodes wrapped in a ``NodeProbe``: LangGraph calls the probe in place
+of the node, and the probe tells the run of its context (``callbacks.running``) that the
+node starts and ends. The run's handler is left with LLM and tool events, which reach it
+through LangChain's configure hook, with no handler in the run's callbacks.
 
 A graph whose work cannot all be probed (the functional API, whose ``@task`` calls are no
 nodes; a plain compiled graph called from inside a node function) reports its node runs
