@@ -267,24 +267,25 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
 
     # -- scope: thread: totals kept with the thread ---------------------------------------
 
-    def _totals_saver(self, run: Run) -> totals.Saver | None:
-        """The checkpointer to keep this run's thread totals in, if it needs them."""
-        if run.thread_id is None or not any(p.kind.per_thread for p in run.monitor.policies):
+    def _totals_kept(self, run: Run) -> tuple[totals.Saver, str] | None:
+        """The checkpointer to keep this run's thread totals in, and its thread, if the run
+        needs them."""
+        thread, saver = run.thread_id, self.checkpointer
+        if (
+            thread is None
+            or not isinstance(saver, BaseCheckpointSaver)
+            or not any(p.kind.per_thread for p in run.monitor.policies)
+        ):
             return None
-        saver = self.checkpointer
-        return saver if isinstance(saver, BaseCheckpointSaver) else None
+        return saver, thread
 
     def _thread_totals(self, run: Run) -> contextlib.AbstractContextManager[None]:
-        saver = self._totals_saver(run)
-        if saver is None or run.thread_id is None:
-            return _NO_TOTALS
-        return self._keeping_totals(run, saver, run.thread_id)
+        kept = self._totals_kept(run)
+        return _NO_TOTALS if kept is None else self._keeping_totals(run, *kept)
 
     def _athread_totals(self, run: Run) -> contextlib.AbstractAsyncContextManager[None]:
-        saver = self._totals_saver(run)
-        if saver is None or run.thread_id is None:
-            return _NO_TOTALS
-        return self._akeeping_totals(run, saver, run.thread_id)
+        kept = self._totals_kept(run)
+        return _NO_TOTALS if kept is None else self._akeeping_totals(run, *kept)
 
     @contextlib.contextmanager
     def _keeping_totals(self, run: Run, saver: totals.Saver, thread: str) -> Iterator[None]:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import cast
+from typing import Any, cast
 
 from .findings import Finding
 from .limits import (
@@ -225,6 +225,11 @@ class Engine:
         )
 
 
+def _tracked(trackers: Mapping[TrackerSpec, Any], specs: Iterable[TrackerSpec]) -> tuple[Any, ...]:
+    """A run's trackers of these specs, in their order."""
+    return tuple(trackers[spec] for spec in specs)
+
+
 class RunMonitor:
     """One run's state and the limits that apply to it, checked as its events arrive.
 
@@ -262,6 +267,16 @@ class RunMonitor:
         "tags",
         "wants_fingerprints",
     )
+    # The run's trackers each event feeds, as its binding says (see ``_bind``).
+    _node_windows: tuple[RepeatWindow, ...]
+    _tool_windows: tuple[RepeatWindow, ...]
+    _cycles: CycleTracker | None
+    _cost_meters: tuple[CostMeter, ...]
+    _step_rates: tuple[EventWindow, ...]
+    _node_rates: tuple[EventWindow, ...]
+    _llm_rates: tuple[EventWindow, ...]
+    _tool_rates: tuple[EventWindow, ...]
+    _token_rates: tuple[EventWindow, ...]
 
     def __init__(
         self,
@@ -311,20 +326,17 @@ class RunMonitor:
         # Keep the trackers whose spec survives a reload, so windows are not reset.
         old = state.trackers
         trackers = state.trackers = {spec: old.get(spec) or spec.create() for spec in binding.specs}
-        self._node_windows = tuple(cast(RepeatWindow, trackers[s]) for s in binding.node_windows)
-        self._tool_windows = tuple(cast(RepeatWindow, trackers[s]) for s in binding.tool_windows)
+        self._node_windows = _tracked(trackers, binding.node_windows)
+        self._tool_windows = _tracked(trackers, binding.tool_windows)
         cycles = binding.cycles
         self._cycles = None if cycles is None else cast(CycleTracker, trackers[cycles])
-        self._cost_meters = tuple(cast(CostMeter, trackers[s]) for s in binding.cost_meters)
-        self._step_rates = self._windows(binding.rates["steps"])
-        self._node_rates = self._windows(binding.rates["node_runs"])
-        self._llm_rates = self._windows(binding.rates["llm_calls"])
-        self._tool_rates = self._windows(binding.rates["tool_calls"])
-        self._token_rates = self._windows(binding.rates["tokens"])
-
-    def _windows(self, specs: tuple[EventWindowSpec, ...]) -> tuple[EventWindow, ...]:
-        trackers = self.state.trackers
-        return tuple(cast(EventWindow, trackers[spec]) for spec in specs) if specs else ()
+        self._cost_meters = _tracked(trackers, binding.cost_meters)
+        rates = binding.rates
+        self._step_rates = _tracked(trackers, rates["steps"])
+        self._node_rates = _tracked(trackers, rates["node_runs"])
+        self._llm_rates = _tracked(trackers, rates["llm_calls"])
+        self._tool_rates = _tracked(trackers, rates["tool_calls"])
+        self._token_rates = _tracked(trackers, rates["tokens"])
 
     def _now(self) -> float:
         if self._generation != self.engine.generation:
