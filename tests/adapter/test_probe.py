@@ -118,11 +118,11 @@ def test_a_node_of_a_cancelled_run_never_starts() -> None:
 def test_an_error_of_the_watchdogs_in_a_probe_is_reported_and_the_node_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken(*args: object) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
         msg = "a bug in the watchdog"
         raise ZeroDivisionError(msg)
 
-    monkeypatch.setattr("watchdog._adapter.run.Run.node_starting", broken)
+    monkeypatch.setattr("watchdog._core.engine.RunMonitor.node_started", broken)
     app = Supervisor(policies("- {name: steps, step_count: {max_steps: 100}}")).attach(
         one_node(lambda state: {"count": state["count"] + 1}), name="one"
     )

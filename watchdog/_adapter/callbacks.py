@@ -219,14 +219,9 @@ class ChainHandler(WatchdogHandler):
         namespace = metadata.get("langgraph_checkpoint_ns")
         if namespace is None or namespace in self.run.monitor.state.open_nodes:
             return
-        self._tasks[run_id] = namespace
-        self.run.node_starting(
-            namespace,
-            metadata.get("langgraph_node") or kwargs.get("name") or "?",
-            namespace,
-            metadata.get("langgraph_step"),
-            inputs,
-        )
+        name = metadata.get("langgraph_node") or kwargs.get("name") or "?"
+        if self.run.node_starting(name, metadata, inputs) is not None:
+            self._tasks[run_id] = namespace
 
     @_guarded
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:

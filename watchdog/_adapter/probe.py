@@ -22,14 +22,9 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.pregel import Pregel
 
 from .callbacks import running
-from .run import Stop
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable
-
     from langgraph.pregel._read import PregelNode
-
-    from .run import Run
 
 __all__ = ["NodeProbe", "probed_nodes"]
 
@@ -65,28 +60,6 @@ def probed_nodes(
     return nodes
 
 
-def _started(run: Run, name: str, config: RunnableConfig, input: Any) -> Hashable | None:
-    """Tell the run a node starts; its key for ``_ended``, or None after an error of ours."""
-    try:
-        metadata = config["metadata"]
-        key: str = metadata["langgraph_checkpoint_ns"]  # one per task, subgraphs included
-        run.node_starting(key, name, key, metadata["langgraph_step"], input)
-    except Stop:
-        raise
-    except Exception as error:
-        run.internal_error(error)
-        return None
-    return key
-
-
-def _ended(run: Run, key: Hashable | None) -> None:
-    if key is not None:
-        try:
-            run.node_ended(key)
-        except Exception as error:
-            run.internal_error(error)
-
-
 class NodeProbe(Runnable[Any, Any]):
     """A node, as LangGraph runs it, with its start and end reported to its run."""
 
@@ -99,22 +72,24 @@ class NodeProbe(Runnable[Any, Any]):
         if handler is None or config is None:
             return self.inner.invoke(input, config, **kwargs)
         run = handler.run
-        key = _started(run, self.node, config, input)
+        key = run.node_starting(self.node, config.get("metadata"), input)
         try:
             return self.inner.invoke(input, config, **kwargs)
         finally:
-            _ended(run, key)
+            if key is not None:
+                run.node_ended(key)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         handler = running.get()
         if handler is None or config is None:
             return await self.inner.ainvoke(input, config, **kwargs)
         run = handler.run
-        key = _started(run, self.node, config, input)
+        key = run.node_starting(self.node, config.get("metadata"), input)
         try:
             return await self.inner.ainvoke(input, config, **kwargs)
         finally:
-            _ended(run, key)
+            if key is not None:
+                run.node_ended(key)
 
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -124,11 +99,12 @@ class NodeProbe(Runnable[Any, Any]):
             yield from self.inner.stream(input, config, **kwargs)
             return
         run = handler.run
-        key = _started(run, self.node, config, input)
+        key = run.node_starting(self.node, config.get("metadata"), input)
         try:
             yield from self.inner.stream(input, config, **kwargs)
         finally:
-            _ended(run, key)
+            if key is not None:
+                run.node_ended(key)
 
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -139,9 +115,10 @@ class NodeProbe(Runnable[Any, Any]):
                 yield chunk
             return
         run = handler.run
-        key = _started(run, self.node, config, input)
+        key = run.node_starting(self.node, config.get("metadata"), input)
         try:
             async for chunk in self.inner.astream(input, config, **kwargs):
                 yield chunk
         finally:
-            _ended(run, key)
+            if key is not None:
+                run.node_ended(key)

@@ -12,7 +12,7 @@ import ctypes
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -91,6 +91,7 @@ class Run:
     # Thousands may be live in one process: slots, and nothing made before it is needed.
     __slots__ = (
         "__weakref__",  # timers hold a run weakly
+        "_root_step",
         "_started_at",
         "_step_of",
         "also",
@@ -151,10 +152,12 @@ class Run:
         self.timer_due: float | None = None
         self.timers: list[Timer] | None = None  # taken back when the run ends
         self.cleanup_tasks: list[asyncio.Task[None]] | None = None  # hooks running for it
-        self.node_threads: dict[Hashable, int] = {}  # a sync run's open nodes -> thread
+        self.node_threads: dict[Hashable, int] | None = None  # a sync run's open nodes -> thread
         # The reason to record when the caller goes away mid-run (see watchdog.starlette).
         self.caller_gone: str | None = None
-        self._step_of: dict[str, object] = {}  # graph namespace -> its current superstep
+        # The current superstep of the graph, and of its subgraphs by namespace once one runs.
+        self._root_step: object = None
+        self._step_of: dict[str, object] | None = None
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -191,45 +194,74 @@ class Run:
     # -- node events: from the probes in the graph's nodes, or from chain callbacks -----
 
     def node_starting(
-        self, key: Hashable, name: str, checkpoint_ns: str, step: object, inputs: Any
-    ) -> None:
-        """A node of this run is about to start; raises ``Stop`` if it must not.
+        self, name: str, metadata: Mapping[str, Any] | None, inputs: Any
+    ) -> str | None:
+        """A node of this run is about to start, as LangGraph's task ``metadata`` describes
+        it; raises ``Stop`` if it must not. Returns its key for ``node_ended``, or None after
+        an error of ours (logged and counted: the node runs).
 
         A superstep is (graph namespace, step): parallel nodes and Send share one, and a
-        subgraph's steps are steps of the run too. ``key`` identifies this node run until
-        ``node_ended``.
+        subgraph's steps are steps of the run too. The hot path: one call a node.
         """
         if self.stopping:
             self.unwinding = True
             raise Stop
-        monitor = self.monitor
-        namespace = checkpoint_ns.rpartition("|")[0]
-        with self.lock:
-            step_of = self._step_of
-            new_step = step_of.get(namespace, self) != step
-            if new_step:
-                step_of.pop(namespace, None)
-                step_of[namespace] = step
-                if len(step_of) > MAX_NAMESPACES:
-                    del step_of[next(iter(step_of))]
-            print_ = fingerprint(inputs) if monitor.wants_fingerprints else None
-            found = monitor.node_started(key, name, print_, new_step=new_step)
-            if found and self.report(found):
-                self.unwinding = True
-                raise Stop
-            node_timer = monitor.node_timer
-            if node_timer is not None and (
-                self.timer_due is None or monitor.state.now + node_timer < self.timer_due
-            ):
-                self.schedule_timers()  # this node's deadline may come first
-            if self.loop is None:
-                self.node_threads[key] = threading.get_ident()  # to interrupt a hung node
-
-    def node_ended(self, key: Hashable) -> None:
-        if key in self.monitor.state.open_nodes:
+        try:
+            # One key per task, subgraphs included. A task always has its metadata: a node
+            # called some other way is an error of ours, below.
+            key: str = metadata["langgraph_checkpoint_ns"]  # type: ignore[index]
+            step = metadata["langgraph_step"]  # type: ignore[index]
+            monitor = self.monitor
             with self.lock:
-                self.monitor.node_ended(key)
-                self.node_threads.pop(key, None)
+                if "|" not in key:  # a node of the graph itself
+                    new_step = self._root_step != step
+                    self._root_step = step
+                else:
+                    new_step = self._subgraph_stepped(key.rpartition("|")[0], step)
+                print_ = fingerprint(inputs) if monitor.wants_fingerprints else None
+                found = monitor.node_started(key, name, print_, new_step=new_step)
+                stop = bool(found) and self.report(found)
+                if not stop:
+                    node_timer = monitor.node_timer
+                    if node_timer is not None and (
+                        self.timer_due is None or monitor.state.now + node_timer < self.timer_due
+                    ):
+                        self.schedule_timers()  # this node's deadline may come first
+                    if self.loop is None:  # to interrupt a hung node
+                        if self.node_threads is None:
+                            self.node_threads = {}
+                        self.node_threads[key] = threading.get_ident()
+        except Exception as error:
+            self.internal_error(error)
+            return None
+        if stop:
+            self.unwinding = True
+            raise Stop
+        return key
+
+    def _subgraph_stepped(self, namespace: str, step: object) -> bool:
+        """Whether a subgraph's node starts a new superstep of it (under the lock)."""
+        step_of = self._step_of
+        if step_of is None:
+            step_of = self._step_of = {}
+        if step_of.get(namespace, self) == step:
+            return False
+        step_of.pop(namespace, None)  # to the end: the least recently stepped go first
+        step_of[namespace] = step
+        if len(step_of) > MAX_NAMESPACES:
+            del step_of[next(iter(step_of))]
+        return True
+
+    def node_ended(self, key: str) -> None:
+        try:
+            monitor = self.monitor
+            if key in monitor.state.open_nodes:
+                with self.lock:
+                    monitor.node_ended(key)
+                    if self.node_threads is not None:
+                        self.node_threads.pop(key, None)
+        except Exception as error:
+            self.internal_error(error)
 
     # -- findings and the pipeline -------------------------------------------------------
 
@@ -311,7 +343,7 @@ class Run:
         # Under the lock a node thread cannot finish its node-end callback, so the Stop lands
         # in this run and never in whatever that thread would run next.
         with self.lock:
-            threads = set(self.node_threads.values())
+            threads = set(self.node_threads.values()) if self.node_threads else ()
             if not threads or self.cause is None:
                 return
             self.phase = "hard"

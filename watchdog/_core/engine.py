@@ -428,17 +428,15 @@ class RunMonitor:
         """A superstep began, with ``node`` (if given) the first node of it to start: a
         verdict now names it as the node it stops."""
         now = self._now()
+        state = self.state
         if node is not None:
-            self.state.node = node
-        found = self._stepped(now)
-        self.state.last_progress = now
-        return found
-
-    def _stepped(self, now: float) -> tuple[Finding, ...]:
-        self.state.steps += 1
+            state.node = node
+        state.steps += 1
         for window in self._step_rates:
             window.push(now)
-        return self._check_on(self._on_step)
+        found = self._check_on(self._on_step)
+        state.last_progress = now
+        return found
 
     def node_started(
         self, key: Hashable, name: str, fingerprint: Hashable, *, new_step: bool = False
@@ -447,14 +445,19 @@ class RunMonitor:
 
         With ``new_step`` the node is the first of a new superstep, counted and checked first
         in the same call: a violation that stops the run there leaves the node uncounted, as
-        it never runs.
+        it never runs. The hot path: one call, one clock read.
         """
-        now = self._now()
+        if self._generation != self.engine.generation:
+            self._bind()
         state = self.state
+        now = state.now = self.engine.clock()
         state.node = name
         found = NOTHING
         if new_step:
-            found = self._stepped(now)
+            state.steps += 1
+            for window in self._step_rates:
+                window.push(now)
+            found = self._check_on(self._on_step)
             if found and any(f.enforced for f in found):
                 state.last_progress = now
                 return found
@@ -473,8 +476,11 @@ class RunMonitor:
         return found + more if found else more
 
     def node_ended(self, key: Hashable) -> None:
-        self.state.open_nodes.pop(key, None)
-        self.state.last_progress = self._now()
+        if self._generation != self.engine.generation:
+            self._bind()
+        state = self.state
+        state.open_nodes.pop(key, None)
+        state.now = state.last_progress = self.engine.clock()
 
     def llm_started(self, model: str) -> tuple[Finding, ...]:
         now = self._now()
