@@ -122,18 +122,17 @@ def _hash_apart(kinds: set[type], values: Any) -> bool:
     return int not in kinds or all(0 <= v < HASH_MODULUS for v in values if type(v) is int)
 
 
-def _stands_for_itself(item: object) -> bool:
-    """Whether ``item`` can stand for itself in a print (see ``_hash_apart``)."""
-    kind = type(item)
-    return (kind in SCALARS and item != "") or (kind is int and 0 <= item < HASH_MODULUS)  # type: ignore[operator]
-
-
 def _mapping(value: Mapping[Any, Any]) -> object:
     if len(value) < PICKLE_FROM:
         # A short mapping is read item by item: the sets below cost more than the loop. A
         # node's input is often a short mapping of plain values.
         for key, item in value.items():
-            if type(key) not in SCALARS or key == "" or not _stands_for_itself(item):
+            if type(key) not in SCALARS or key == "":
+                break
+            # Whether the item can stand for itself in a print (see ``_hash_apart``); written
+            # out, as this is the hot path of a loop policy.
+            kind = type(item)
+            if not ((kind in SCALARS and item != "") or (kind is int and 0 <= item < HASH_MODULUS)):
                 break
         else:
             return tuple(value.items())

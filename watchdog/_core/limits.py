@@ -273,7 +273,8 @@ class _Repeats(Limit):
         object.__setattr__(self, "tracker", self.SPEC(self.window))
 
     def observe(self, state: RunState) -> float:
-        return cast(RepeatWindow, state.trackers[self.tracker]).last_count  # type: ignore[index]
+        window: RepeatWindow = state.trackers[self.tracker]  # type: ignore[assignment,index]
+        return window.last_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +308,8 @@ class MaxCycleRepeats(Limit):
         object.__setattr__(self, "tracker", CYCLES)
 
     def observe(self, state: RunState) -> float:
-        return cast(CycleTracker, state.trackers[CYCLES]).repeats
+        cycles: CycleTracker = state.trackers[CYCLES]  # type: ignore[assignment]
+        return cycles.repeats
 
     def describe(self, policy: str, observed: float, state: RunState) -> str:
         cycle = " -> ".join(cast(CycleTracker, state.trackers[CYCLES]).cycle)
@@ -415,7 +417,8 @@ class MaxEvents(Limit):
         object.__setattr__(self, "tracker", EventWindowSpec(self.of, self.per_seconds, capacity))
 
     def observe(self, state: RunState) -> float:
-        return cast(EventWindow, state.trackers[self.tracker]).observe(state.now)  # type: ignore[index]
+        window: EventWindow = state.trackers[self.tracker]  # type: ignore[assignment,index]
+        return window.observe(state.now)
 
     def describe(self, policy: str, observed: float, state: RunState) -> str:
         return (

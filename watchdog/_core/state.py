@@ -81,33 +81,35 @@ class CycleTracker:
     __slots__ = ("_matches", "_period", "_recent", "repeats")
 
     def __init__(self) -> None:
-        self._recent: list[str] = []  # the last MAX_CYCLE_PERIOD node runs, oldest first
+        self._recent: list[str] = []  # the last MAX_CYCLE_PERIOD node runs, newest first
         self._matches = [0] * (MAX_CYCLE_PERIOD + 1)
         self._period = 1
         self.repeats = 0
 
     def push(self, name: str) -> None:
         recent, matches = self._recent, self._matches
-        best, best_period = 1, 1
-        for period, before in enumerate(reversed(recent), 1):  # up to the runs seen so far
+        best = best_period = period = 1
+        for before in recent:  # the run ``period`` node runs back
             if before == name:
-                count = matches[period] = matches[period] + 1
+                count = matches[period] + 1
+                matches[period] = count
                 if count >= period * best:  # 1 + count // period > best
                     repeats = 1 + count // period
                     if repeats > best:
                         best, best_period = repeats, period
             else:
                 matches[period] = 0
-        recent.append(name)
-        if len(recent) > MAX_CYCLE_PERIOD:
-            del recent[0]
+            period += 1
+        recent.insert(0, name)
+        if period > MAX_CYCLE_PERIOD:
+            del recent[MAX_CYCLE_PERIOD]
         self.repeats = best
         self._period = best_period
 
     @property
     def cycle(self) -> tuple[str, ...]:
         """The nodes of the cycle that is repeating, oldest first."""
-        return tuple(self._recent[-self._period :])
+        return tuple(reversed(self._recent[: self._period]))
 
 
 # Expired entries at the head of a window's lists are dropped in one go once there are this
@@ -135,8 +137,10 @@ class EventWindow:
 
     def push(self, now: float, amount: int = 1) -> None:
         # Expire as we go: a window is not observed at every push, and must stay bounded.
-        self.observe(now)
         times = self._times
+        head = self._head
+        if head < len(times) and times[head] <= now - self.per_seconds:
+            self.observe(now)
         times.append(now)
         amounts = self._amounts
         if amounts is not None:
