@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Protocol, cast
 
 from langchain_core.callbacks import BaseCallbackManager
@@ -180,26 +182,20 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             yield from super().stream(input, config, **kwargs)
             return
         run, handler, config, seen = self._start(config, kwargs)
+        # The graph's code runs in a context of its own, the run set in it once: the caller's
+        # code between chunks never sees the run.
+        context = contextvars.copy_context()
+        context.run(running.set, handler)
         with _Supervising(run):
             try:
                 with self._thread_totals(run):
                     chunks = cast(Generator[Any], super().stream(input, config, **kwargs))
                     try:
-                        while True:
-                            token = running.set(handler)
-                            try:
-                                chunk = next(chunks)
-                            except StopIteration:
-                                break
-                            finally:
-                                running.reset(token)
-                            yield chunk
+                        # Each chunk read in that context, with no frame of ours in between:
+                        # the map ends where the chunks do.
+                        yield from map(context.run, repeat(next), repeat(chunks))
                     finally:
-                        token = running.set(handler)
-                        try:
-                            chunks.close()
-                        finally:
-                            running.reset(token)
+                        context.run(chunks.close)
             except BaseException:
                 self._cleanup(run, seen)
                 raise
