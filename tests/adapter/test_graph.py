@@ -243,6 +243,25 @@ def test_a_stream_consumer_calling_another_supervised_graph_starts_a_second_run(
     assert sorted(e["graph"] for e in started(events)) == ["first", "second", "second", "second"]
 
 
+def test_an_ainvoke_leaves_the_callers_context_as_it_was_however_it_ends() -> None:
+    watchdog = supervisor("- {name: steps, step_count: {max_steps: 3}}")
+    short = watchdog.attach(inner_loop(Bodies(), steps=2), name="short")
+    endless = watchdog.attach(looping(Bodies(), is_async=True), name="endless")
+    seen = []
+
+    async def calls() -> None:
+        assert await short.ainvoke({"count": 0}) == {"count": 2}
+        seen.append(current_run())
+        with pytest.raises(RunCancelled):
+            await endless.ainvoke({"count": 0})
+        seen.append(current_run())
+        # a consumer's code, between chunks
+        seen.extend([current_run() async for _ in short.astream({"count": 0})])
+
+    asyncio.run(calls())
+    assert seen == [None, None, None, None]
+
+
 # -- the run never shows --------------------------------------------------------------------
 
 

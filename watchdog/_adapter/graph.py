@@ -144,6 +144,9 @@ class _Supervising:
             outcome = None
 
 
+# The keyword a supervised invoke or ainvoke passes the stream it reads: the run is started.
+WHOLE = "_watchdog_whole_call"
+
 # What a run with no thread totals to keep enters: one object, shared by every such run.
 _NO_TOTALS = contextlib.nullcontext()
 
@@ -175,15 +178,68 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
 
     # -- running ---------------------------------------------------------------------------
 
+    # invoke and ainvoke: only LangGraph's own loop reads their chunks, so the whole call
+    # runs with the run set, and no frame of the watchdog's comes between chunks. stream and
+    # astream: the caller's code runs between chunks, and never sees the run.
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        if _joins(running.get()):
+            return super().invoke(input, config, **kwargs)
+        run, handler, config = self._start(config, kwargs)
+        with _Supervising(run):
+            try:
+                with self._thread_totals(run):
+                    context = contextvars.copy_context()
+                    context.run(running.set, handler)
+                    kwargs[WHOLE] = True
+                    call: Callable[..., Any] = super().invoke
+                    return context.run(call, input, config, **kwargs)
+            except BaseException:
+                self._cleanup(run, config)
+                raise
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        if _joins(running.get()):
+            return await super().ainvoke(input, config, **kwargs)
+        run, handler, config = self._start(config, kwargs)
+        run.bind_task()
+        try:
+            with _Supervising(run):
+                try:
+                    async with self._athread_totals(run):
+                        token = running.set(handler)
+                        kwargs[WHOLE] = True
+                        try:
+                            return await super().ainvoke(input, config, **kwargs)
+                        finally:
+                            running.reset(token)
+                except BaseException:
+                    await self._acleanup(run, config)
+                    raise
+        finally:
+            await run.settle_cleanups()
+
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        if _joins(running.get()):
-            yield from super().stream(input, config, **kwargs)
-            return
-        run, handler, config, seen = self._start(config, kwargs)
-        # The graph's code runs in a context of its own, the run set in it once: the caller's
-        # code between chunks never sees the run.
+        # A plain method, so that a call inside a run (an invoke's own, or a subgraph's that
+        # joins it) gets LangGraph's generator itself.
+        if kwargs.pop(WHOLE, False) or _joins(running.get()):
+            return super().stream(input, config, **kwargs)
+        return self._stream(input, config, kwargs)
+
+    def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        if kwargs.pop(WHOLE, False) or _joins(running.get()):
+            return super().astream(input, config, **kwargs)
+        return self._astream(input, config, kwargs)
+
+    def _stream(
+        self, input: Any, config: RunnableConfig | None, kwargs: dict[str, Any]
+    ) -> Iterator[Any]:
+        run, handler, config = self._start(config, kwargs)
+        # The graph's code runs in a context of its own, the run set in it once.
         context = contextvars.copy_context()
         context.run(running.set, handler)
         with _Supervising(run):
@@ -197,17 +253,13 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
                     finally:
                         context.run(chunks.close)
             except BaseException:
-                self._cleanup(run, seen)
+                self._cleanup(run, config)
                 raise
 
-    async def astream(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    async def _astream(
+        self, input: Any, config: RunnableConfig | None, kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
-        if _joins(running.get()):
-            async for chunk in super().astream(input, config, **kwargs):
-                yield chunk
-            return
-        run, handler, config, seen = self._start(config, kwargs)
+        run, handler, config = self._start(config, kwargs)
         run.bind_task()
         try:
             with _Supervising(run):
@@ -234,32 +286,35 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
                             finally:
                                 running.reset(token)
                 except BaseException:
-                    await self._acleanup(run, seen)
+                    await self._acleanup(run, config)
                     raise
         finally:
             await run.settle_cleanups()
 
     def _start(
         self, config: RunnableConfig | None, kwargs: dict[str, Any]
-    ) -> tuple[Run, WatchdogHandler, RunnableConfig | None, RunnableConfig]:
-        """Start a run; returns it, its callback handler, the config to run the graph with,
-        and the config as the graph will see it (with_config's and the caller context's
-        included)."""
+    ) -> tuple[Run, WatchdogHandler, RunnableConfig | None]:
+        """Start a run; returns it, its callback handler and the config to run the graph
+        with."""
         attachment = self._watchdog
         control = kwargs.get("control") or RunControl()
         kwargs["control"] = control
-        seen = ensure_config(merge_configs(self.config, config))
-        run = attachment.supervisor.start_run(attachment.name, seen, control)
+        run = attachment.supervisor.start_run(attachment.name, self._seen(config), control)
         run.caller_gone = caller_gone.get()
         if attachment.probed:
             # LLM and tool calls reach the handler through the configure hook (``running``):
             # the run's callbacks stay the caller's.
-            return run, WatchdogHandler(run), config, seen
+            return run, WatchdogHandler(run), config
         # Chain events too: the handler goes in the callbacks, which every child inherits.
         handler = ChainHandler(run)
         ours = RunnableConfig(**(config or {}))
         ours["callbacks"] = _with_handler(ours.get("callbacks"), handler)
-        return run, handler, ours, seen
+        return run, handler, ours
+
+    def _seen(self, config: RunnableConfig | None) -> RunnableConfig:
+        """The config as the graph sees it: with_config's and the caller context's included.
+        Worked out again where needed, not kept: a live run holds no more than it must."""
+        return ensure_config(merge_configs(self.config, config))
 
     # -- scope: thread: totals kept with the thread ---------------------------------------
 
@@ -313,11 +368,11 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
 
     # -- the cleanup node: where a cancelled run goes to wrap up --------------------------
 
-    def _cleanup(self, run: Run, seen: RunnableConfig) -> None:
+    def _cleanup(self, run: Run, config: RunnableConfig | None) -> None:
         node = run.cleanup_node()
         if node is None:
             return
-        thread = _thread_config(seen)
+        thread = _thread_config(self._seen(config))
         run.cleanup_started(node)
         token = running.set(None)  # the cleanup node's run is not supervised
         try:
@@ -333,11 +388,11 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         finally:
             running.reset(token)
 
-    async def _acleanup(self, run: Run, seen: RunnableConfig) -> None:
+    async def _acleanup(self, run: Run, config: RunnableConfig | None) -> None:
         node = run.cleanup_node()
         if node is None:
             return
-        thread = _thread_config(seen)
+        thread = _thread_config(self._seen(config))
         run.cleanup_started(node)
         token = running.set(None)
         try:
