@@ -121,14 +121,14 @@ class _Binding:
     # The time limits checked as events begin (max_seconds, whose deadline never moves):
     # a run need not look at them before the soonest of their deadlines.
     at_beginnings: tuple[tuple[TimeLimit, float], ...]
-    # The trackers a run keeps, and which of them each event feeds: worked out here, once,
-    # so binding a run only makes (or keeps) its trackers.
+    # The trackers a run keeps, and which of them (by their index in ``specs``) each event
+    # feeds: worked out here, once, so binding a run only makes (or keeps) its trackers.
     specs: tuple[TrackerSpec, ...]
-    node_windows: tuple[NodeRepeatSpec, ...]
-    tool_windows: tuple[ToolRepeatSpec, ...]
-    cycles: CycleSpec | None
-    cost_meters: tuple[CostSpec, ...]
-    rates: Mapping[str, tuple[EventWindowSpec, ...]]  # by what they count (RATE_OF)
+    node_windows: tuple[int, ...]
+    tool_windows: tuple[int, ...]
+    cycles: int | None
+    cost_meters: tuple[int, ...]
+    rates: Mapping[str, tuple[int, ...]]  # by what they count (RATE_OF)
 
     @classmethod
     def of(cls, policies: tuple[Policy, ...]) -> _Binding:
@@ -155,14 +155,11 @@ class _Binding:
                 if b.limit.triggers & BEGINNINGS
             ),
             specs=specs,
-            node_windows=tuple(s for s in specs if isinstance(s, NodeRepeatSpec)),
-            tool_windows=tuple(s for s in specs if isinstance(s, ToolRepeatSpec)),
-            cycles=next((s for s in specs if isinstance(s, CycleSpec)), None),
-            cost_meters=tuple(s for s in specs if isinstance(s, CostSpec)),
-            rates={
-                of: tuple(s for s in specs if isinstance(s, EventWindowSpec) and s.of == of)
-                for of in RATE_OF
-            },
+            node_windows=_indexes(specs, NodeRepeatSpec),
+            tool_windows=_indexes(specs, ToolRepeatSpec),
+            cycles=next(iter(_indexes(specs, CycleSpec)), None),
+            cost_meters=_indexes(specs, CostSpec),
+            rates={of: _indexes(specs, EventWindowSpec, of) for of in RATE_OF},
         )
 
 
@@ -225,9 +222,13 @@ class Engine:
         )
 
 
-def _tracked(trackers: Mapping[TrackerSpec, Any], specs: Iterable[TrackerSpec]) -> tuple[Any, ...]:
-    """A run's trackers of these specs, in their order."""
-    return tuple(trackers[spec] for spec in specs)
+def _indexes(specs: tuple[TrackerSpec, ...], kind: type, of: str | None = None) -> tuple[int, ...]:
+    """Where the specs of a kind (of rate windows, those counting ``of``) are in ``specs``."""
+    return tuple(
+        i
+        for i, spec in enumerate(specs)
+        if isinstance(spec, kind) and (of is None or spec.of == of)  # type: ignore[attr-defined]
+    )
 
 
 class RunMonitor:
@@ -324,19 +325,25 @@ class RunMonitor:
         self.node_timer = binding.node_timer
 
         # Keep the trackers whose spec survives a reload, so windows are not reset.
-        old = state.trackers
-        trackers = state.trackers = {spec: old.get(spec) or spec.create() for spec in binding.specs}
-        self._node_windows = _tracked(trackers, binding.node_windows)
-        self._tool_windows = _tracked(trackers, binding.tool_windows)
+        old, specs = state.trackers, binding.specs
+        made = (
+            [old.get(spec) or spec.create() for spec in specs]
+            if old
+            else [spec.create() for spec in specs]
+        )
+        state.trackers = dict(zip(specs, made, strict=True))
+        at: Callable[[int], Any] = made.__getitem__
+        self._node_windows = tuple(map(at, binding.node_windows))
+        self._tool_windows = tuple(map(at, binding.tool_windows))
         cycles = binding.cycles
-        self._cycles = None if cycles is None else cast(CycleTracker, trackers[cycles])
-        self._cost_meters = _tracked(trackers, binding.cost_meters)
+        self._cycles = None if cycles is None else cast(CycleTracker, made[cycles])
+        self._cost_meters = tuple(map(at, binding.cost_meters))
         rates = binding.rates
-        self._step_rates = _tracked(trackers, rates["steps"])
-        self._node_rates = _tracked(trackers, rates["node_runs"])
-        self._llm_rates = _tracked(trackers, rates["llm_calls"])
-        self._tool_rates = _tracked(trackers, rates["tool_calls"])
-        self._token_rates = _tracked(trackers, rates["tokens"])
+        self._step_rates = tuple(map(at, rates["steps"]))
+        self._node_rates = tuple(map(at, rates["node_runs"]))
+        self._llm_rates = tuple(map(at, rates["llm_calls"]))
+        self._tool_rates = tuple(map(at, rates["tool_calls"]))
+        self._token_rates = tuple(map(at, rates["tokens"]))
 
     def _now(self) -> float:
         if self._generation != self.engine.generation:

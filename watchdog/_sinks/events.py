@@ -38,9 +38,8 @@ Emit = Callable[..., None]  # emit(name, **fields)
 # tests. The loggers, no lock either: two threads may each build one, and either serves.
 _listeners: list[Listener] = []
 _fallback: Any = None
-# The logger built from the application's configuration, and that configuration's values,
-# held so that none of them is freed (and its id taken by a new one) while cached.
-_configured: tuple[list[Any], Any] | None = None
+# The logger built from the application's configuration, and that configuration's values.
+_configured: tuple[tuple[Any, ...], Any] | None = None
 
 
 def _logger() -> Any:
@@ -49,9 +48,10 @@ def _logger() -> Any:
         # structlog builds a logger from its configuration at every call of a logger it
         # gave out, unless told to cache it; a run logs twice at least. Kept here until the
         # configuration changes.
-        config = list(structlog.get_config().values())
+        # Equal values build an equal logger: a configuration set again alike keeps it.
+        config = tuple(structlog.get_config().values())
         cached = _configured
-        if cached is None or any(a is not b for a, b in zip(cached[0], config, strict=True)):
+        if cached is None or cached[0] != config:
             cached = _configured = (config, structlog.get_logger(NAMESPACE).bind())
         return cached[1]
     if _fallback is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ class Event:
 
     def fields(self) -> dict[str, Any]:
         """The event's flat keys, as logged."""
-        return {name: getattr(self, name) for name, _, _ in _SHAPES[type(self)]}
+        names, values = _VALUES[type(self)]
+        return dict(zip(names, values(self), strict=True))
 
     def record(self) -> dict[str, Any]:
         """The event as listeners get it and a worker sends it: its fields and its name."""
@@ -209,6 +211,13 @@ def _shape(cls: type[Event]) -> tuple[tuple[str, type | None, Callable[[object],
 
 
 _SHAPES = {cls: _shape(cls) for cls in _EVENTS}
+# Each event's field names, and a getter of their values in one call (every event has more
+# than one field, so the getter gives a tuple: tests/sinks/test_schema.py checks).
+_VALUES = {
+    cls: (names, operator.attrgetter(*names))
+    for cls, shape in _SHAPES.items()
+    for names in [tuple(name for name, _, _ in shape)]
+}
 
 
 def _reader(cls: type[Event]) -> Callable[[Callable[[str], object]], Event]:
