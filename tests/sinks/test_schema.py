@@ -25,13 +25,13 @@ def test_an_event_is_logged_as_its_namespaced_name_and_flat_fields() -> None:
     }
 
 
-
 @pytest.mark.parametrize("cls", schema._EVENTS, ids=lambda cls: cls.name)
 def test_an_events_fields_are_its_dataclass_fields_in_order(cls: type[schema.Event]) -> None:
     names = [field.name for field in dataclasses.fields(cls)]
     assert len(names) > 1  # so its getter gives a tuple
     event = cls(**{name: f"value of {name}" for name in names})
     assert list(event.fields().items()) == [(name, f"value of {name}") for name in names]
+
 
 def test_an_internal_error_outside_a_run_has_no_run_keys() -> None:
     assert schema.InternalError(error="E: x", traceback="tb").record() == {

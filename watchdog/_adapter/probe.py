@@ -14,7 +14,7 @@ through chain callbacks instead (``ChainHandler``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -25,6 +25,8 @@ from .callbacks import running
 
 if TYPE_CHECKING:
     from langgraph.pregel._read import PregelNode
+
+    from .run import Run
 
 __all__ = ["NodeProbe", "probed_nodes"]
 
@@ -79,17 +81,18 @@ class NodeProbe(Runnable[Any, Any]):
             if key is not None:
                 run.node_ended(key)
 
-    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+    def ainvoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Coroutine[Any, Any, Any]:
+        # Not a coroutine function: the node's own coroutine is handed back as it is, or in
+        # the smallest one that sees it end (a waiting node keeps it for as long as it waits).
         handler = running.get()
         if handler is None or config is None:
-            return await self.inner.ainvoke(input, config, **kwargs)
+            return self.inner.ainvoke(input, config, **kwargs)
         run = handler.run
         key = run.node_starting(self.node, config.get("metadata"), input)
-        try:
-            return await self.inner.ainvoke(input, config, **kwargs)
-        finally:
-            if key is not None:
-                run.node_ended(key)
+        call = self.inner.ainvoke(input, config, **kwargs)
+        return call if key is None else _ending(call, run, key)
 
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -122,3 +125,11 @@ class NodeProbe(Runnable[Any, Any]):
         finally:
             if key is not None:
                 run.node_ended(key)
+
+
+async def _ending(call: Awaitable[Any], run: Run, key: str) -> Any:
+    """The node's call, with its end reported to its run."""
+    try:
+        return await call
+    finally:
+        run.node_ended(key)

@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 MAX_CYCLE_PERIOD = 4
+NO_COUNTS: dict[Hashable, int] = {}  # every window's until its first push: never written
 
 
 class Tracker(Protocol):
@@ -42,20 +43,23 @@ class RepeatWindow:
     """Counts of each key among the last ``size`` keys pushed, in O(1) per push.
 
     The keys are a list used as a ring once full: a deque takes 600 bytes for its first key,
-    and a run holds one window per loop limit.
+    and a run holds one window per loop limit. The list and the counts are made at the first
+    push: a run that calls no tool keeps an empty tool window.
     """
 
     __slots__ = ("_counts", "_keys", "_oldest", "last_count", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._keys: list[Hashable] = []
+        self._keys: list[Hashable] | None = None
         self._oldest = 0  # once the window is full, where its oldest key is
-        self._counts: dict[Hashable, int] = {}
+        self._counts = NO_COUNTS  # replaced at the first push, before any write
         self.last_count = 0
 
     def push(self, key: Hashable) -> None:
         keys, counts = self._keys, self._counts
+        if keys is None:
+            keys, counts = self._keys, self._counts = [], {}
         if len(keys) < self.size:
             keys.append(key)
         else:
