@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-import structlog
+from .common import render_events_then_drop_them
 
-BENCHMARKS = ("overhead", "latency", "scale", "sidecar", "fingerprint")
+BENCHMARKS = ("overhead", "latency", "scale", "sidecar", "fingerprint", "instructions")
 NAME, VALUE, SPREAD = 64, 36, 24  # column widths
 
 
@@ -28,15 +27,7 @@ def main() -> None:
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"no benchmark {', '.join(unknown)}; expected {', '.join(BENCHMARKS)}")
-    # Events are rendered as in production, then dropped, so only the table is printed.
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(open(os.devnull, "w")),  # noqa: SIM115
-    )
+    render_events_then_drop_them()
     # Each row is printed as it is measured: a run cut short still shows what it measured.
     for name in args.names or BENCHMARKS:
         for row in importlib.import_module(f"{__package__}.{name}").rows(args.quick):
