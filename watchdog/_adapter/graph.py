@@ -6,6 +6,8 @@ own (``CompiledStateGraph`` for a ``StateGraph``, ``Pregel`` for the functional 
 those two: LangGraph's ``invoke``, ``batch`` and ``stream_events``/``astream_events`` v3 call
 them, LangChain's ``astream_events`` v1/v2, ``astream_log`` and ``transform`` too, and
 ``with_config``, ``copy``, ``with_retry``, ``|`` and a parent graph's node all end in them.
+``invoke`` and ``ainvoke`` are supervised as well, as whole calls: no code but LangGraph's
+reads their chunks, so the run is set once for the call instead of around each chunk.
 ``copy`` keeps the class and the attachment, so the Agent Server's copies stay supervised.
 
 A supervised graph called while a run of the watchdog is live in its context (as a node of
