@@ -29,7 +29,10 @@ def test_a_cycle_tracker_finds_the_longest_run_of_repeats_of_a_short_cycle(
     tracker = CycleTracker()
     for seen in range(1, len(names) + 1):
         tracker.push(names[seen - 1])
-        assert tracker.repeats == max(_repeats(names[:seen], p) for p in range(1, 5))
+        repeats = [_repeats(names[:seen], p) for p in range(1, 5)]
+        assert tracker.repeats == max(repeats)
+        period = repeats.index(max(repeats)) + 1  # the shortest cycle that repeats most
+        assert tracker.cycle == tuple(names[seen - period : seen])
 
 
 def _repeats(names: list[str], period: int) -> int:
