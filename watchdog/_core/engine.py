@@ -326,11 +326,7 @@ class RunMonitor:
 
         # Keep the trackers whose spec survives a reload, so windows are not reset.
         old, specs = state.trackers, binding.specs
-        made = (
-            [old.get(spec) or spec.create() for spec in specs]
-            if old
-            else [spec.create() for spec in specs]
-        )
+        made = [old.get(spec) or spec.create() for spec in specs]
         state.trackers = dict(zip(specs, made, strict=True))
         at: Callable[[int], Any] = made.__getitem__
         self._node_windows = tuple(map(at, binding.node_windows))
@@ -483,8 +479,7 @@ class RunMonitor:
         return found + more if found else more
 
     def node_ended(self, key: Hashable) -> None:
-        if self._generation != self.engine.generation:
-            self._bind()
+        # No limit is checked here: a reload's binding waits for the run's next event.
         state = self.state
         state.open_nodes.pop(key, None)
         state.now = state.last_progress = self.engine.clock()
