@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watchdog._core.state import CycleTracker, EventWindow, RepeatWindow
+from watchdog._core.state import TRIM_FROM, AmountWindow, CycleTracker, EventWindow, RepeatWindow
 
 
 @given(st.integers(1, 8), st.lists(st.integers(0, 3), max_size=200))
@@ -60,15 +60,15 @@ def test_a_counting_window_counts_the_events_of_the_last_period(
         window.push(now)
         inside = sum(1 for t in times[:pushed] if t > now - 5.0)
         assert window.observe(now) == min(inside, capacity)  # capacity: the most it keeps
-        assert len(window._times) - window._head <= capacity
-        assert len(window._times) <= max(2 * capacity, 64)  # dropped entries do not pile up
+        # Dropped entries do not pile up: trimmed once doubled, never past twice the capacity.
+        assert len(window._times) < window._trim_at <= max(2 * capacity, TRIM_FROM)
 
 
 @given(events)
 def test_an_amount_window_sums_the_amounts_of_the_last_period(
     steps: list[tuple[float, int]],
 ) -> None:
-    window = EventWindow(per_seconds=5.0, capacity=None)
+    window = AmountWindow(per_seconds=5.0)
     times = list(itertools.accumulate(gap for gap, _ in steps))
     for pushed, now in enumerate(times, 1):
         window.push(now, steps[pushed - 1][1])

@@ -29,7 +29,15 @@ from .limits import (
     Trigger,
 )
 from .policies import RATE_OF, Policy, PolicySet
-from .state import CostMeter, CycleTracker, EventWindow, RepeatWindow, RunState, TrackerSpec
+from .state import (
+    AmountWindow,
+    CostMeter,
+    CycleTracker,
+    EventWindow,
+    RepeatWindow,
+    RunState,
+    TrackerSpec,
+)
 
 __all__ = ["Clock", "Engine", "RunMonitor"]
 
@@ -277,7 +285,7 @@ class RunMonitor:
     _node_rates: tuple[EventWindow, ...]
     _llm_rates: tuple[EventWindow, ...]
     _tool_rates: tuple[EventWindow, ...]
-    _token_rates: tuple[EventWindow, ...]
+    _token_rates: tuple[AmountWindow, ...]
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, cast
 
 from .state import (
+    AmountWindow,
     CostMeter,
     CycleTracker,
     EventWindow,
@@ -94,7 +95,9 @@ class EventWindowSpec:
     per_seconds: float
     capacity: int | None  # None: sum amounts (tokens) instead of counting events
 
-    def create(self) -> EventWindow:
+    def create(self) -> EventWindow | AmountWindow:
+        if self.capacity is None:
+            return AmountWindow(self.per_seconds)
         return EventWindow(self.per_seconds, self.capacity)
 
 
@@ -417,7 +420,7 @@ class MaxEvents(Limit):
         object.__setattr__(self, "tracker", EventWindowSpec(self.of, self.per_seconds, capacity))
 
     def observe(self, state: RunState) -> float:
-        window: EventWindow = state.trackers[self.tracker]  # type: ignore[assignment,index]
+        window: EventWindow | AmountWindow = state.trackers[self.tracker]  # type: ignore[assignment,index]
         return window.observe(state.now)
 
     def describe(self, policy: str, observed: float, state: RunState) -> str:

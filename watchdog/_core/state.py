@@ -6,12 +6,14 @@ steps holds the same memory as a run of ten.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Protocol
 
 __all__ = [
+    "AmountWindow",
     "CostMeter",
     "CycleTracker",
     "EventWindow",
@@ -80,10 +82,12 @@ class CycleTracker:
     For each period ``p`` it keeps how many consecutive node runs equalled the run ``p``
     before them; ``1 + matches // p`` complete cycles then stand at the end of the sequence.
     The four periods are written out, a slot each: this runs at every node start of a loop
-    policy, and a loop over lists took half again as long and twice the memory.
+    policy, and a loop over lists took half again as long and twice the memory. Which cycle
+    repeats most is worked out when it is read: a check reads it far less often than once a
+    node, as a cycle grows by at most one repeat a node.
     """
 
-    __slots__ = ("_m1", "_m2", "_m3", "_m4", "_period", "_r1", "_r2", "_r3", "_r4", "repeats")
+    __slots__ = ("_m1", "_m2", "_m3", "_m4", "_r1", "_r2", "_r3", "_r4")
 
     def __init__(self) -> None:
         self._m1 = self._m2 = self._m3 = self._m4 = 0  # matches, by period
@@ -92,104 +96,127 @@ class CycleTracker:
         self._r2: str | None = None
         self._r3: str | None = None
         self._r4: str | None = None
-        self._period = 1
-        self.repeats = 0
 
     def push(self, name: str) -> None:
-        best = period = 1  # the smallest period wins a tie
         if self._r1 == name:
-            matches = self._m1 = self._m1 + 1
-            best = 1 + matches
+            self._m1 += 1
         else:
             self._m1 = 0
         if self._r2 == name:
-            matches = self._m2 = self._m2 + 1
-            if 1 + matches // 2 > best:
-                best, period = 1 + matches // 2, 2
+            self._m2 += 1
         else:
             self._m2 = 0
         if self._r3 == name:
-            matches = self._m3 = self._m3 + 1
-            if 1 + matches // 3 > best:
-                best, period = 1 + matches // 3, 3
+            self._m3 += 1
         else:
             self._m3 = 0
         if self._r4 == name:
-            matches = self._m4 = self._m4 + 1
-            if 1 + matches // 4 > best:
-                best, period = 1 + matches // 4, 4
+            self._m4 += 1
         else:
             self._m4 = 0
         self._r4, self._r3, self._r2, self._r1 = self._r3, self._r2, self._r1, name
-        self.repeats = best
-        self._period = period
+
+    def _most(self) -> tuple[int, int]:
+        """The most repeats in a row of one cycle, and its period: the smallest wins a tie."""
+        repeats, period = 1 + self._m1, 1
+        for p, matches in ((2, self._m2), (3, self._m3), (4, self._m4)):
+            if 1 + matches // p > repeats:
+                repeats, period = 1 + matches // p, p
+        return repeats, period
+
+    @property
+    def repeats(self) -> int:
+        return self._most()[0]
 
     @property
     def cycle(self) -> tuple[str, ...]:
         """The nodes of the cycle that is repeating, oldest first."""
-        recent = (self._r1, self._r2, self._r3, self._r4)[: self._period]
+        recent = (self._r1, self._r2, self._r3, self._r4)[: self._most()[1]]
         return tuple(name for name in reversed(recent) if name is not None)
 
 
-# Expired entries at the head of a window's lists are dropped in one go once there are this
-# many, and they are half the list: amortized O(1) a push, and a list never twice its window.
-COMPACT_AT = 32
+# Expired entries at the head of an amount window's lists are dropped in one go once there
+# are this many, and they are half the list: amortized O(1) a push, and a list never twice
+# its window. An event window is trimmed once it holds this many times, at the least.
+TRIM_FROM = 32
 
 
 class EventWindow:
-    """Events in the sliding window ``(now - per_seconds, now]``.
+    """How many events fell in the sliding window ``(now - per_seconds, now]``, up to
+    ``capacity`` (the limit plus one is all a check needs).
 
-    Counting windows keep at most ``capacity`` timestamps (the limit plus one is all a
-    check needs); amount windows (tokens) keep one entry per event inside the window. The
-    entries are lists read from ``_head`` on: a deque takes 600 bytes for its first entry.
+    A push only appends the event's time: a window is read far less often than pushed to
+    (a check waits until enough events have passed to reach its limit), and reading it is a
+    binary search. The times that left the window, or that ``capacity`` newer ones made
+    needless, are dropped in one go once the list has doubled since it was last trimmed:
+    amortized O(1) a push, and never more than twice the times a check could need.
     """
 
-    __slots__ = ("_amounts", "_capacity", "_head", "_times", "per_seconds", "total")
+    __slots__ = ("_capacity", "_times", "_trim_at", "per_seconds")
 
-    def __init__(self, per_seconds: float, capacity: int | None) -> None:
+    def __init__(self, per_seconds: float, capacity: int) -> None:
         self.per_seconds = per_seconds
         self._capacity = capacity
         self._times: list[float] = []
-        self._amounts: list[int] | None = None if capacity else []
+        self._trim_at = TRIM_FROM
+
+    def push(self, now: float) -> None:
+        times = self._times
+        times.append(now)
+        if len(times) >= self._trim_at:
+            self._trim(now)
+
+    def observe(self, now: float) -> int:
+        """The events still inside the window at ``now``, up to ``capacity``."""
+        times = self._times
+        return min(len(times) - bisect_right(times, now - self.per_seconds), self._capacity)
+
+    def _trim(self, now: float) -> None:
+        times = self._times
+        needless = max(bisect_right(times, now - self.per_seconds), len(times) - self._capacity)
+        del times[:needless]
+        self._trim_at = max(2 * len(times), TRIM_FROM)
+
+
+class AmountWindow:
+    """The sum of amounts (tokens) pushed in the sliding window ``(now - per_seconds, now]``.
+
+    The entries are lists read from ``_head`` on: a deque takes 600 bytes for its first entry.
+    """
+
+    __slots__ = ("_amounts", "_head", "_times", "per_seconds", "total")
+
+    def __init__(self, per_seconds: float) -> None:
+        self.per_seconds = per_seconds
+        self._times: list[float] = []
+        self._amounts: list[int] = []
         self._head = 0  # the entries before it have left the window
         self.total = 0
 
-    def push(self, now: float, amount: int = 1) -> None:
+    def push(self, now: float, amount: int) -> None:
         # Expire as we go: a window is not observed at every push, and must stay bounded.
         times = self._times
-        head = self._head
-        if head < len(times) and times[head] <= now - self.per_seconds:
+        if self._head < len(times) and times[self._head] <= now - self.per_seconds:
             self.observe(now)
         times.append(now)
-        amounts = self._amounts
-        if amounts is not None:
-            amounts.append(amount)
-            self.total += amount
-        elif len(times) - self._head > self._capacity:  # type: ignore[operator]
-            self._head += 1  # a count past the capacity needs no older time
-            self._compact()
+        self._amounts.append(amount)
+        self.total += amount
 
     def observe(self, now: float) -> int:
-        """The sum of events (or amounts) still inside the window at ``now``."""
+        """The sum of the amounts still inside the window at ``now``."""
         times, amounts, head = self._times, self._amounts, self._head
         horizon = now - self.per_seconds
         end = len(times)
         while head < end and times[head] <= horizon:
-            if amounts is not None:
-                self.total -= amounts[head]
+            self.total -= amounts[head]
             head += 1
         if head != self._head:
             self._head = head
-            self._compact()
-        return end - head if amounts is None else self.total
-
-    def _compact(self) -> None:
-        head = self._head
-        if head >= COMPACT_AT and head * 2 >= len(self._times):
-            del self._times[:head]
-            if self._amounts is not None:
-                del self._amounts[:head]
-            self._head = 0
+            if head >= TRIM_FROM and head * 2 >= end:
+                del times[:head]
+                del amounts[:head]
+                self._head = 0
+        return self.total
 
 
 @dataclass(frozen=True, slots=True)
