@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
-from typing import ClassVar, cast
+from typing import ClassVar, NamedTuple, cast
 
 from .state import (
     AmountWindow,
@@ -62,26 +62,31 @@ BEGINNINGS = Trigger.STEP | Trigger.NODE | Trigger.LLM | Trigger.TOOL
 
 
 # -- tracker specs: equal specs share one tracker in a run ---------------------------------
+#
+# Named tuples, not dataclasses: a limit looks its tracker up by its spec at every check, and
+# a tuple hashes in C where a dataclass calls a Python ``__hash__``. Each ends with a tag of
+# its kind, as tuples of equal fields are equal whatever their class.
 
 
-@dataclass(frozen=True, slots=True)
-class NodeRepeatSpec:
+class NodeRepeatSpec(NamedTuple):
     window: int
+    tag: str = "node repeats"
 
     def create(self) -> RepeatWindow:
         return RepeatWindow(self.window)
 
 
-@dataclass(frozen=True, slots=True)
-class ToolRepeatSpec:
+class ToolRepeatSpec(NamedTuple):
     window: int
+    tag: str = "tool repeats"
 
     def create(self) -> RepeatWindow:
         return RepeatWindow(self.window)
 
 
-@dataclass(frozen=True, slots=True)
-class CycleSpec:
+class CycleSpec(NamedTuple):
+    tag: str = "cycles"
+
     def create(self) -> CycleTracker:
         return CycleTracker()
 
@@ -89,11 +94,11 @@ class CycleSpec:
 CYCLES = CycleSpec()
 
 
-@dataclass(frozen=True, slots=True)
-class EventWindowSpec:
+class EventWindowSpec(NamedTuple):
     of: str
     per_seconds: float
     capacity: int | None  # None: sum amounts (tokens) instead of counting events
+    tag: str = "events"
 
     def create(self) -> EventWindow | AmountWindow:
         if self.capacity is None:
@@ -101,9 +106,9 @@ class EventWindowSpec:
         return EventWindow(self.per_seconds, self.capacity)
 
 
-@dataclass(frozen=True, slots=True)
-class CostSpec:
-    prices: tuple[tuple[str, Price], ...]  # a tuple so the spec can be hashed
+class CostSpec(NamedTuple):
+    prices: tuple[tuple[str, Price], ...]
+    tag: str = "cost"
 
     def create(self) -> CostMeter:
         return CostMeter(dict(self.prices))
