@@ -475,7 +475,7 @@ class RunMonitor:
         state.node_runs += 1
         state.open_nodes[key] = (name, now)
         if self._node_windows:
-            entry = (name, fingerprint)
+            entry = hash((name, fingerprint))  # an int held in the window: no pair kept alive
             for repeats in self._node_windows:
                 repeats.push(entry)
         if self._cycles is not None:
@@ -531,7 +531,7 @@ class RunMonitor:
         state.tool_calls += 1
         state.tool = name
         if self._tool_windows:
-            entry = (name, arguments)
+            entry = hash((name, arguments))
             for repeats in self._tool_windows:
                 repeats.push(entry)
         for window in self._tool_rates:
