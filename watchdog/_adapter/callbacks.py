@@ -31,6 +31,7 @@ from .run import Run, Stop
 __all__ = ["ChainHandler", "WatchdogHandler", "current_run", "running"]
 
 HANDLERS = frozenset({"WatchdogHandler", "ChainHandler"})
+NO_MODELS: dict[UUID, str] = {}  # every handler's until its first LLM call: never written
 
 
 class _QuietStops(logging.Filter):
@@ -98,7 +99,9 @@ class WatchdogHandler(BaseCallbackHandler):
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self._models: dict[UUID, str] = {}
+        # The model of each LLM call under way, made at the first (under the run's lock): a
+        # run that calls none holds no dict of its own.
+        self._models = NO_MODELS
 
     # -- LLM calls -----------------------------------------------------------------------
 
@@ -133,8 +136,10 @@ class WatchdogHandler(BaseCallbackHandler):
         if run.stopping:
             raise Stop
         model = (metadata or {}).get("ls_model_name") or (serialized or {}).get("name") or "?"
-        self._models[run_id] = model
         with run.lock:
+            if self._models is NO_MODELS:
+                self._models = {}
+            self._models[run_id] = model
             found = run.monitor.llm_started(model)
             if found and run.report(found):
                 raise Stop
