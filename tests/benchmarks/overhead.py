@@ -13,6 +13,7 @@ instead, every variant of a graph timed interleaved in this process (CPU time).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import statistics
 import uuid
@@ -28,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.graphs import scripted, search, tool_call
 from watchdog import Supervisor, load_policy_text
+from watchdog._adapter.callbacks import running
 from watchdog._adapter.probe import probed_nodes
 
 from .common import ALL_KINDS, Row, interleaved, ratio_row, trivial
@@ -53,6 +55,41 @@ def floor(graph: Pregel[Any, Any, Any, Any]) -> Any:
     nodes = probed_nodes(graph, reports_itself=lambda subgraph: False)
     assert nodes is not None
     return graph.copy({"nodes": nodes})
+
+
+class _Counting(BaseCallbackHandler):
+    """A run's handler, as LangChain's configure hook adds it, whose run only counts the
+    nodes its probes tell it of."""
+
+    run_inline = True
+    ignore_chain = ignore_llm = ignore_agent = ignore_retriever = True
+    ignore_retry = ignore_custom_event = ignore_chat_model = True
+
+    def __init__(self) -> None:
+        self.run = self
+        self.nodes = 0
+
+    def node_starting(self, name: str, metadata: Any, inputs: Any) -> str:
+        self.nodes += 1
+        return name
+
+    def node_ended(self, key: str) -> None:
+        pass
+
+
+class CountingFloor:
+    """The floor, its probes finding a run that only counts: a handler where the watchdog's
+    is, and one call each way a node. What any work of the watchdog's a node starts from."""
+
+    checkpointer = None
+
+    def __init__(self, graph: Pregel[Any, Any, Any, Any]) -> None:
+        self.graph = floor(graph)
+
+    def invoke(self, input: Any, config: dict[str, Any]) -> Any:
+        context = contextvars.copy_context()
+        context.run(running.set, _Counting())  # type: ignore[arg-type]
+        return context.run(self.graph.invoke, input, config)
 
 
 class _Guard:
@@ -127,6 +164,8 @@ def per_step(
         "floor": (floor(graph), None),
         "watchdog": (watchdog.attach(graph, name="bench"), None),
     }
+    if not checkpointer and not is_async:
+        targets["counting"] = (CountingFloor(graph), None)
     if not checkpointer:  # the alternatives, once a mode
         targets["step_timeout"] = (graph.copy({"step_timeout": 3600.0}), None)
         # The guard each mode's users reach for first, and LangChain runs the slow way:
@@ -150,6 +189,12 @@ def per_step(
     yield ratio_row(
         "  the watchdog / the floor", over(times["watchdog"], times["floor"]), "<= 1.01x"
     )
+    if "counting" in times:
+        yield ratio_row(
+            "  the floor, probes calling a run that only counts nodes",
+            over(times["counting"], bare),
+            "",
+        )
     if "guard" in times:
         yield ratio_row(
             "  LangGraph's own step_timeout, for comparison", over(times["step_timeout"], bare), ""
