@@ -2,11 +2,13 @@
 instead, every variant of a graph timed interleaved in this process (CPU time).
 
 - Per step: the trivial graph bare, as its floor (the same copy with probes in its nodes that
-  find no run, and no callback handler: what a probe design cannot go under), supervised
-  with all five kinds, and beside them LangGraph's own ``step_timeout`` and a hand-written
-  callback guard.
+  find no run, and no callback handler: what a probe design cannot go under), the floor
+  with probes calling a run that only counts (what any per-node work starts from),
+  supervised with all five kinds, and beside them LangGraph's own ``step_timeout`` and a
+  hand-written callback guard.
 - Per kind: the loop kind alone, over a supervisor with no policies.
-- Per run: a one-step graph, where the fixed cost of starting and ending a run is all there is.
+- Per run: a one-step graph, where the fixed cost of starting and ending a run is all there is,
+  and the same with its events dropped before structlog renders them.
 - A ReAct agent (``create_agent``), supervised and with LangChain's call-limit middleware.
 """
 
@@ -20,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import structlog
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelCallLimitMiddleware, ToolCallLimitMiddleware
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
@@ -240,11 +243,13 @@ def per_run(repeats: int, all_kinds: Supervisor, none: Supervisor) -> Iterator[R
 
         return call
 
+    supervised = all_kinds.attach(graph, name="bench")
     times = interleaved(
         {
             "bare": many(graph),
             "none": many(none.attach(graph, name="bench")),
-            "watchdog": many(all_kinds.attach(graph, name="bench")),
+            "watchdog": many(supervised),
+            "unrendered": _events_dropped(many(supervised)),
         },
         repeats,
     )
@@ -254,6 +259,31 @@ def per_run(repeats: int, all_kinds: Supervisor, none: Supervisor) -> Iterator[R
     )
     yield ratio_row("  the same run, supervised / bare", over(times["watchdog"], bare), "")
     yield per_unit_row("  with no policies", times["none"], bare, runs, "a run")
+    yield per_unit_row(
+        "  all five kinds, events dropped before structlog renders them",
+        times["unrendered"],
+        bare,
+        runs,
+        "a run",
+    )
+
+
+def _drop(logger: Any, method: str, event: Any) -> Any:
+    raise structlog.DropEvent
+
+
+def _events_dropped(call: Callable[[], None]) -> Callable[[], None]:
+    """``call`` with structlog dropping every event first: what rendering them costs."""
+
+    def quietly() -> None:
+        rendering = structlog.get_config()
+        structlog.configure(processors=[_drop])
+        try:
+            call()
+        finally:
+            structlog.configure(**rendering)
+
+    return quietly
 
 
 def react(repeats: int, watchdog: Supervisor) -> Iterator[Row]:
