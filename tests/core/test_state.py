@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watchdog._core.state import TRIM_FROM, AmountWindow, CycleTracker, EventWindow, RepeatWindow
+from watchdog._core.state import AmountWindow, CycleTracker, EventWindow, RepeatWindow
 
 
 @given(st.integers(1, 8), st.lists(st.integers(0, 3), max_size=200))
@@ -60,8 +60,8 @@ def test_a_counting_window_counts_the_events_of_the_last_period(
         window.push(now)
         inside = sum(1 for t in times[:pushed] if t > now - 5.0)
         assert window.observe(now) == min(inside, capacity)  # capacity: the most it keeps
-        # Dropped entries do not pile up: trimmed once doubled, never past twice the capacity.
-        assert len(window._times) < window._trim_at <= max(2 * capacity, TRIM_FROM)
+        # Dropped entries do not pile up: trimmed once doubled, never twice the capacity.
+        assert len(window._times) < window._trim_at <= 2 * capacity
 
 
 @given(events)

@@ -137,7 +137,7 @@ class CycleTracker:
 
 # Expired entries at the head of an amount window's lists are dropped in one go once there
 # are this many, and they are half the list: amortized O(1) a push, and a list never twice
-# its window. An event window is trimmed once it holds this many times, at the least.
+# its window. An event window is trimmed once it holds this many times, or twice its capacity.
 TRIM_FROM = 32
 
 
@@ -149,7 +149,8 @@ class EventWindow:
     (a check waits until enough events have passed to reach its limit), and reading it is a
     binary search. The times that left the window, or that ``capacity`` newer ones made
     needless, are dropped in one go once the list has doubled since it was last trimmed:
-    amortized O(1) a push, and never more than twice the times a check could need.
+    amortized O(1) a push, and never more than twice the times a check could need (nor than
+    ``TRIM_FROM``, for a window whose times all left it).
     """
 
     __slots__ = ("_capacity", "_times", "_trim_at", "per_seconds")
@@ -158,7 +159,7 @@ class EventWindow:
         self.per_seconds = per_seconds
         self._capacity = capacity
         self._times: list[float] = []
-        self._trim_at = TRIM_FROM
+        self._trim_at = min(TRIM_FROM, 2 * capacity)
 
     def push(self, now: float) -> None:
         times = self._times
@@ -175,7 +176,9 @@ class EventWindow:
         times = self._times
         needless = max(bisect_right(times, now - self.per_seconds), len(times) - self._capacity)
         del times[:needless]
-        self._trim_at = max(2 * len(times), TRIM_FROM)
+        # Never before twice what is kept, nor twice the capacity: a trim drops at least as
+        # many times as it keeps, and a small window stays small.
+        self._trim_at = max(2 * len(times), min(TRIM_FROM, 2 * self._capacity))
 
 
 class AmountWindow:
