@@ -59,12 +59,13 @@ class _Bound:
     limit: Limit
     policy: Policy
     threshold: float  # observed values below this need no further look
+    rise: float | None  # the limit's max_rise, read once
 
     @classmethod
     def of(cls, limit: Limit, policy: Policy) -> _Bound:
         warn_at = policy.warn_at
         threshold = limit.limit * warn_at if warn_at is not None else limit.limit
-        return cls(limit, policy, threshold)
+        return cls(limit, policy, threshold, limit.max_rise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +87,7 @@ class _Split:
     def of(cls, bound: list[_Bound], trigger: Trigger) -> _Split:
         mine = [b for b in bound if b.limit.triggers & trigger]
         timed = tuple(b for b in mine if isinstance(b.limit, TimeLimit))
-        counted = tuple(
-            b for b in mine if b.limit.max_rise is not None and b.limit.triggers == trigger
-        )
+        counted = tuple(b for b in mine if b.rise is not None and b.limit.triggers == trigger)
         every = tuple(b for b in mine if b not in timed and b not in counted)
         stateless = None if counted else _Checks(every, (), timed)
         return cls(every, counted, timed, stateless)
@@ -391,7 +390,7 @@ class RunMonitor:
         for b in checks.counted:
             observed = b.limit.observe(state)
             if observed < b.threshold:
-                rise: float = b.limit.max_rise  # type: ignore[assignment]
+                rise: float = b.rise  # type: ignore[assignment]
                 quiet = min(quiet, math.ceil((b.threshold - observed) / rise) - 1)
                 continue
             quiet = 0
