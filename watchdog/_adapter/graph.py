@@ -114,16 +114,18 @@ def _joins(handler: WatchdogHandler | None) -> bool:
 
 
 class _Supervising:
-    """Turn how the graph call ended into the run's outcome, and what the caller sees.
+    """How a supervised call ends: a cancelled run goes to its cleanup node (if its policy
+    names one), how the call ended becomes the run's outcome and what the caller sees, and
+    an async call waits for the run's cleanup hooks.
 
     A class, not a generator: each live run holds one, and a generator's frame is ten times
     the size.
     """
 
-    __slots__ = ("run",)
+    __slots__ = ("config", "graph", "run")
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
+    def __init__(self, graph: SupervisedGraph, run: Run, config: RunnableConfig | None) -> None:
+        self.graph, self.run, self.config = graph, run, config
 
     def __enter__(self) -> None:
         return None
@@ -131,6 +133,35 @@ class _Supervising:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any
     ) -> None:
+        if error is None:
+            self._end(None)
+            return
+        try:
+            self.graph._cleanup(self.run, self.config)
+        except BaseException as escaped:  # the cleanup itself interrupted
+            self._end(escaped)
+            raise
+        self._end(error)
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any
+    ) -> None:
+        try:
+            if error is not None:
+                try:
+                    await self.graph._acleanup(self.run, self.config)
+                except BaseException as escaped:  # the cleanup itself cancelled
+                    self._end(escaped)
+                    raise
+            self._end(error)
+        finally:
+            await self.run.settle_cleanups()
+
+    def _end(self, error: BaseException | None) -> None:
+        """End the run; raises what the caller must see instead of ``error``, if anything."""
         outcome = self.run.end(error)
         if outcome is error:
             return  # the error goes on as it was; None for None: the call just completed
@@ -188,38 +219,25 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         if _joins(running.get()):
             return super().invoke(input, config, **kwargs)
         run, handler, config = self._start(config, kwargs)
-        with _Supervising(run):
-            try:
-                with self._thread_totals(run):
-                    context = contextvars.copy_context()
-                    context.run(running.set, handler)
-                    kwargs[WHOLE] = True
-                    call: Callable[..., Any] = super().invoke
-                    return context.run(call, input, config, **kwargs)
-            except BaseException:
-                self._cleanup(run, config)
-                raise
+        with _Supervising(self, run, config), self._thread_totals(run):
+            context = contextvars.copy_context()
+            context.run(running.set, handler)
+            kwargs[WHOLE] = True
+            call: Callable[..., Any] = super().invoke
+            return context.run(call, input, config, **kwargs)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         if _joins(running.get()):
             return await super().ainvoke(input, config, **kwargs)
         run, handler, config = self._start(config, kwargs)
         run.bind_task()
-        try:
-            with _Supervising(run):
-                try:
-                    async with self._athread_totals(run):
-                        token = running.set(handler)
-                        kwargs[WHOLE] = True
-                        try:
-                            return await super().ainvoke(input, config, **kwargs)
-                        finally:
-                            running.reset(token)
-                except BaseException:
-                    await self._acleanup(run, config)
-                    raise
-        finally:
-            await run.settle_cleanups()
+        async with _Supervising(self, run, config), self._athread_totals(run):
+            token = running.set(handler)
+            kwargs[WHOLE] = True
+            try:
+                return await super().ainvoke(input, config, **kwargs)
+            finally:
+                running.reset(token)
 
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -244,54 +262,41 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         # The graph's code runs in a context of its own, the run set in it once.
         context = contextvars.copy_context()
         context.run(running.set, handler)
-        with _Supervising(run):
+        with _Supervising(self, run, config), self._thread_totals(run):
+            chunks = cast(Generator[Any], super().stream(input, config, **kwargs))
             try:
-                with self._thread_totals(run):
-                    chunks = cast(Generator[Any], super().stream(input, config, **kwargs))
-                    try:
-                        # Each chunk read in that context, with no frame of ours in between:
-                        # the map ends where the chunks do.
-                        yield from map(context.run, repeat(next), repeat(chunks))
-                    finally:
-                        context.run(chunks.close)
-            except BaseException:
-                self._cleanup(run, config)
-                raise
+                # Each chunk read in that context, with no frame of ours in between: the map
+                # ends where the chunks do.
+                yield from map(context.run, repeat(next), repeat(chunks))
+            finally:
+                context.run(chunks.close)
 
     async def _astream(
         self, input: Any, config: RunnableConfig | None, kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         run, handler, config = self._start(config, kwargs)
         run.bind_task()
-        try:
-            with _Supervising(run):
+        async with _Supervising(self, run, config), self._athread_totals(run):
+            chunks = cast(AsyncGenerator[Any], super().astream(input, config, **kwargs))
+            try:
+                while True:
+                    # A server may read each chunk in a task of its own (the Agent Server
+                    # does): the one to hard-cancel is this one.
+                    run.task = asyncio.current_task()
+                    token = running.set(handler)
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        running.reset(token)
+                    yield chunk
+            finally:
+                token = running.set(handler)
                 try:
-                    async with self._athread_totals(run):
-                        chunks = cast(AsyncGenerator[Any], super().astream(input, config, **kwargs))
-                        try:
-                            while True:
-                                # A server may read each chunk in a task of its own (the
-                                # Agent Server does): the one to hard-cancel is this one.
-                                run.task = asyncio.current_task()
-                                token = running.set(handler)
-                                try:
-                                    chunk = await anext(chunks)
-                                except StopAsyncIteration:
-                                    break
-                                finally:
-                                    running.reset(token)
-                                yield chunk
-                        finally:
-                            token = running.set(handler)
-                            try:
-                                await chunks.aclose()
-                            finally:
-                                running.reset(token)
-                except BaseException:
-                    await self._acleanup(run, config)
-                    raise
-        finally:
-            await run.settle_cleanups()
+                    await chunks.aclose()
+                finally:
+                    running.reset(token)
 
     def _start(
         self, config: RunnableConfig | None, kwargs: dict[str, Any]
