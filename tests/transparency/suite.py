@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -58,6 +59,10 @@ REQUIRED_MODULES = {
 # pytest's exit codes that mean the run itself broke (interrupted, internal error, usage
 # error, no tests collected), as opposed to 0 (all passed) and 1 (some failed).
 BROKEN_RUN_CODES = frozenset({2, 3, 4, 5})
+
+# A run that hangs as a whole is killed after --wall seconds and tried once more: LangGraph's
+# suite takes two or three minutes here, and CI gives the whole job 90.
+ATTEMPTS = 2
 
 EXIT_OK = 0
 EXIT_DIFFERENCES = 1
@@ -217,6 +222,7 @@ def run_tests(
     selection: list[str],
     workers: int,
     timeout: int,
+    wall: float,
 ) -> Outcomes:
     """Run LangGraph's tests in ``root`` (bare, or attached) and return their outcomes."""
     outcomes_file = cache / f"{mode}.outcomes.json"
@@ -243,6 +249,10 @@ def run_tests(
         "worksteal",
         "--timeout",
         str(timeout),
+        # On a timeout, dump every thread's stack and end the worker (xdist starts another):
+        # the signal method cannot break a test blocked outside Python code.
+        "--timeout-method",
+        "thread",
         "--continue-on-collection-errors",
         "--watchdog-outcomes",
         str(outcomes_file),
@@ -258,17 +268,23 @@ def run_tests(
     env["PYTHONPATH"] = os.pathsep.join(
         [str(HERE), str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
-    print(f"{mode}: running LangGraph's tests with -n {workers} (log: {log})", flush=True)
-    started = time.monotonic()
-    with log.open("w", encoding="utf-8") as output:
-        result = subprocess.run(
-            command, cwd=root, env=env, stdout=output, stderr=subprocess.STDOUT, check=False
-        )
+    for attempt in range(1, ATTEMPTS + 1):
+        print(f"{mode}: running LangGraph's tests with -n {workers} (log: {log})", flush=True)
+        started = time.monotonic()
+        try:
+            returncode = run_bounded(command, cwd=root, env=env, log=log, wall=wall)
+            break
+        except RunHungError as error:
+            print(f"{mode}: {error}; the log ends with:", flush=True)
+            print(tail(log), flush=True)
+            if attempt == ATTEMPTS:
+                raise SuiteError(f"{mode}: {error} in each of {ATTEMPTS} attempts") from None
     seconds = time.monotonic() - started
     summary = last_line(log)
     print(f"{mode}: {summary} [{seconds:.0f} s wall]", flush=True)
-    if result.returncode in BROKEN_RUN_CODES or not outcomes_file.is_file():
-        raise SuiteError(f"{mode}: pytest exited with status {result.returncode}; see {log}")
+    if returncode in BROKEN_RUN_CODES or not outcomes_file.is_file():
+        print(tail(log), flush=True)
+        raise SuiteError(f"{mode}: pytest exited with status {returncode}; see {log}")
     recorded = json.loads(outcomes_file.read_text(encoding="utf-8"))
     outcomes = Outcomes(
         langgraph=langgraph_version(),
@@ -281,6 +297,43 @@ def run_tests(
     outcomes.save(cache / f"{mode}.json")
     outcomes_file.unlink()
     return outcomes
+
+
+class RunHungError(Exception):
+    """A run of LangGraph's tests went past its wall-clock bound and was killed."""
+
+
+def run_bounded(
+    command: list[str], *, cwd: Path, env: dict[str, str], log: Path, wall: float
+) -> int:
+    """Run ``command`` with its output in ``log``; kill it and all it started after ``wall``
+    seconds.
+
+    pytest-timeout bounds each test, but not a worker that never exits after its last test
+    (a thread a test left behind) or an xdist scheduler that stops handing out work: either
+    would hold the whole run until CI's own limit, with nothing in its output to say why.
+    """
+    with log.open("w", encoding="utf-8") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the xdist workers die with it
+        )
+        try:
+            return process.wait(timeout=wall)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            msg = f"still running after {wall:g} s, killed"
+            raise RunHungError(msg) from None
+
+
+def tail(log: Path, lines: int = 40) -> str:
+    text = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    return "\n".join(text[-lines:])
 
 
 def addopts(root: Path) -> list[str]:
@@ -487,7 +540,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("-k", dest="keyword", metavar="EXPR", help="pytest's -k, both runs")
     parser.add_argument("-n", "--workers", type=int, default=2, help="pytest-xdist workers")
     parser.add_argument(
-        "--timeout", type=int, default=300, help="seconds one test may take (pytest-timeout)"
+        "--timeout", type=int, default=120, help="seconds one test may take (pytest-timeout)"
+    )
+    parser.add_argument(
+        "--wall",
+        type=float,
+        default=900,
+        help="seconds a whole run may take before it is killed and tried once more",
     )
     parser.add_argument(
         "--cache-dir",
@@ -533,6 +592,7 @@ def run(options: argparse.Namespace) -> int:
             selection=selection,
             workers=options.workers,
             timeout=options.timeout,
+            wall=options.wall,
         )
 
     if options.attached_only:

@@ -7,6 +7,8 @@ the parts that decide its verdict, in milliseconds.
 from __future__ import annotations
 
 import io
+import os
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,14 @@ import pytest
 
 from tests.transparency.suite import (
     Outcomes,
+    RunHungError,
     SuiteError,
     addopts,
     cause_key,
     compare,
     extract_tests,
     load_known_differences,
+    run_bounded,
 )
 from tests.transparency.watchdog_transparency import first_line, merge_note
 
@@ -144,3 +148,45 @@ def test_a_report_notes_failures_by_their_first_line_and_sums_watchdog_notes() -
     }
     assert first_line(("t.py", 3, "Skipped: needs Postgres")) == "Skipped: needs Postgres"
     assert first_line("\n  ValueError: bad\n  more\n") == "ValueError: bad"
+
+
+def test_a_run_that_outlives_its_bound_is_killed_with_what_it_started(tmp_path: Path) -> None:
+    # The run starts a child of its own (as pytest starts xdist workers), prints, and hangs.
+    child_pid = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(child_pid)!r}, 'w').write(str(child.pid))\n"
+        "print('worker started', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    log = tmp_path / "run.log"
+    # On a busy machine the run may be killed before it started its child: then again, longer.
+    for wall in (0.5, 2, 8, 32):
+        with pytest.raises(RunHungError, match=f"still running after {wall:g} s, killed"):
+            run_bounded(
+                [sys.executable, "-c", script],
+                cwd=tmp_path,
+                env=dict(os.environ),
+                log=log,
+                wall=wall,
+            )
+        if log.read_text():
+            break
+    assert log.read_text() == "worker started\n"
+    # The child is gone too (reaped by init, or a zombie of nobody's: not running either way).
+    pid = int(child_pid.read_text())
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")
+
+
+def test_a_run_within_its_bound_returns_its_status(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    status = run_bounded(
+        [sys.executable, "-c", "print('done'); raise SystemExit(1)"],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        log=log,
+        wall=60,
+    )
+    assert (status, log.read_text()) == (1, "done\n")
