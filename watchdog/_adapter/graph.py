@@ -177,9 +177,6 @@ class _Supervising:
             outcome = None
 
 
-# The keyword a supervised invoke or ainvoke passes the stream it reads: the run is started.
-WHOLE = "_watchdog_whole_call"
-
 # What a run with no thread totals to keep enters: one object, shared by every such run.
 _NO_TOTALS = contextlib.nullcontext()
 
@@ -222,9 +219,8 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         with _Supervising(self, run, config), self._thread_totals(run):
             context = contextvars.copy_context()
             context.run(running.set, handler)
-            kwargs[WHOLE] = True
             call: Callable[..., Any] = super().invoke
-            return context.run(call, input, config, **kwargs)
+            return context.run(call, input, config, control=run.control, **kwargs)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         if _joins(running.get()):
@@ -233,9 +229,8 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         run.bind_task()
         async with _Supervising(self, run, config), self._athread_totals(run):
             token = running.set(handler)
-            kwargs[WHOLE] = True
             try:
-                return await super().ainvoke(input, config, **kwargs)
+                return await super().ainvoke(input, config, control=run.control, **kwargs)
             finally:
                 running.reset(token)
 
@@ -244,14 +239,14 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
     ) -> Iterator[Any]:
         # A plain method, so that a call inside a run (an invoke's own, or a subgraph's that
         # joins it) gets LangGraph's generator itself.
-        if kwargs.pop(WHOLE, False) or _joins(running.get()):
+        if _joins(running.get()):
             return super().stream(input, config, **kwargs)
         return self._stream(input, config, kwargs)
 
     def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        if kwargs.pop(WHOLE, False) or _joins(running.get()):
+        if _joins(running.get()):
             return super().astream(input, config, **kwargs)
         return self._astream(input, config, kwargs)
 
@@ -263,7 +258,9 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         context = contextvars.copy_context()
         context.run(running.set, handler)
         with _Supervising(self, run, config), self._thread_totals(run):
-            chunks = cast(Generator[Any], super().stream(input, config, **kwargs))
+            chunks = cast(
+                Generator[Any], super().stream(input, config, control=run.control, **kwargs)
+            )
             try:
                 # Each chunk read in that context, with no frame of ours in between: the map
                 # ends where the chunks do.
@@ -277,7 +274,10 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         run, handler, config = self._start(config, kwargs)
         run.bind_task()
         async with _Supervising(self, run, config), self._athread_totals(run):
-            chunks = cast(AsyncGenerator[Any], super().astream(input, config, **kwargs))
+            chunks = cast(
+                AsyncGenerator[Any],
+                super().astream(input, config, control=run.control, **kwargs),
+            )
             try:
                 while True:
                     # A server may read each chunk in a task of its own (the Agent Server
@@ -304,8 +304,8 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         """Start a run; returns it, its callback handler and the config to run the graph
         with."""
         attachment = self._watchdog
-        control = kwargs.get("control") or RunControl()
-        kwargs["control"] = control
+        # Passed to LangGraph by name: a keyword dict that stays empty is the smallest.
+        control = kwargs.pop("control", None) or RunControl()
         run = attachment.supervisor.start_run(attachment.name, self._seen(config), control)
         run.caller_gone = caller_gone.get()
         if attachment.probed:
