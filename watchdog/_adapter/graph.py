@@ -19,7 +19,6 @@ in configs, checkpoints or streamed chunks, and the caller's context never keeps
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
@@ -114,25 +113,46 @@ def _joins(handler: WatchdogHandler | None) -> bool:
 
 
 class _Supervising:
-    """How a supervised call ends: a cancelled run goes to its cleanup node (if its policy
-    names one), how the call ended becomes the run's outcome and what the caller sees, and
-    an async call waits for the run's cleanup hooks.
+    """How a supervised call begins and ends: the thread totals a run keeps are loaded
+    before the call and saved after it; a cancelled run goes to its cleanup node (if its
+    policy names one); how the call ended becomes the run's outcome and what the caller
+    sees; an async call waits for the run's cleanup hooks.
 
-    A class, not a generator: each live run holds one, and a generator's frame is ten times
-    the size.
+    One class, not generators or nested context managers: each live run holds one, and a
+    generator's frame is ten times the size.
     """
 
-    __slots__ = ("config", "graph", "run")
+    __slots__ = ("config", "graph", "kept", "run")
 
     def __init__(self, graph: SupervisedGraph, run: Run, config: RunnableConfig | None) -> None:
         self.graph, self.run, self.config = graph, run, config
+        self.kept = graph._totals_kept(run)
 
     def __enter__(self) -> None:
-        return None
+        if self.kept is not None:
+            try:
+                ledgers = self._ledgers()
+                loaded = None if ledgers.has(*self.kept) else totals.load(*self.kept)
+                ledgers.join(*self.kept, loaded, self.run.monitor.state)
+            except BaseException as error:
+                self._exit(error)
+                raise
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any
     ) -> None:
+        if self.kept is not None:
+            try:
+                try:
+                    totals.save(*self.kept, totals.used_by(self.run.monitor.state))
+                finally:
+                    self._ledgers().leave(*self.kept, self.run.monitor.state)
+            except BaseException as failed:
+                self._exit(failed)
+                raise
+        self._exit(error)
+
+    def _exit(self, error: BaseException | None) -> None:
         if error is None:
             self._end(None)
             return
@@ -144,11 +164,30 @@ class _Supervising:
         self._end(error)
 
     async def __aenter__(self) -> None:
-        return None
+        if self.kept is not None:
+            try:
+                ledgers = self._ledgers()
+                loaded = None if ledgers.has(*self.kept) else await totals.aload(*self.kept)
+                ledgers.join(*self.kept, loaded, self.run.monitor.state)
+            except BaseException as error:
+                await self._aexit(error)
+                raise
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any
     ) -> None:
+        if self.kept is not None:
+            try:
+                try:
+                    await totals.asave(*self.kept, totals.used_by(self.run.monitor.state))
+                finally:
+                    self._ledgers().leave(*self.kept, self.run.monitor.state)
+            except BaseException as failed:
+                await self._aexit(failed)
+                raise
+        await self._aexit(error)
+
+    async def _aexit(self, error: BaseException | None) -> None:
         try:
             if error is not None:
                 try:
@@ -159,6 +198,10 @@ class _Supervising:
             self._end(error)
         finally:
             await self.run.settle_cleanups()
+
+    def _ledgers(self) -> totals.Ledgers:
+        """The thread totals of the runs live in this process, one ledger a thread."""
+        return self.graph._watchdog.supervisor.ledgers
 
     def _end(self, error: BaseException | None) -> None:
         """End the run; raises what the caller must see instead of ``error``, if anything."""
@@ -175,10 +218,6 @@ class _Supervising:
             # The exception's traceback holds this frame: no cycle, so the run it raised
             # for is freed as soon as the caller drops the exception.
             outcome = None
-
-
-# What a run with no thread totals to keep enters: one object, shared by every such run.
-_NO_TOTALS = contextlib.nullcontext()
 
 
 class SupervisedGraph(Pregel[Any, Any, Any, Any]):
@@ -216,7 +255,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         if _joins(running.get()):
             return super().invoke(input, config, **kwargs)
         run, handler, config = self._start(config, kwargs)
-        with _Supervising(self, run, config), self._thread_totals(run):
+        with _Supervising(self, run, config):
             context = contextvars.copy_context()
             context.run(running.set, handler)
             call: Callable[..., Any] = super().invoke
@@ -227,7 +266,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             return await super().ainvoke(input, config, **kwargs)
         run, handler, config = self._start(config, kwargs)
         run.bind_task()
-        async with _Supervising(self, run, config), self._athread_totals(run):
+        async with _Supervising(self, run, config):
             token = running.set(handler)
             try:
                 return await super().ainvoke(input, config, control=run.control, **kwargs)
@@ -257,7 +296,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         # The graph's code runs in a context of its own, the run set in it once.
         context = contextvars.copy_context()
         context.run(running.set, handler)
-        with _Supervising(self, run, config), self._thread_totals(run):
+        with _Supervising(self, run, config):
             chunks = cast(
                 Generator[Any], super().stream(input, config, control=run.control, **kwargs)
             )
@@ -273,7 +312,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
     ) -> AsyncIterator[Any]:
         run, handler, config = self._start(config, kwargs)
         run.bind_task()
-        async with _Supervising(self, run, config), self._athread_totals(run):
+        async with _Supervising(self, run, config):
             chunks = cast(
                 AsyncGenerator[Any],
                 super().astream(input, config, control=run.control, **kwargs),
@@ -336,42 +375,6 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         ):
             return None
         return saver, thread
-
-    def _thread_totals(self, run: Run) -> contextlib.AbstractContextManager[None]:
-        kept = self._totals_kept(run)
-        return _NO_TOTALS if kept is None else self._keeping_totals(run, *kept)
-
-    def _athread_totals(self, run: Run) -> contextlib.AbstractAsyncContextManager[None]:
-        kept = self._totals_kept(run)
-        return _NO_TOTALS if kept is None else self._akeeping_totals(run, *kept)
-
-    @contextlib.contextmanager
-    def _keeping_totals(self, run: Run, saver: totals.Saver, thread: str) -> Iterator[None]:
-        ledgers, state = self._watchdog.supervisor.ledgers, run.monitor.state
-        loaded = None if ledgers.has(saver, thread) else totals.load(saver, thread)
-        ledgers.join(saver, thread, loaded, state)
-        try:
-            yield
-        finally:
-            try:
-                totals.save(saver, thread, totals.used_by(state))
-            finally:
-                ledgers.leave(saver, thread, state)
-
-    @contextlib.asynccontextmanager
-    async def _akeeping_totals(
-        self, run: Run, saver: totals.Saver, thread: str
-    ) -> AsyncIterator[None]:
-        ledgers, state = self._watchdog.supervisor.ledgers, run.monitor.state
-        loaded = None if ledgers.has(saver, thread) else await totals.aload(saver, thread)
-        ledgers.join(saver, thread, loaded, state)
-        try:
-            yield
-        finally:
-            try:
-                await totals.asave(saver, thread, totals.used_by(state))
-            finally:
-                ledgers.leave(saver, thread, state)
 
     # -- the cleanup node: where a cancelled run goes to wrap up --------------------------
 
