@@ -150,7 +150,7 @@ class Run:
         self.task: asyncio.Task[Any] | None = None
         self.task_cancelled = False
         self.timer_due: float | None = None
-        self.timers: list[Timer] | None = None  # taken back when the run ends
+        self.timers: tuple[Timer, ...] | None = None  # taken back when the run ends
         self.cleanup_tasks: list[asyncio.Task[None]] | None = None  # hooks running for it
         self.node_threads: dict[Hashable, int] | None = None  # a sync run's open nodes -> thread
         # The reason to record when the caller goes away mid-run (see watchdog.starlette).
@@ -306,9 +306,10 @@ class Run:
     def _call_at(self, when: float, method: Callable[..., None], *args: Any) -> None:
         timer = self.host.scheduler.call_at(when, method, *args)
         with self.lock:
-            # Only the pending ones are kept: a long run reschedules many times.
-            self.timers = [t for t in self.timers if t.pending] if self.timers else []
-            self.timers.append(timer)
+            # Only the pending ones are kept: a long run reschedules many times. A tuple: most
+            # runs keep one timer, and a list made to grow takes twice its room.
+            kept = self.timers
+            self.timers = (*(t for t in kept if t.pending), timer) if kept else (timer,)
 
     def _hard_cancel_due(self) -> None:
         """The grace period is over (timer thread): cancel the run's task in its own loop,
