@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 
@@ -20,6 +20,7 @@ __all__ = [
     "FakeClock",
     "capture_cancellations",
     "capture_events",
+    "dangling_tool_calls",
     "make_run_state",
     "reset",
 ]
@@ -82,6 +83,9 @@ class FakeChatModel(FakeMessagesListChatModel):
     model_name: str = "fake-model"
     input_tokens: int = 100
     output_tokens: int = 20
+    # Like real providers (OpenAI and Anthropic answer 400), refuse a conversation in which
+    # a tool call has no tool message answering it right after its assistant message.
+    rejects_dangling_tool_calls: bool = False
 
     def bind_tools(self, tools: Any, **kwargs: Any) -> FakeChatModel:
         return self
@@ -93,6 +97,12 @@ class FakeChatModel(FakeMessagesListChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self.rejects_dangling_tool_calls and (dangling := dangling_tool_calls(messages)):
+            msg = (
+                "400 Bad Request: an assistant message with 'tool_calls' must be followed "
+                f"by tool messages responding to each 'tool_call_id'; missing: {dangling}"
+            )
+            raise ValueError(msg)
         scripted = super()._generate(messages, stop, run_manager, **kwargs).generations[0].message
         # A fresh copy each time: add_messages gives each message an id, in place.
         answer = scripted.model_copy(update={"id": None}, deep=True)
@@ -103,6 +113,22 @@ class FakeChatModel(FakeMessagesListChatModel):
                 total_tokens=self.input_tokens + self.output_tokens,
             )
         return ChatResult(generations=[ChatGeneration(message=answer)])
+
+
+def dangling_tool_calls(messages: Sequence[BaseMessage]) -> list[str]:
+    """The ids of the tool calls in ``messages`` that no tool message answers right after
+    their assistant message (the ones a provider refuses)."""
+    dangling: list[str] = []
+    for at, message in enumerate(messages):
+        if not isinstance(message, AIMessage) or not message.tool_calls:
+            continue
+        answered = set()
+        for later in messages[at + 1 :]:
+            if not isinstance(later, ToolMessage):
+                break
+            answered.add(later.tool_call_id)
+        dangling += [c["id"] for c in message.tool_calls if c["id"] and c["id"] not in answered]
+    return dangling
 
 
 @contextmanager

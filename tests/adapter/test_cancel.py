@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 import pytest
+from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, StateGraph
 from langgraph.runtime import Runtime
 from prometheus_client import CollectorRegistry
 
-from tests.graphs import Bodies, Counter, endless, hanging, one_node, policies
+from tests.graphs import Bodies, Counter, endless, hanging, one_node, policies, search
 from watchdog import RunCancelled, Supervisor
-from watchdog.testing import capture_cancellations
+from watchdog._adapter.run import Stop
+from watchdog.testing import FakeChatModel, capture_cancellations, capture_events
 
 
 def thread(name: str) -> dict[str, Any]:
@@ -302,3 +306,80 @@ def test_a_manual_cancel_of_a_hung_node_is_hard_with_no_timer_policy() -> None:
     finally:
         supervisor.close()
     assert (cancelled.kind, cancelled.reason, cancelled.phase) == ("manual", "operator", "hard")
+
+
+def test_work_an_orphaned_thread_starts_after_its_run_was_cancelled_is_refused_and_reported(
+    registry: CollectorRegistry,
+) -> None:
+    supervisor = Supervisor(
+        policies("- {name: steps, step_count: {max_steps: 1}}"), registry=registry
+    )
+    model = FakeChatModel(responses=[AIMessage("still here")])
+    go_on = threading.Event()
+    outcomes: list[str] = []
+
+    def keep_working() -> None:
+        go_on.wait(30)
+        calls: list[Callable[[], object]] = [
+            lambda: model.invoke("anyone?"),
+            lambda: search.invoke("more"),
+            lambda: model.invoke("still?"),
+        ]
+        for call in calls:
+            try:
+                call()
+                outcomes.append("ran")
+            except Stop:
+                outcomes.append("refused")
+
+    orphans: list[threading.Thread] = []
+
+    def spawn(state: Counter) -> Counter:
+        # A thread in the node's context (as LangChain's executors and asyncio.to_thread
+        # make them), left running when the node returns.
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(keep_working,))
+        orphans.append(thread)
+        thread.start()
+        return {"count": state["count"] + 1}
+
+    app = supervisor.attach(one_node(spawn, loop=True), name="spawner")
+    with capture_events() as events:
+        with pytest.raises(RunCancelled) as raised:
+            app.invoke({"count": 0})
+        go_on.set()  # the run is over and recorded cancelled
+        (orphan,) = orphans
+        orphan.join(timeout=30)
+    assert outcomes == ["refused", "refused", "refused"]
+    run = {"run_id": raised.value.run_id, "thread_id": None, "graph": "spawner"}
+    assert [e for e in events if e["event"] == "watchdog.activity_after_cancel"] == [
+        {"event": "watchdog.activity_after_cancel", **run, **activity}
+        for activity in (
+            {"activity": "llm_call", "activity_name": "fake-model"},
+            {"activity": "tool_call", "activity_name": "search"},
+            {"activity": "llm_call", "activity_name": "fake-model"},
+        )
+    ]
+    sample = registry.get_sample_value
+    labels = {"graph": "spawner"}
+    assert sample("watchdog_activity_after_cancel_total", {**labels, "activity": "llm_call"}) == 2
+    assert sample("watchdog_activity_after_cancel_total", {**labels, "activity": "tool_call"}) == 1
+
+
+def test_work_refused_while_a_run_drains_is_part_of_its_cancel_not_reported() -> None:
+    supervisor = Supervisor(policies("- {name: steps, step_count: {max_steps: 50}}"))
+    model = FakeChatModel(responses=[AIMessage("hi")])
+    refused: list[str] = []
+
+    def calls_after_the_cancel(state: Counter) -> Counter:
+        assert supervisor.cancel(supervisor.runs()[0].run_id, "stop")
+        try:
+            model.invoke("one more")
+        except Stop:
+            refused.append("llm_call")
+        return state
+
+    app = supervisor.attach(one_node(calls_after_the_cancel), name="draining")
+    with capture_events() as events, pytest.raises(RunCancelled):
+        app.invoke({"count": 0})
+    assert refused == ["llm_call"]
+    assert [e for e in events if e["event"] == "watchdog.activity_after_cancel"] == []

@@ -676,6 +676,20 @@ INVALID = [
         "expected a node name, got the string ''",
         id="cleanup-node-empty",
     ),
+    pytest.param(
+        dedent("""\
+            version: 1
+            policies:
+              - name: a
+                repair_thread: "no"
+                wall_time: {max_seconds: 1}
+            """),
+        4,
+        20,
+        "policies[0].repair_thread",
+        "expected true or false, got the string 'no'",
+        id="repair-thread-not-a-flag",
+    ),
     # loop, token_budget
     pytest.param(
         dedent("""\
@@ -1335,6 +1349,7 @@ def test_defaults_are_inherited_and_a_policy_overrides_them() -> None:
             grace_seconds: 0
             warn_at: null
             cleanup_node: tidy_up
+            repair_thread: false
             description: the strict one
             step_count: {max_steps: 20}
         """)
@@ -1356,6 +1371,7 @@ def test_defaults_are_inherited_and_a_policy_overrides_them() -> None:
             grace_seconds=0.0,
             warn_at=None,
             cleanup_node="tidy_up",
+            repair_thread=False,
             description="the strict one",
             file=FILE,
             line=9,

@@ -42,6 +42,7 @@ LABELS = {
     "watchdog_policy_files_valid": {()},
     "watchdog_internal_errors": {()},
     "watchdog_sidecar_events_dropped": {()},
+    "watchdog_activity_after_cancel": set(),  # no run here leaves work behind
 }
 
 
@@ -170,6 +171,7 @@ RUN_METRICS = {
     "watchdog_cancellations",
     "watchdog_violations",
     "watchdog_cancel_latency_seconds",
+    "watchdog_activity_after_cancel",
     "watchdog_internal_errors",
 }
 

@@ -133,9 +133,10 @@ class WatchdogHandler(BaseCallbackHandler):
         self, run_id: UUID, serialized: dict[str, Any] | None, metadata: dict[str, Any] | None
     ) -> None:
         run = self.run
-        if run.stopping:
-            raise Stop
         model = (metadata or {}).get("ls_model_name") or (serialized or {}).get("name") or "?"
+        if run.stopping:
+            run.refused("llm_call", model)
+            raise Stop
         with run.lock:
             if self._models is NO_MODELS:
                 self._models = {}
@@ -171,23 +172,29 @@ class WatchdogHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         run = self.run
-        if run.stopping:
-            raise Stop
         name = (serialized or {}).get("name") or kwargs.get("name") or "?"
+        if run.stopping:
+            run.refused("tool_call", name)
+            raise Stop
         with run.lock:
             found = run.monitor.tool_started(name, input_str)
             if found and run.report(found):
                 raise Stop
+            # A node may run its tools in a pool of its own (ToolNode does, for a sync
+            # graph): a hard cancel must reach the tool's thread, not only the node's.
+            run.entered_thread(run_id)
 
     @_guarded
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         with self.run.lock:
             self.run.monitor.tool_ended()
+            self.run.left_thread(run_id)
 
     @_guarded
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self.run.lock:
             self.run.monitor.tool_ended()
+            self.run.left_thread(run_id)
 
 
 class ChainHandler(WatchdogHandler):

@@ -39,6 +39,7 @@ from langgraph.types import Command
 from . import thread_totals as totals
 from .callbacks import ChainHandler, WatchdogHandler, running
 from .probe import probed_nodes
+from .repair import messages_channel, repair
 from .run import Run
 
 __all__ = ["Attachment", "RunStarter", "SupervisedGraph", "caller_gone", "supervise"]
@@ -62,6 +63,7 @@ class Attachment:
     supervisor: RunStarter
     name: str
     probed: bool  # its nodes report themselves; else chain callbacks must tell of them
+    messages: str | None  # the channel add_messages reduces, if any: threads to repair
 
 
 def supervise(graph: Pregel[Any, Any, Any, Any], supervisor: RunStarter, name: str) -> Any:
@@ -70,7 +72,9 @@ def supervise(graph: Pregel[Any, Any, Any, Any], supervisor: RunStarter, name: s
     attrs = {k: v for k, v in graph.__dict__.items() if k != "__orig_class__"}
     if nodes is not None:
         attrs["nodes"] = nodes
-    attrs["_watchdog"] = Attachment(supervisor, name, probed=nodes is not None)
+    attrs["_watchdog"] = Attachment(
+        supervisor, name, probed=nodes is not None, messages=messages_channel(graph)
+    )
     return _supervised_class(type(graph))(**attrs)
 
 
@@ -112,11 +116,16 @@ def _joins(handler: WatchdogHandler | None) -> bool:
     return handler is not None and handler.run.status in ("running", "cancelling")
 
 
+# Seconds an async thread repair may take (a read and a write of one checkpoint).
+REPAIR_TIMEOUT = 10.0
+
+
 class _Supervising:
     """How a supervised call begins and ends: the thread totals a run keeps are loaded
     before the call and saved after it; a cancelled run goes to its cleanup node (if its
-    policy names one); how the call ended becomes the run's outcome and what the caller
-    sees; an async call waits for the run's cleanup hooks.
+    policy names one), then has its thread's unanswered tool calls answered; how the call
+    ended becomes the run's outcome and what the caller sees; an async call waits for the
+    run's cleanup hooks.
 
     One class, not generators or nested context managers: each live run holds one, and a
     generator's frame is ten times the size.
@@ -156,8 +165,10 @@ class _Supervising:
         if error is None:
             self._end(None)
             return
+        self.run.ending(error)
         try:
             self.graph._cleanup(self.run, self.config)
+            self.graph._repair(self.run, self.config)
         except BaseException as escaped:  # the cleanup itself interrupted
             self._end(escaped)
             raise
@@ -190,8 +201,10 @@ class _Supervising:
     async def _aexit(self, error: BaseException | None) -> None:
         try:
             if error is not None:
+                self.run.ending(error)
                 try:
                     await self.graph._acleanup(self.run, self.config)
+                    await self.graph._arepair(self.run, self.config)
                 except BaseException as escaped:  # the cleanup itself cancelled
                     self._end(escaped)
                     raise
@@ -416,6 +429,56 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             run.cleanup_finished(node, error)
         else:
             run.cleanup_finished(node, None)
+        finally:
+            running.reset(token)
+
+    # -- thread repair: a cancelled run leaves every tool call answered -------------------
+
+    def _repair_target(self, run: Run, config: RunnableConfig | None) -> RunnableConfig | None:
+        """The thread to repair after ``run``, if it needs looking at."""
+        if (
+            self._watchdog.messages is None
+            or not isinstance(self.checkpointer, BaseCheckpointSaver)
+            or run.repair_reason() is None
+        ):
+            return None
+        thread = _thread_config(self._seen(config))
+        return thread if thread["configurable"].get("thread_id") is not None else None
+
+    def _repair(self, run: Run, config: RunnableConfig | None) -> None:
+        thread = self._repair_target(run, config)
+        if thread is None:
+            return
+        channel, reason = cast(str, self._watchdog.messages), cast(str, run.repair_reason())
+        token = running.set(None)  # the repair is not part of the run
+        try:
+            found = repair(self.get_state(thread), channel, reason)
+            if found is not None:
+                self.update_state(thread, {channel: found.messages}, as_node=found.as_node)
+                run.thread_repaired(found)
+        except Exception as error:
+            run.thread_repair_failed(error)
+        finally:
+            running.reset(token)
+
+    async def _arepair(self, run: Run, config: RunnableConfig | None) -> None:
+        thread = self._repair_target(run, config)
+        if thread is None:
+            return
+        channel, reason = cast(str, self._watchdog.messages), cast(str, run.repair_reason())
+        token = running.set(None)
+        try:
+            # A read and a write of one checkpoint: bounded, in a task that was cancelled.
+            async with asyncio.timeout(REPAIR_TIMEOUT):
+                found = repair(await self.aget_state(thread), channel, reason)
+                if found is not None:
+                    await self.aupdate_state(
+                        thread, {channel: found.messages}, as_node=found.as_node
+                    )
+            if found is not None:
+                run.thread_repaired(found)
+        except Exception as error:
+            run.thread_repair_failed(error)
         finally:
             running.reset(token)
 

@@ -28,6 +28,7 @@ from .._core.runs import RunInfo, Status
 from .._core.scheduler import Scheduler, Timer
 from .._sinks import schema
 from .hooks import Hook, run_hook_sync, spawn
+from .repair import ThreadRepair
 
 __all__ = ["Cause", "Run", "RunHost", "Stop"]
 
@@ -79,10 +80,13 @@ class Cause:
     grace_seconds: float
     found_at: float  # on the supervisor's clock
     cleanup_node: str | None = None  # where the run goes to wrap up, if its policy says
+    repair_thread: bool = True  # answer the tool calls it leaves without a result
 
     @classmethod
     def of(cls, finding: Finding, policy: Policy, found_at: float) -> Cause:
-        return cls(finding, policy.grace_seconds, found_at, policy.cleanup_node)
+        return cls(
+            finding, policy.grace_seconds, found_at, policy.cleanup_node, policy.repair_thread
+        )
 
 
 class Run:
@@ -152,7 +156,7 @@ class Run:
         self.timer_due: float | None = None
         self.timers: tuple[Timer, ...] | None = None  # taken back when the run ends
         self.cleanup_tasks: list[asyncio.Task[None]] | None = None  # hooks running for it
-        self.node_threads: dict[Hashable, int] | None = None  # a sync run's open nodes -> thread
+        self.node_threads: dict[Hashable, int] | None = None  # a sync run's open work -> thread
         # The reason to record when the caller goes away mid-run (see watchdog.starlette).
         self.caller_gone: str | None = None
         # The current superstep of the graph, and of its subgraphs by namespace once one runs.
@@ -205,6 +209,7 @@ class Run:
         """
         if self.stopping:
             self.unwinding = True
+            self.refused("node", name)
             raise Stop
         try:
             # One key per task, subgraphs included. A task always has its metadata: a node
@@ -262,6 +267,27 @@ class Run:
                         self.node_threads.pop(key, None)
         except Exception as error:
             self.internal_error(error)
+
+    def refused(self, activity: str, name: str) -> None:
+        """A node, LLM call or tool call (``activity``) was about to start under this run
+        after it stopped, and is refused. After the run was recorded cancelled, that is
+        work its cancel did not reach: reported."""
+        if self.status == "cancelled":
+            self.host.record(
+                schema.ActivityAfterCancel(**self.fields, activity=activity, activity_name=name)
+            )
+
+    def entered_thread(self, key: Hashable) -> None:
+        """Work of a sync run (``key``) goes on in this thread until ``left_thread(key)``:
+        a hard cancel interrupts it. Under the lock."""
+        if self.loop is None:
+            if self.node_threads is None:
+                self.node_threads = {}
+            self.node_threads[key] = threading.get_ident()
+
+    def left_thread(self, key: Hashable) -> None:
+        if self.node_threads is not None:
+            self.node_threads.pop(key, None)
 
     # -- findings and the pipeline -------------------------------------------------------
 
@@ -397,6 +423,30 @@ class Run:
             error=None if error is None else f"{type(error).__name__}: {error}",
         )
 
+    # -- thread repair ---------------------------------------------------------------------
+
+    def repair_reason(self) -> str | None:
+        """Why the tool calls this run leaves without a result are answered as cancelled;
+        None when they are not (the run was not cancelled, or its policy says not to)."""
+        cause = self.cause
+        if self.status != "cancelling" or cause is None or not cause.repair_thread:
+            return None
+        return cause.finding.reason
+
+    def thread_repaired(self, repair: ThreadRepair) -> None:
+        self.host.emit(
+            "thread_repaired",
+            **self.fields,
+            node=repair.as_node,
+            cancelled_calls=repair.cancelled,
+            recovered_results=repair.recovered,
+        )
+
+    def thread_repair_failed(self, error: BaseException) -> None:
+        self.host.emit(
+            "thread_repair_failed", **self.fields, error=f"{type(error).__name__}: {error}"
+        )
+
     # -- timers --------------------------------------------------------------------------
 
     def schedule_timers(self) -> None:
@@ -418,8 +468,9 @@ class Run:
 
     # -- the end -------------------------------------------------------------------------
 
-    def end(self, error: BaseException | None) -> BaseException | None:
-        """Record how the run ended; returns the exception the caller should see, if any."""
+    def ending(self, error: BaseException) -> None:
+        """The call is ending with ``error``; a caller that stopped reading the stream, or a
+        task someone else cancelled, cancels the run (before its cleanup and repair)."""
         if isinstance(error, GeneratorExit):
             # The caller stopped reading the stream: the run is abandoned mid-way.
             self.cancel(self._manual(self.caller_gone or "The caller stopped reading the stream."))
@@ -431,6 +482,9 @@ class Run:
             and self.cancel(self._manual(self.caller_gone or _why_cancelled(error)))
         ):
             self.phase = "hard"
+
+    def end(self, error: BaseException | None) -> BaseException | None:
+        """Record how the run ended; returns the exception the caller should see, if any."""
         now = self.host.clock()
         with self.lock:
             outcome: Status = (

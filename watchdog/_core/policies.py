@@ -195,6 +195,7 @@ class Policy:
     warn_at: float | None = DEFAULT_WARN_AT
     cleanup_node: str | None = None
     supersede: bool = False  # a new run on a thread cancels the older one still running
+    repair_thread: bool = True  # a cancelled run's tool calls without a result get one
     description: str | None = None
     match: Match = field(default_factory=Match)
     file: str = ""  # where the policy was defined, for messages

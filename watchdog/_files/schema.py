@@ -28,7 +28,15 @@ SUPPORTED_VERSIONS = (1,)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 TOP_KEYS = ("version", "defaults", "policies")
 DEFAULT_KEYS = ("mode", "grace_seconds", "warn_at")
-POLICY_KEYS = ("name", "description", "match", "cleanup_node", "supersede", *DEFAULT_KEYS)
+POLICY_KEYS = (
+    "name",
+    "description",
+    "match",
+    "cleanup_node",
+    "supersede",
+    "repair_thread",
+    *DEFAULT_KEYS,
+)
 MATCH_KEYS = ("graph", "tags", "metadata")
 PRICE_KEYS = tuple(f.name for f in dataclasses.fields(Price))
 MODES: tuple[Mode, ...] = typing.get_args(Mode)
@@ -235,10 +243,9 @@ class PolicyFileReader(NodeReader):
             options["description"] = self.field(
                 self.text, fields["description"].value, f"{path}.description"
             )
-        if "supersede" in fields:
-            options["supersede"] = bool(
-                self.field(self.flag, fields["supersede"].value, f"{path}.supersede")
-            )
+        for flag in ("supersede", "repair_thread"):
+            if flag in fields:
+                options[flag] = bool(self.field(self.flag, fields[flag].value, f"{path}.{flag}"))
         kind = None
         if kinds:
             kind_name = kinds[0]

@@ -26,6 +26,8 @@ WARNING_EVENTS = frozenset(
         "sidecar_batch_refused",
         "sidecar_unauthorized",
         "sidecar_events_unsent",
+        "thread_repair_failed",
+        "activity_after_cancel",
     }
 )
 ERROR_EVENTS = frozenset(

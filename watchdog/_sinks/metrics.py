@@ -119,6 +119,14 @@ class Metrics:
             "sidecar refused their batch.",
             registry=registry,
         )
+        self.activity_after_cancel = Counter(
+            "watchdog_activity_after_cancel",
+            "Nodes, LLM calls and tool calls that started under a run already recorded "
+            "cancelled, by activity: each was refused; any at all is a cancel that did not "
+            "hold (an orphaned thread, a task the run spawned).",
+            ["graph", "activity"],
+            registry=registry,
+        )
         self.internal_errors = Counter(
             "watchdog_internal_errors",
             "Errors inside the watchdog itself; each was logged and the run went on.",
@@ -184,5 +192,7 @@ def record_metrics(metrics: Metrics, event: schema.Event, tally: Tally | None = 
                 tally.count(metrics.tokens, graph, "input", amount=event.input_tokens)
             if event.output_tokens:
                 tally.count(metrics.tokens, graph, "output", amount=event.output_tokens)
+        case schema.ActivityAfterCancel():
+            tally.count(metrics.activity_after_cancel, event.graph, event.activity)
         case schema.InternalError():
             tally.count(metrics.internal_errors)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from .events import NAMESPACE
 
 __all__ = [
+    "ActivityAfterCancel",
     "DrainRequested",
     "Event",
     "FindingEvent",
@@ -131,6 +132,17 @@ class RunFinished(RunEvent):
 
 
 @dataclass(slots=True, kw_only=True)
+class ActivityAfterCancel(RunEvent):
+    """A node, LLM call or tool call started under a run already recorded cancelled (an
+    orphaned thread, a task someone spawned): refused, and reported as a cancel that did
+    not hold."""
+
+    name = "activity_after_cancel"
+    activity: str  # node, llm_call or tool_call
+    activity_name: str  # the node's, model's or tool's name
+
+
+@dataclass(slots=True, kw_only=True)
 class InternalError(Event):
     """A bug of the watchdog's own, in a run (its fields are set) or outside any."""
 
@@ -201,6 +213,7 @@ _EVENTS: tuple[type[Event], ...] = (
     HardCancel,
     RunCancelled,
     RunFinished,
+    ActivityAfterCancel,
     InternalError,
 )
 
