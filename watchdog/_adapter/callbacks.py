@@ -137,6 +137,8 @@ class WatchdogHandler(BaseCallbackHandler):
         if run.stopping:
             run.refused("llm_call", model)
             raise Stop
+        if run.landing is not None and not run.spend_allowance("llm_call"):
+            raise Stop
         with run.lock:
             if self._models is NO_MODELS:
                 self._models = {}
@@ -176,6 +178,8 @@ class WatchdogHandler(BaseCallbackHandler):
         if run.stopping:
             run.refused("tool_call", name)
             raise Stop
+        if run.landing is not None and not run.spend_allowance("tool_call"):
+            raise Stop  # no tool runs once a run lands softly
         with run.lock:
             found = run.monitor.tool_started(name, input_str)
             if found and run.report(found):

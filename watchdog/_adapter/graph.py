@@ -19,6 +19,7 @@ in configs, checkpoints or streamed chunks, and the caller's context never keeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
@@ -28,19 +29,21 @@ from itertools import repeat
 from typing import Any, Protocol, cast
 
 from langchain_core.callbacks import BaseCallbackManager
+from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import ensure_config, merge_configs
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.errors import GraphDrained
 from langgraph.graph import END
 from langgraph.pregel import Pregel
 from langgraph.runtime import RunControl
-from langgraph.types import Command
+from langgraph.types import Command, StateSnapshot
 
 from . import thread_totals as totals
 from .callbacks import ChainHandler, WatchdogHandler, running
 from .probe import probed_nodes
 from .repair import messages_channel, repair
-from .run import Run
+from .run import Landing, Run, Stop
 
 __all__ = ["Attachment", "RunStarter", "SupervisedGraph", "caller_gone", "supervise"]
 
@@ -115,6 +118,9 @@ def _joins(handler: WatchdogHandler | None) -> bool:
     """Whether a call in this context joins a live run."""
     return handler is not None and handler.run.status in ("running", "cancelling")
 
+
+# How a run that begins to land softly stops: LangGraph's drain, or a node kept from starting.
+LANDING = (GraphDrained, Stop)
 
 # Seconds an async thread repair may take (a read and a write of one checkpoint).
 REPAIR_TIMEOUT = 10.0
@@ -272,7 +278,17 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             context = contextvars.copy_context()
             context.run(running.set, handler)
             call: Callable[..., Any] = super().invoke
-            return context.run(call, input, config, control=run.control, **kwargs)
+            try:
+                result = context.run(call, input, config, control=run.control, **kwargs)
+            except LANDING:
+                if run.lands() is None:
+                    raise
+                result = None  # the run drained, or a node stopped, to land: resumed below
+            landing = context.run(self._landing, run, config)
+            if landing is not None:  # drained at a wrap_up limit: resumed to answer
+                thread, resume = landing
+                result = context.run(call, resume, thread, control=run.resume_landing(), **kwargs)
+            return result
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         if _joins(running.get()):
@@ -282,7 +298,18 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         async with _Supervising(self, run, config):
             token = running.set(handler)
             try:
-                return await super().ainvoke(input, config, control=run.control, **kwargs)
+                try:
+                    result = await super().ainvoke(input, config, control=run.control, **kwargs)
+                except LANDING:
+                    if run.lands() is None:
+                        raise
+                    result = None
+                landing = await self._alanding(run, config)
+                if landing is not None:
+                    thread, resume = landing
+                    control = run.resume_landing()
+                    result = await super().ainvoke(resume, thread, control=control, **kwargs)
+                return result
             finally:
                 running.reset(token)
 
@@ -317,8 +344,22 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
                 # Each chunk read in that context, with no frame of ours in between: the map
                 # ends where the chunks do.
                 yield from map(context.run, repeat(next), repeat(chunks))
+            except LANDING:
+                if run.lands() is None:
+                    raise
             finally:
                 context.run(chunks.close)
+            landing = context.run(self._landing, run, config)
+            if landing is not None:
+                thread, resume = landing
+                control = run.resume_landing()
+                chunks = cast(
+                    Generator[Any], super().stream(resume, thread, control=control, **kwargs)
+                )
+                try:
+                    yield from map(context.run, repeat(next), repeat(chunks))
+                finally:
+                    context.run(chunks.close)
 
     async def _astream(
         self, input: Any, config: RunnableConfig | None, kwargs: dict[str, Any]
@@ -330,25 +371,26 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
                 AsyncGenerator[Any],
                 super().astream(input, config, control=run.control, **kwargs),
             )
+            # Closed here, not whenever the collector gets to it: LangGraph's stream ends
+            # before the run does.
             try:
-                while True:
-                    # A server may read each chunk in a task of its own (the Agent Server
-                    # does): the one to hard-cancel is this one.
-                    run.task = asyncio.current_task()
-                    token = running.set(handler)
-                    try:
-                        chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                    finally:
-                        running.reset(token)
-                    yield chunk
-            finally:
-                token = running.set(handler)
-                try:
-                    await chunks.aclose()
-                finally:
-                    running.reset(token)
+                async with contextlib.aclosing(_read(chunks, run, handler)) as reading:
+                    async for chunk in reading:
+                        yield chunk
+            except LANDING:
+                if run.lands() is None:
+                    raise
+            landing = await self._alanding(run, config)
+            if landing is not None:
+                thread, resume = landing
+                control = run.resume_landing()
+                chunks = cast(
+                    AsyncGenerator[Any],
+                    super().astream(resume, thread, control=control, **kwargs),
+                )
+                async with contextlib.aclosing(_read(chunks, run, handler)) as reading:
+                    async for chunk in reading:
+                        yield chunk
 
     def _start(
         self, config: RunnableConfig | None, kwargs: dict[str, Any]
@@ -432,6 +474,55 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         finally:
             running.reset(token)
 
+    # -- a soft landing: a run drained at a wrap_up limit is resumed to answer ---------------
+
+    def _landing(
+        self, run: Run, config: RunnableConfig | None
+    ) -> tuple[RunnableConfig, Any] | None:
+        """The thread and input to resume a run that drained to land softly, its thread
+        made ready; None when there is nothing to resume (no landing, or the run ended in
+        the step it drained after: its answer is in)."""
+        landing = run.lands()
+        if landing is None:
+            return None
+        thread = _thread_config(self._seen(config))
+        token = running.set(None)  # reading and writing the thread is not part of the run
+        try:
+            snapshot = self.get_state(thread)
+            if not snapshot.next:
+                return None
+            update, resume = _landing_plan(landing, snapshot, self._watchdog.messages)
+            if update is not None:
+                self.update_state(thread, *update)
+        except Exception as error:
+            run.landing_failed(error)
+            return None
+        finally:
+            running.reset(token)
+        return thread, resume
+
+    async def _alanding(
+        self, run: Run, config: RunnableConfig | None
+    ) -> tuple[RunnableConfig, Any] | None:
+        landing = run.lands()
+        if landing is None:
+            return None
+        thread = _thread_config(self._seen(config))
+        token = running.set(None)
+        try:
+            snapshot = await self.aget_state(thread)
+            if not snapshot.next:
+                return None
+            update, resume = _landing_plan(landing, snapshot, self._watchdog.messages)
+            if update is not None:
+                await self.aupdate_state(thread, *update)
+        except Exception as error:
+            run.landing_failed(error)
+            return None
+        finally:
+            running.reset(token)
+        return thread, resume
+
     # -- thread repair: a cancelled run leaves every tool call answered -------------------
 
     def _repair_target(self, run: Run, config: RunnableConfig | None) -> RunnableConfig | None:
@@ -481,6 +572,51 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             run.thread_repair_failed(error)
         finally:
             running.reset(token)
+
+
+async def _read(
+    chunks: AsyncGenerator[Any], run: Run, handler: WatchdogHandler
+) -> AsyncGenerator[Any]:
+    """LangGraph's chunks, each read with the run set, and none of the caller's code."""
+    try:
+        while True:
+            # A server may read each chunk in a task of its own (the Agent Server does):
+            # the one to hard-cancel is this one.
+            run.task = asyncio.current_task()
+            token = running.set(handler)
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            finally:
+                running.reset(token)
+            yield chunk
+    finally:
+        token = running.set(handler)
+        try:
+            await chunks.aclose()
+        finally:
+            running.reset(token)
+
+
+def _landing_plan(
+    landing: Landing, snapshot: StateSnapshot, channel: str | None
+) -> tuple[tuple[Any, str | None] | None, Any]:
+    """How to resume a drained run to land: the update to write first (values, as which
+    node), if any, and the input to resume with.
+
+    At a named node, the run goes there as a cancelled run goes to its cleanup node. Else
+    the tool calls the drain left unanswered get their result (they will not run) and the
+    conversation gets the message telling the model to answer now.
+    """
+    wrap_up = landing.wrap_up
+    if wrap_up.node is not None:
+        resume = _cleanup_input(wrap_up.node, snapshot)
+        return ((None, END) if resume is not None else None), resume
+    assert channel is not None  # attach() refuses a wrap_up with neither
+    found = repair(snapshot, channel, landing.cause.finding.reason)
+    messages = [*(found.messages if found else ()), HumanMessage(wrap_up.message)]
+    return ({channel: messages}, found.as_node if found else None), None
 
 
 def _thread_config(seen: RunnableConfig) -> RunnableConfig:

@@ -23,7 +23,7 @@ from .._core.engine import RunMonitor
 from .._core.errors import RunCancelled
 from .._core.findings import Finding
 from .._core.fingerprint import fingerprint
-from .._core.policies import DEFAULT_GRACE_SECONDS, Policy
+from .._core.policies import DEFAULT_GRACE_SECONDS, Policy, WrapUp
 from .._core.runs import RunInfo, Status
 from .._core.scheduler import Scheduler, Timer
 from .._sinks import schema
@@ -72,6 +72,16 @@ class Stop(RuntimeError):
     """
 
 
+@dataclass(slots=True)
+class Landing:
+    """A run's soft landing: why, how, and the model calls it may still make."""
+
+    cause: Cause
+    wrap_up: WrapUp
+    llm_calls_left: int
+    resumed: bool = False  # drained, and resumed to answer
+
+
 @dataclass(frozen=True, slots=True)
 class Cause:
     """Why a run is being cancelled, and how its policy says to go about it."""
@@ -105,6 +115,7 @@ class Run:
         "control",
         "graph",
         "host",
+        "landing",
         "lock",
         "loop",
         "monitor",
@@ -159,6 +170,7 @@ class Run:
         self.node_threads: dict[Hashable, int] | None = None  # a sync run's open work -> thread
         # The reason to record when the caller goes away mid-run (see watchdog.starlette).
         self.caller_gone: str | None = None
+        self.landing: Landing | None = None  # a soft landing under way (on_violation: wrap_up)
         # The current superstep of the graph, and of its subgraphs by namespace once one runs.
         self._root_step: object = None
         self._step_of: dict[str, object] | None = None
@@ -225,7 +237,9 @@ class Run:
                     new_step = self._subgraph_stepped(key.rpartition("|")[0], step)
                 print_ = fingerprint(inputs) if monitor.wants_fingerprints else None
                 found = monitor.node_started(key, name, print_, new_step=new_step)
-                stop = bool(found) and self.report(found)
+                # A limit reached as a node starts keeps it from running, whether the run
+                # is cancelled or lands softly (it drains, and is resumed to answer).
+                stop = bool(found) and (self.report(found) or self.lands() is not None)
                 if not stop:
                     node_timer = monitor.node_timer
                     if node_timer is not None and (
@@ -301,8 +315,70 @@ class Run:
             self.host.record(event(**self.fields, **finding.fields()))
             if finding.enforced:
                 policy = next(p for p in self.monitor.policies if p.name == finding.policy)
-                self.cancel(Cause.of(finding, policy, self.monitor.state.now))
+                cause = Cause.of(finding, policy, self.monitor.state.now)
+                wrap_up = policy.landing
+                if wrap_up is None or not self._land(cause, wrap_up):
+                    self.cancel(cause)
         return self.stopping
+
+    # -- a soft landing (on_violation: wrap_up) ---------------------------------------------
+
+    def _land(self, cause: Cause, wrap_up: WrapUp) -> bool:
+        """Begin a soft landing instead of a cancel: the run drains, then is resumed to
+        answer with what it has. False when it cannot (it is stopping, or landing already:
+        then the limit is enforced as a cancel)."""
+        with self.lock:
+            if self.status != "running" or self.landing is not None:
+                return False
+            self.landing = Landing(cause, wrap_up, wrap_up.llm_calls)
+        finding = cause.finding
+        self.control.request_drain(finding.reason)
+        self.host.emit(
+            "wrap_up_started",
+            **self.fields,
+            policy=finding.policy,
+            kind=finding.kind,
+            reason=finding.reason,
+            step=finding.step,
+            node=wrap_up.node,
+            llm_calls=wrap_up.llm_calls,
+        )
+        return True
+
+    def lands(self) -> Landing | None:
+        """The soft landing to go on with now that the run has drained, if any."""
+        landing = self.landing
+        if landing is None or landing.resumed or self.status != "running":
+            return None
+        return landing
+
+    def resume_landing(self) -> RunControl:
+        """The run is resumed to land: a control of its own, since the drained one stays
+        drained."""
+        assert self.landing is not None
+        self.landing.resumed = True
+        self.unwinding = False  # from the node the landing stopped, if one was
+        self.control = RunControl()
+        return self.control
+
+    def landing_failed(self, error: BaseException) -> None:
+        """The run could not be made ready to land: its limit is enforced as a cancel."""
+        assert self.landing is not None
+        self.host.emit("wrap_up_failed", **self.fields, error=f"{type(error).__name__}: {error}")
+        self.cancel(self.landing.cause)
+
+    def spend_allowance(self, activity: str) -> bool:
+        """A model call (``llm_call``) or a tool call begins while the run lands: True when
+        its allowance covers it; else the limit is enforced as a cancel (no tool call is
+        ever covered)."""
+        landing = self.landing
+        assert landing is not None
+        with self.lock:
+            if activity == "llm_call" and landing.llm_calls_left > 0:
+                landing.llm_calls_left -= 1
+                return True
+        self.cancel(landing.cause)
+        return False
 
     def cancel(self, cause: Cause) -> bool:
         """Mark the run cancelling, once; True when this call did it."""
@@ -515,6 +591,17 @@ class Run:
                     steps=state.steps,
                     tokens=state.total_tokens,
                 )
+            )
+        landing = self.landing
+        if landing is not None and outcome == "completed":
+            finding = landing.cause.finding
+            self.host.emit(
+                "landed_softly",
+                **self.fields,
+                policy=finding.policy,
+                kind=finding.kind,
+                reason=finding.reason,
+                llm_calls=landing.wrap_up.llm_calls - landing.llm_calls_left,
             )
         self.host.record(
             schema.RunFinished(

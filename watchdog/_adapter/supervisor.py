@@ -34,6 +34,7 @@ from .._sinks.metrics import Metrics, record_metrics
 from . import thread_totals as totals
 from .graph import SupervisedGraph, supervise
 from .hooks import DEFAULT_HOOK_TIMEOUT, Hook
+from .repair import messages_channel
 from .run import Run
 
 __all__ = ["RunHandle", "Supervisor"]
@@ -222,8 +223,8 @@ class Supervisor:
         problems = [
             problem
             for policy in self.policies.policies
-            if policy.cleanup_node and _may_apply(policy, name)
-            for problem in _cleanup_problems(policy, graph, name, self.lends_checkpointer)
+            if (policy.cleanup_node or policy.landing) and _may_apply(policy, name)
+            for problem in _resume_problems(policy, graph, name, self.lends_checkpointer)
         ]
         if problems:
             raise PolicyError(problems)
@@ -371,28 +372,45 @@ def _may_apply(policy: Policy, graph: str) -> bool:
     return not policy.match.graphs or any(fnmatchcase(graph, g) for g in policy.match.graphs)
 
 
-def _cleanup_problems(
+def _resume_problems(
     policy: Policy, graph: Any, name: str, lends_checkpointer: bool
 ) -> list[PolicyProblem]:
-    def problem(message: str) -> PolicyProblem:
-        path = f"policies.{policy.name}.cleanup_node"
-        return PolicyProblem(policy.file, policy.line, 1, path, message)
-
+    """Why the runs of ``graph`` could not be resumed as ``policy`` says after a limit (at
+    its cleanup node, or to land softly), if they could not."""
     nodes = [n for n in getattr(graph, "nodes", {}) if not n.startswith("__")]
-    problems = []
-    if policy.cleanup_node not in nodes:
+    landing = policy.landing
+    named = {"cleanup_node": policy.cleanup_node}
+    if landing is not None:
+        named["wrap_up.node"] = landing.node
+
+    def problem(key: str, message: str) -> PolicyProblem:
+        return PolicyProblem(policy.file, policy.line, 1, f"policies.{policy.name}.{key}", message)
+
+    problems = [
+        problem(key, f"graph {name!r} has no node {node!r}; expected one of {', '.join(nodes)}")
+        for key, node in named.items()
+        if node is not None and node not in nodes
+    ]
+    if landing is not None and landing.node is None and messages_channel(graph) is None:
         problems.append(
             problem(
-                f"graph {name!r} has no node {policy.cleanup_node!r}; "
-                f"expected one of {', '.join(nodes)}"
+                "wrap_up",
+                f"graph {name!r} has no messages channel (one that add_messages reduces) to "
+                "tell the model to answer now; expected a wrap_up node to route the run to",
             )
         )
     if not lends_checkpointer and not getattr(graph, "checkpointer", None):
+        key, how = (
+            ("cleanup_node", "at its cleanup node")
+            if policy.cleanup_node
+            else ("on_violation", "to land softly")
+        )
         problems.append(
             problem(
-                f"graph {name!r} has no checkpointer, and a cancelled run is resumed at its "
-                "cleanup node from its last checkpoint; expected a graph compiled with "
-                "checkpointer=..."
+                key,
+                f"graph {name!r} has no checkpointer, and a run that reaches a limit is "
+                f"resumed {how} from its last checkpoint; expected a graph compiled with "
+                "checkpointer=...",
             )
         )
     return problems

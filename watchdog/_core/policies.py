@@ -33,15 +33,18 @@ __all__ = [
     "Loop",
     "Match",
     "Mode",
+    "OnViolation",
     "Policy",
     "PolicySet",
     "Rate",
     "StepCount",
     "TokenBudget",
     "WallTime",
+    "WrapUp",
 ]
 
 Mode = Literal["enforce", "audit"]
+OnViolation = Literal["cancel", "wrap_up"]
 Scope = Literal["run", "thread"]
 RateOf = Literal["steps", "node_runs", "llm_calls", "tool_calls", "tokens"]
 RATE_OF: tuple[RateOf, ...] = get_args(RateOf)
@@ -49,6 +52,22 @@ RATE_OF: tuple[RateOf, ...] = get_args(RateOf)
 DEFAULT_GRACE_SECONDS = 5.0
 DEFAULT_WARN_AT = 0.8
 DEFAULT_LOOP_WINDOW = 50
+DEFAULT_WRAP_UP_MESSAGE = (
+    "The budget for this run is spent. Do not call any more tools: answer now, with what you "
+    "have so far, and say that the answer may be incomplete."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WrapUp:
+    """How a run that reached a limit of an ``on_violation: wrap_up`` policy lands softly:
+    resumed from its last checkpoint at ``node``, or (with no node) with ``message`` added to
+    its conversation; ``llm_calls`` more model calls and no tool call are allowed before the
+    limit is enforced as a cancel."""
+
+    node: str | None = None
+    message: str = DEFAULT_WRAP_UP_MESSAGE
+    llm_calls: int = 1
 
 
 def _present(*limits: Limit | None) -> tuple[Limit, ...]:
@@ -196,6 +215,8 @@ class Policy:
     cleanup_node: str | None = None
     supersede: bool = False  # a new run on a thread cancels the older one still running
     repair_thread: bool = True  # a cancelled run's tool calls without a result get one
+    on_violation: OnViolation = "cancel"
+    wrap_up: WrapUp | None = None  # how the run lands, with on_violation: wrap_up
     description: str | None = None
     match: Match = field(default_factory=Match)
     file: str = ""  # where the policy was defined, for messages
@@ -203,6 +224,13 @@ class Policy:
 
     def applies_to(self, graph: str, tags: Iterable[str], metadata: Mapping[str, object]) -> bool:
         return self.match.matches(graph, tags, metadata)
+
+    @property
+    def landing(self) -> WrapUp | None:
+        """How a run lands softly at this policy's limits; None when it is cancelled."""
+        if self.on_violation != "wrap_up":
+            return None
+        return self.wrap_up or WrapUp()
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,19 @@ from typing import Any, Literal
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from .._core.errors import PolicyProblem
-from .._core.policies import KINDS, RATE_OF, Kind, Loop, Match, Mode, Policy, Rate, TokenBudget
+from .._core.policies import (
+    KINDS,
+    RATE_OF,
+    Kind,
+    Loop,
+    Match,
+    Mode,
+    OnViolation,
+    Policy,
+    Rate,
+    TokenBudget,
+    WrapUp,
+)
 from .._core.state import Price
 from .reader import NULL_TAG, Entry, Invalid, NodeReader, describe, position, text_number_hint
 
@@ -35,11 +47,15 @@ POLICY_KEYS = (
     "cleanup_node",
     "supersede",
     "repair_thread",
+    "on_violation",
+    "wrap_up",
     *DEFAULT_KEYS,
 )
+WRAP_UP_KEYS = ("node", "message", "llm_calls")
 MATCH_KEYS = ("graph", "tags", "metadata")
 PRICE_KEYS = tuple(f.name for f in dataclasses.fields(Price))
 MODES: tuple[Mode, ...] = typing.get_args(Mode)
+ON_VIOLATION: tuple[OnViolation, ...] = typing.get_args(OnViolation)
 
 FieldReader = Callable[["PolicyFileReader", Node, str], object]
 
@@ -246,6 +262,7 @@ class PolicyFileReader(NodeReader):
         for flag in ("supersede", "repair_thread"):
             if flag in fields:
                 options[flag] = bool(self.field(self.flag, fields[flag].value, f"{path}.{flag}"))
+        self._on_violation(fields, path, options)
         kind = None
         if kinds:
             kind_name = kinds[0]
@@ -254,6 +271,49 @@ class PolicyFileReader(NodeReader):
             raise Invalid
         line, _ = position(node)
         return Policy(name=name, kind=kind, match=match, file=self.file, line=line, **options)
+
+    def _on_violation(self, fields: dict[str, Entry], path: str, options: dict[str, Any]) -> None:
+        """on_violation, and the wrap_up it reads, where set and valid."""
+        chosen: str | None = "cancel"
+        if "on_violation" in fields:
+            chosen = self.field(
+                self.choice, fields["on_violation"].value, f"{path}.on_violation", ON_VIOLATION
+            )
+            if chosen is not None:
+                options["on_violation"] = chosen
+        entry = fields.get("wrap_up")
+        if entry is None or chosen is None:  # an invalid on_violation has its problem
+            return
+        if chosen != "wrap_up":
+            self.problem(
+                entry.key,
+                f"{path}.wrap_up",
+                "wrap_up says how a run lands softly, and is read only with "
+                "on_violation: wrap_up; expected on_violation: wrap_up beside it",
+            )
+            return
+        wrap_up = self.field(self._wrap_up, entry.value, f"{path}.wrap_up")
+        if wrap_up is not None:
+            options["wrap_up"] = wrap_up
+
+    def _wrap_up(self, node: Node, path: str) -> WrapUp:
+        fields = self.mapping(node, path, WRAP_UP_KEYS, "a mapping of node, message, llm_calls")
+        values: dict[str, Any] = {}
+        if "node" in fields:
+            values["node"] = self.field(
+                self.text, fields["node"].value, f"{path}.node", "a node name"
+            )
+        if "message" in fields:
+            values["message"] = self.field(
+                self.text, fields["message"].value, f"{path}.message", "a message to the model"
+            )
+        if "llm_calls" in fields:
+            values["llm_calls"] = self.field(
+                self.whole, fields["llm_calls"].value, f"{path}.llm_calls"
+            )
+        if None in values.values():
+            raise Invalid
+        return WrapUp(**values)
 
     def _name(self, node: Node, path: str) -> str:
         name = self.text(node, path, "a policy name")

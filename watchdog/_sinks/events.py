@@ -28,6 +28,7 @@ WARNING_EVENTS = frozenset(
         "sidecar_events_unsent",
         "thread_repair_failed",
         "activity_after_cancel",
+        "wrap_up_failed",
     }
 )
 ERROR_EVENTS = frozenset(
