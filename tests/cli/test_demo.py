@@ -65,8 +65,15 @@ def test_the_demo_cancels_every_runaway_by_its_own_policy_and_completes_the_good
         e["graph"]: e["policy"] for e in events if e["event"] == "watchdog.run_cancelled"
     }
     finished = {e["graph"]: e["outcome"] for e in events if e["event"] == "watchdog.run_finished"}
-    assert cancelled_by == {s.name: s.expected.policy for s in SCENARIOS if s.expected.policy}
-    assert finished["good-agent"] == "completed"
+    runaways = {s.name: s.expected.policy for s in SCENARIOS if s.expected.policy}
+    assert cancelled_by == {name: p for name, p in runaways.items() if name != "soft-landing"}
+    assert finished["good-agent"] == finished["soft-landing"] == "completed"
+    (landed,) = (e for e in events if e["event"] == "watchdog.landed_softly")
+    assert (landed["graph"], landed["policy"], landed["llm_calls"]) == (
+        "soft-landing",
+        "research-budget",
+        1,
+    )
     (summary,) = (e for e in events if e["event"] == "watchdog.demo_summary")
     assert summary["level"] == "info"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", summary["timestamp"])

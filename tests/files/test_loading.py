@@ -690,6 +690,50 @@ INVALID = [
         "expected true or false, got the string 'no'",
         id="repair-thread-not-a-flag",
     ),
+    pytest.param(
+        dedent("""\
+            version: 1
+            policies:
+              - name: a
+                on_violation: stop
+                wall_time: {max_seconds: 1}
+            """),
+        4,
+        19,
+        "policies[0].on_violation",
+        "expected one of cancel, wrap_up, got the string 'stop'",
+        id="on-violation-unknown",
+    ),
+    pytest.param(
+        dedent("""\
+            version: 1
+            policies:
+              - name: a
+                wrap_up: {node: summarize}
+                wall_time: {max_seconds: 1}
+            """),
+        4,
+        5,
+        "policies[0].wrap_up",
+        "wrap_up says how a run lands softly, and is read only with on_violation: wrap_up; "
+        "expected on_violation: wrap_up beside it",
+        id="wrap-up-without-on-violation",
+    ),
+    pytest.param(
+        dedent("""\
+            version: 1
+            policies:
+              - name: a
+                on_violation: wrap_up
+                wrap_up: {llm_calls: 0}
+                wall_time: {max_seconds: 1}
+            """),
+        5,
+        26,
+        "policies[0].wrap_up.llm_calls",
+        "expected a whole number greater than 0, got 0",
+        id="wrap-up-no-calls",
+    ),
     # loop, token_budget
     pytest.param(
         dedent("""\

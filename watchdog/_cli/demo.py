@@ -64,6 +64,10 @@ policies:
   - name: cycles
     match: {graph: [subgraph-loop]}
     loop: {max_cycle_repeats: 5}
+  - name: research-budget
+    match: {graph: [soft-landing]}
+    on_violation: wrap_up
+    token_budget: {max_total_tokens: 2500}
   - name: default-budget
     match: {graph: [good-agent]}
     token_budget: {max_total_tokens: 20000}
@@ -190,6 +194,24 @@ def subgraph_loop() -> Any:
     return builder.compile(checkpointer=InMemorySaver())
 
 
+def soft_landing() -> Any:
+    """A research agent that would search on and on; 1,000 tokens a model call."""
+    model = FakeChatModel(
+        responses=[
+            _call("battery recycling rates", "c1"),
+            _call("lithium recovery costs", "c2"),
+            _call("recycling plants in Europe", "c3"),
+            AIMessage(
+                "From the two sources I read: about 5% of lithium batteries are recycled, and "
+                "recovery costs are falling. This answer may be incomplete."
+            ),
+        ],
+        input_tokens=800,
+        output_tokens=200,
+    )
+    return _react(model, [search])
+
+
 def good_agent() -> Any:
     model = FakeChatModel(
         responses=[
@@ -209,10 +231,13 @@ class Expected:
     policy: str | None  # None: the run must complete
     node: str | None = None  # the node the policy stopped
     phase: str | None = None  # drained or hard
+    lands: bool = False  # the policy lands the run softly (on_violation: wrap_up)
 
     def __str__(self) -> str:
         if self.policy is None:
             return "completes"
+        if self.lands:
+            return f"landed softly by {self.policy}"
         at = f" at node '{self.node}'" if self.node else ""
         return f"stopped by {self.policy}{at}" + (f" ({self.phase})" if self.phase else "")
 
@@ -271,6 +296,13 @@ SCENARIOS = [
         Expected("cycles"),
     ),
     Scenario(
+        "soft-landing",
+        "a research agent past its token budget, told to answer with what it has",
+        soft_landing,
+        {"messages": [("user", "how much of a battery gets recycled?")]},
+        Expected("research-budget", lands=True),
+    ),
+    Scenario(
         "good-agent",
         "a support agent that answers in three tool calls",
         good_agent,
@@ -279,6 +311,10 @@ SCENARIOS = [
     ),
 ]
 
+LANDED = (
+    "at its limit the run drained, then was resumed once more to answer with what it had "
+    "(on_violation: wrap_up)"
+)
 PHASES = {
     "drained": "the run stopped at its next step boundary; its last step is checkpointed",
     "hard": "a node still ran grace_seconds after the stop, so its task was cancelled",
@@ -298,6 +334,8 @@ class Outcome:
     elapsed: float = 0.0
 
     def __str__(self) -> str:
+        if self.outcome == "landed":
+            return f"landed softly by {self.policy}"
         if self.outcome != "cancelled":
             return self.outcome
         at = f" at node '{self.node}'" if self.node else ""
@@ -309,6 +347,9 @@ class Outcome:
         expected = self.scenario.expected
         if expected.policy is None:
             return None if self.outcome == "completed" else f"expected it to complete, got {self}"
+        if expected.lands:
+            landed = self.outcome == "landed" and self.policy == expected.policy
+            return None if landed else f"expected it {expected}, got {self}"
         if (
             self.outcome != "cancelled"
             or self.policy != expected.policy
@@ -391,6 +432,9 @@ async def _run_all(supervisor: Supervisor, outcomes: list[Outcome], report: Repo
             return
         if event["event"] == "watchdog.run_cancelled":
             outcome.node = event["node"] or ""
+        elif event["event"] == "watchdog.landed_softly":
+            outcome.outcome, outcome.policy = "landed", event["policy"]
+            outcome.reason = event["reason"]
         elif event["event"] == "watchdog.run_finished":
             outcome.steps, outcome.tokens = event["steps"], event["tokens"]
 
@@ -405,7 +449,8 @@ async def _run_all(supervisor: Supervisor, outcomes: list[Outcome], report: Repo
         started = time.monotonic()
         try:
             await app.ainvoke(scenario.graph_input, config)
-            outcome.outcome = "completed"
+            if outcome.outcome != "landed":
+                outcome.outcome = "completed"
         except RunCancelled as cancelled:
             outcome.outcome = "cancelled"
             outcome.policy = cancelled.policy or cancelled.kind
@@ -442,7 +487,7 @@ class Reporter:
         mismatch = outcome.mismatch
         verdict = self.style("PASS", "green") if mismatch is None else self.style("FAIL", "red")
         name = outcome.scenario.name.ljust(18)
-        if outcome.outcome == "cancelled":
+        if outcome.outcome in ("cancelled", "landed"):
             self.say(f"  {verdict}  {name} {outcome} after {outcome.elapsed:.2f} s")
         else:
             self.say(f"  {verdict}  {name} {outcome.outcome} in {outcome.elapsed:.2f} s")
@@ -518,11 +563,13 @@ def run_demo(*, serve_metrics: int | None = None, as_json: bool = False) -> int:
     report.say()
     for phase, meaning in PHASES.items():
         report.say(f"{phase}: {meaning}.")
+    report.say(f"landed: {LANDED}.")
     report.say()
     cancelled = sum(o.outcome == "cancelled" for o in outcomes)
+    landed = sum(o.outcome == "landed" for o in outcomes)
     completed = sum(o.outcome == "completed" for o in outcomes)
     wrong = [o.scenario.name for o in outcomes if o.mismatch is not None]
-    counts = f"{cancelled} runaway runs cancelled, {completed} completed; "
+    counts = f"{cancelled} runaway runs cancelled, {landed} landed softly, {completed} completed; "
     if wrong:
         report.say(counts + report.style(f"NOT AS EXPECTED: {', '.join(wrong)}.", "red"))
     else:
