@@ -13,6 +13,7 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import PregelTask, StateSnapshot
@@ -408,3 +409,28 @@ def tool_messages(state: dict[str, Any]) -> Iterator[ToolMessage]:
 
 def repairs(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["event"].startswith("watchdog.thread_repair")]
+
+
+def test_a_thread_kept_by_a_checkpointer_a_server_lends_is_repaired_too() -> None:
+    # LangGraph's Agent Server compiles graphs without a checkpointer and lends each run one
+    # in its config.
+    supervisor = Supervisor(
+        policies("- {name: steps, grace_seconds: 0, step_count: {max_steps: 50}}")
+    )
+    app = supervisor.attach(create_agent(strict_model(calls("h1")), [hang, quick]), name="agent")
+    lent = {"configurable": {"thread_id": "chat", CONFIG_KEY_CHECKPOINTER: InMemorySaver()}}
+
+    async def main() -> dict[str, Any]:
+        run = asyncio.create_task(app.ainvoke({"messages": [HumanMessage("hi")]}, lent))
+        await until(lambda: hung == ["h1"])
+        supervisor.cancel(supervisor.runs()[0].run_id, "The user pressed stop.")
+        with pytest.raises(RunCancelled):
+            await asyncio.wait_for(run, timeout=30)
+        next_turn: dict[str, Any] = await app.ainvoke({"messages": [HumanMessage("again")]}, lent)
+        return next_turn
+
+    try:
+        next_turn = asyncio.run(main())
+    finally:
+        supervisor.close()
+    assert next_turn["messages"][-1].content == "answered"

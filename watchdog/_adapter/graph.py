@@ -33,6 +33,7 @@ from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import ensure_config, merge_configs
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.errors import GraphDrained
 from langgraph.graph import END
 from langgraph.pregel import Pregel
@@ -527,14 +528,16 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
 
     def _repair_target(self, run: Run, config: RunnableConfig | None) -> RunnableConfig | None:
         """The thread to repair after ``run``, if it needs looking at."""
-        if (
-            self._watchdog.messages is None
-            or not isinstance(self.checkpointer, BaseCheckpointSaver)
-            or run.repair_reason() is None
-        ):
+        if self._watchdog.messages is None or run.repair_reason() is None:
             return None
         thread = _thread_config(self._seen(config))
-        return thread if thread["configurable"].get("thread_id") is not None else None
+        configurable = thread["configurable"]
+        # The graph's own checkpointer, or one a server lends its runs (the Agent Server).
+        lent = configurable.get(CONFIG_KEY_CHECKPOINTER)
+        saved = isinstance(self.checkpointer, BaseCheckpointSaver) or isinstance(
+            lent, BaseCheckpointSaver
+        )
+        return thread if saved and configurable.get("thread_id") is not None else None
 
     def _repair(self, run: Run, config: RunnableConfig | None) -> None:
         thread = self._repair_target(run, config)
