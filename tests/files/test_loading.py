@@ -701,7 +701,7 @@ INVALID = [
         4,
         19,
         "policies[0].on_violation",
-        "expected one of cancel, wrap_up, got the string 'stop'",
+        "expected one of cancel, wrap_up, ask, got the string 'stop'",
         id="on-violation-unknown",
     ),
     pytest.param(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
@@ -25,8 +25,9 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
+from langgraph.errors import GraphBubbleUp
 
-from .run import Run, Stop
+from .run import Run, Stop, node_path
 
 __all__ = ["ChainHandler", "WatchdogHandler", "current_run", "running"]
 
@@ -55,13 +56,14 @@ R = TypeVar("R")
 
 
 def _guarded(method: Callable[P, R]) -> Callable[P, R | None]:
-    """Never let a watchdog bug break the run: log, count, go on. ``Stop`` is on purpose."""
+    """Never let a watchdog bug break the run: log, count, go on. ``Stop`` and a pause are
+    on purpose."""
 
     @functools.wraps(method)
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R | None:
         try:
             return method(*args, **kwargs)
-        except Stop:
+        except (Stop, GraphBubbleUp):  # a stop, or a pause to ask a person
             raise
         except Exception as exc:
             handler: WatchdogHandler = args[0]  # type: ignore[assignment]
@@ -69,6 +71,12 @@ def _guarded(method: Callable[P, R]) -> Callable[P, R | None]:
             return None
 
     return guarded
+
+
+def _node_path(metadata: Mapping[str, Any] | None) -> str | None:
+    """The path of the node a call is made in, from the run metadata LangGraph documents."""
+    namespace = (metadata or {}).get("langgraph_checkpoint_ns")
+    return node_path(namespace) if isinstance(namespace, str) else None
 
 
 def _usage(response: LLMResult) -> tuple[int, int, int | None]:
@@ -139,6 +147,8 @@ class WatchdogHandler(BaseCallbackHandler):
             raise Stop
         if run.landing is not None and not run.spend_allowance("llm_call"):
             raise Stop
+        if run.asking():
+            run.pause(_node_path(metadata), in_node=True)
         with run.lock:
             if self._models is NO_MODELS:
                 self._models = {}
@@ -180,6 +190,8 @@ class WatchdogHandler(BaseCallbackHandler):
             raise Stop
         if run.landing is not None and not run.spend_allowance("tool_call"):
             raise Stop  # no tool runs once a run lands softly
+        if run.asking():
+            run.pause(_node_path(kwargs.get("metadata")), in_node=True)
         with run.lock:
             found = run.monitor.tool_started(name, input_str)
             if found and run.report(found):

@@ -22,7 +22,14 @@ import asyncio
 import contextlib
 import contextvars
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+)
 from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import repeat
@@ -44,7 +51,7 @@ from . import thread_totals as totals
 from .callbacks import ChainHandler, WatchdogHandler, running
 from .probe import probed_nodes
 from .repair import messages_channel, repair
-from .run import Landing, Run, Stop
+from .run import ASK_MARK, Landing, Run, Stop
 
 __all__ = ["Attachment", "RunStarter", "SupervisedGraph", "caller_gone", "supervise"]
 
@@ -275,6 +282,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         if _joins(running.get()):
             return super().invoke(input, config, **kwargs)
         run, handler, config = self._start(config, kwargs)
+        self._answering(run, input, config)
         with _Supervising(self, run, config):
             context = contextvars.copy_context()
             context.run(running.set, handler)
@@ -295,6 +303,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         if _joins(running.get()):
             return await super().ainvoke(input, config, **kwargs)
         run, handler, config = self._start(config, kwargs)
+        await self._aanswering(run, input, config)
         run.bind_task()
         async with _Supervising(self, run, config):
             token = running.set(handler)
@@ -334,6 +343,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         self, input: Any, config: RunnableConfig | None, kwargs: dict[str, Any]
     ) -> Iterator[Any]:
         run, handler, config = self._start(config, kwargs)
+        self._answering(run, input, config)
         # The graph's code runs in a context of its own, the run set in it once.
         context = contextvars.copy_context()
         context.run(running.set, handler)
@@ -366,6 +376,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         self, input: Any, config: RunnableConfig | None, kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         run, handler, config = self._start(config, kwargs)
+        await self._aanswering(run, input, config)
         run.bind_task()
         async with _Supervising(self, run, config):
             chunks = cast(
@@ -474,6 +485,40 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             run.cleanup_finished(node, None)
         finally:
             running.reset(token)
+
+    # -- asking a person: a run that resumes a thread the watchdog paused ---------------
+
+    def _answering(self, run: Run, input: Any, config: RunnableConfig | None) -> None:
+        """If ``input`` answers a question the watchdog asked on this thread, the run goes on
+        from the paused run's usage and takes the answer (see ``Run.answering``)."""
+        thread = _resumed_thread(input, self._seen(config))
+        if thread is None:
+            return
+        token = running.set(None)
+        try:
+            found = _question(self.get_state(thread), input.resume)
+        except Exception as error:
+            run.internal_error(error)
+            return
+        finally:
+            running.reset(token)
+        if found is not None:
+            run.answering(*found)
+
+    async def _aanswering(self, run: Run, input: Any, config: RunnableConfig | None) -> None:
+        thread = _resumed_thread(input, self._seen(config))
+        if thread is None:
+            return
+        token = running.set(None)
+        try:
+            found = _question(await self.aget_state(thread), input.resume)
+        except Exception as error:
+            run.internal_error(error)
+            return
+        finally:
+            running.reset(token)
+        if found is not None:
+            run.answering(*found)
 
     # -- a soft landing: a run drained at a wrap_up limit is resumed to answer ---------------
 
@@ -620,6 +665,25 @@ def _landing_plan(
     found = repair(snapshot, channel, landing.cause.finding.reason)
     messages = [*(found.messages if found else ()), HumanMessage(wrap_up.message)]
     return ({channel: messages}, found.as_node if found else None), None
+
+
+def _resumed_thread(input: Any, seen: RunnableConfig) -> RunnableConfig | None:
+    """The thread a ``Command(resume=...)`` resumes, if ``input`` is one, on a thread."""
+    if not isinstance(input, Command) or input.resume is None:
+        return None
+    thread = _thread_config(seen)
+    return thread if thread["configurable"].get("thread_id") is not None else None
+
+
+def _question(snapshot: StateSnapshot, resume: Any) -> tuple[Mapping[str, Any], Any] | None:
+    """The watchdog's question among a thread's pending interrupts, if it asked one, and
+    its answer in ``resume`` (the value itself, or the value under the question's id)."""
+    for pending in snapshot.interrupts:
+        value = pending.value
+        if isinstance(value, Mapping) and value.get(ASK_MARK) == "limit_reached":
+            by_id = isinstance(resume, Mapping) and pending.id in resume
+            return value, resume[pending.id] if by_id else resume
+    return None
 
 
 def _thread_config(seen: RunnableConfig) -> RunnableConfig:

@@ -74,7 +74,7 @@ class NodeProbe(Runnable[Any, Any]):
         if handler is None or config is None:
             return self.inner.invoke(input, config, **kwargs)
         run = handler.run
-        key = run.node_starting(self.node, config.get("metadata"), input)
+        key = run.node_starting(self.node, config.get("metadata"), input, config)
         try:
             return self.inner.invoke(input, config, **kwargs)
         finally:
@@ -90,7 +90,7 @@ class NodeProbe(Runnable[Any, Any]):
         if handler is None or config is None:
             return self.inner.ainvoke(input, config, **kwargs)
         run = handler.run
-        key = run.node_starting(self.node, config.get("metadata"), input)
+        key = run.node_starting(self.node, config.get("metadata"), input, config)
         call = self.inner.ainvoke(input, config, **kwargs)
         return call if key is None else _ending(call, run, key)
 
@@ -102,7 +102,7 @@ class NodeProbe(Runnable[Any, Any]):
             yield from self.inner.stream(input, config, **kwargs)
             return
         run = handler.run
-        key = run.node_starting(self.node, config.get("metadata"), input)
+        key = run.node_starting(self.node, config.get("metadata"), input, config)
         try:
             yield from self.inner.stream(input, config, **kwargs)
         finally:
@@ -118,7 +118,7 @@ class NodeProbe(Runnable[Any, Any]):
                 yield chunk
             return
         run = handler.run
-        key = run.node_starting(self.node, config.get("metadata"), input)
+        key = run.node_starting(self.node, config.get("metadata"), input, config)
         try:
             async for chunk in self.inner.astream(input, config, **kwargs):
                 yield chunk

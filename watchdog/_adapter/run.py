@@ -15,9 +15,12 @@ import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
 from langgraph.runtime import RunControl
+from langgraph.types import interrupt
 
 from .._core.engine import RunMonitor
 from .._core.errors import RunCancelled
@@ -30,7 +33,7 @@ from .._sinks import schema
 from .hooks import Hook, run_hook_sync, spawn
 from .repair import ThreadRepair
 
-__all__ = ["Cause", "Run", "RunHost", "Stop"]
+__all__ = ["ASK_MARK", "Cause", "Run", "RunHost", "Stop", "node_path"]
 
 MAX_NAMESPACES = 64  # subgraph invocations tracked for step counting; old ones are done
 
@@ -72,6 +75,45 @@ class Stop(RuntimeError):
     """
 
 
+# The key that marks the watchdog's own questions among a thread's interrupts.
+ASK_MARK = "watchdog"
+# What a paused run used, carried to the run that resumes it.
+CARRIED = (
+    "steps",
+    "node_runs",
+    "llm_calls",
+    "tool_calls",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+)
+
+
+@dataclass(slots=True)
+class Asking:
+    """A limit of an ``on_violation: ask`` policy was reached: the run pauses at its next
+    node, model call or tool call."""
+
+    cause: Cause
+    paused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Answering:
+    """The run resumes a thread paused at such a limit: the question it was asked."""
+
+    question: Mapping[str, Any]
+
+
+def node_path(key: str) -> str:
+    """A task's namespace without its task ids: the same node, in the run that resumes."""
+    return "|".join(part.partition(":")[0] for part in key.split("|"))
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 @dataclass(slots=True)
 class Landing:
     """A run's soft landing: why, how, and the model calls it may still make."""
@@ -109,6 +151,7 @@ class Run:
         "_started_at",
         "_step_of",
         "also",
+        "ask",
         "caller_gone",
         "cause",
         "cleanup_tasks",
@@ -171,6 +214,7 @@ class Run:
         # The reason to record when the caller goes away mid-run (see watchdog.starlette).
         self.caller_gone: str | None = None
         self.landing: Landing | None = None  # a soft landing under way (on_violation: wrap_up)
+        self.ask: Asking | Answering | None = None  # a question to a person (on_violation: ask)
         # The current superstep of the graph, and of its subgraphs by namespace once one runs.
         self._root_step: object = None
         self._step_of: dict[str, object] | None = None
@@ -210,7 +254,11 @@ class Run:
     # -- node events: from the probes in the graph's nodes, or from chain callbacks -----
 
     def node_starting(
-        self, name: str, metadata: Mapping[str, Any] | None, inputs: Any
+        self,
+        name: str,
+        metadata: Mapping[str, Any] | None,
+        inputs: Any,
+        config: RunnableConfig | None = None,
     ) -> str | None:
         """A node of this run is about to start, as LangGraph's task ``metadata`` describes
         it; raises ``Stop`` if it must not. Returns its key for ``node_ended``, or None after
@@ -256,6 +304,8 @@ class Run:
         if stop:
             self.unwinding = True
             raise Stop
+        if self.ask is not None and config is not None:
+            self._ask_or_answer(key, config)
         return key
 
     def _subgraph_stepped(self, namespace: str, step: object) -> bool:
@@ -317,9 +367,136 @@ class Run:
                 policy = next(p for p in self.monitor.policies if p.name == finding.policy)
                 cause = Cause.of(finding, policy, self.monitor.state.now)
                 wrap_up = policy.landing
-                if wrap_up is None or not self._land(cause, wrap_up):
+                if policy.on_violation == "ask":
+                    if not self._ask_next(cause):
+                        self.cancel(cause)
+                elif wrap_up is None or not self._land(cause, wrap_up):
                     self.cancel(cause)
         return self.stopping
+
+    # -- asking a person (on_violation: ask) -----------------------------------------------
+
+    def _ask_next(self, cause: Cause) -> bool:
+        """Pause the run at its next node, model call or tool call, to ask a person whether
+        it may go on. False when it cannot ask (it is stopping, or asked already)."""
+        with self.lock:
+            if self.status != "running" or self.ask is not None:
+                return False
+            self.ask = Asking(cause)
+        return True
+
+    def asking(self) -> bool:
+        """Whether a model or tool call that begins now must pause the run first."""
+        ask = self.ask
+        return isinstance(ask, Asking) and not ask.paused
+
+    def pause(self, at: str | None, *, in_node: bool) -> NoReturn:
+        """Pause with LangGraph's interrupt(), carrying the limit and what the run used (the
+        run that resumes the thread goes on from it). ``at``: the path of the node it
+        pauses in; ``in_node``: from a call inside it, not as it starts."""
+        ask = self.ask
+        assert isinstance(ask, Asking)
+        ask.paused = True
+        finding, state = ask.cause.finding, self.monitor.state
+        usage: dict[str, float] = {name: getattr(state, name) for name in CARRIED}
+        # The node it pauses in runs again when the thread resumes, as a new step: counted
+        # there, not twice.
+        usage["steps"] = max(0, usage["steps"] - 1)
+        if in_node:
+            usage["node_runs"] = max(0, usage["node_runs"] - 1)
+        usage["elapsed_s"] = state.elapsed
+        question = {
+            ASK_MARK: "limit_reached",
+            "run_id": str(self.run_id),
+            "policy": finding.policy,
+            "kind": finding.kind,
+            "limit_key": finding.key,
+            "observed": finding.observed,
+            "limit": finding.limit,
+            "reason": finding.reason,
+            "step": finding.step,
+            "node": finding.node,
+            "at": at,
+            "usage": usage,
+        }
+        self.host.emit(
+            "asked",
+            **self.fields,
+            policy=finding.policy,
+            kind=finding.kind,
+            reason=finding.reason,
+            step=finding.step,
+        )
+        interrupt(question)
+        msg = "interrupt() returned before its question was answered"
+        raise RuntimeError(msg)  # LangGraph raised GraphInterrupt above, always
+
+    def answering(self, question: Mapping[str, Any], answer: object) -> None:
+        """This run resumes a thread the watchdog paused to ask a person, with ``answer``:
+        it goes on from what the paused run used, with the limit raised by
+        ``answer["extend"]``, or is cancelled when the answer gives no extension. The node
+        the run paused in takes the answer off LangGraph's queue when it starts again."""
+        usage = question.get("usage")
+        with self.lock:
+            state = self.monitor.state
+            if isinstance(usage, Mapping):
+                for name in CARRIED:
+                    value = usage.get(name)
+                    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                        setattr(state, name, value)
+                elapsed = usage.get("elapsed_s")
+                if isinstance(elapsed, int | float) and elapsed >= 0:
+                    state.started_at = state.now - elapsed
+            self.ask = Answering(question)
+            extend = answer.get("extend") if isinstance(answer, Mapping) else None
+            policy, limit_key = question.get("policy"), question.get("limit_key")
+            extended = (
+                isinstance(extend, int | float)
+                and not isinstance(extend, bool)
+                and extend > 0
+                and isinstance(policy, str)
+                and isinstance(limit_key, str)
+                and self.monitor.extend(policy, limit_key, extend)
+            )
+        self.host.emit(
+            "ask_answered",
+            **self.fields,
+            policy=policy,
+            kind=question.get("kind"),
+            extend=extend if extended else None,
+        )
+        if not extended:
+            finding = Finding(
+                policy=policy if isinstance(policy, str) else None,
+                kind=str(question.get("kind")),
+                key=limit_key if isinstance(limit_key, str) else None,
+                mode="enforce",
+                reason=f"{question.get('reason')} The person asked did not let it go on.",
+                observed=_number(question.get("observed")),
+                limit=_number(question.get("limit")),
+                step=state.steps,
+                node=question.get("node") if isinstance(question.get("node"), str) else None,
+            )
+            self.cancel(Cause(finding, DEFAULT_GRACE_SECONDS, state.now))
+
+    def _ask_or_answer(self, key: str, config: RunnableConfig) -> None:
+        """At a node start: pause to ask, or take the answer to the question asked here.
+        ``config``: the node's, which LangGraph's interrupt() reads."""
+        ask = self.ask
+        path = node_path(key)
+        token = var_child_runnable_config.set(config)
+        try:
+            if isinstance(ask, Asking):
+                if ask.paused:
+                    return  # one question a run; parallel nodes go on
+                self.node_ended(key)
+                self.pause(path, in_node=False)
+            if not isinstance(ask, Answering) or ask.question.get("at") != path:
+                return
+            interrupt(ask.question)  # the answer, taken off the queue: read at the start
+            self.ask = None
+        finally:
+            var_child_runnable_config.reset(token)
 
     # -- a soft landing (on_violation: wrap_up) ---------------------------------------------
 

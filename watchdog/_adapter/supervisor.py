@@ -223,7 +223,7 @@ class Supervisor:
         problems = [
             problem
             for policy in self.policies.policies
-            if (policy.cleanup_node or policy.landing) and _may_apply(policy, name)
+            if (policy.cleanup_node or policy.on_violation != "cancel") and _may_apply(policy, name)
             for problem in _resume_problems(policy, graph, name, self.lends_checkpointer)
         ]
         if problems:
@@ -403,7 +403,11 @@ def _resume_problems(
         key, how = (
             ("cleanup_node", "at its cleanup node")
             if policy.cleanup_node
-            else ("on_violation", "to land softly")
+            else (
+                ("on_violation", "to land softly")
+                if landing is not None
+                else ("on_violation", "after a person answers")
+            )
         )
         problems.append(
             problem(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -248,6 +248,7 @@ class RunMonitor:
         "_cost_meters",
         "_cycles",
         "_due",
+        "_extended",
         "_generation",
         "_llm_rates",
         "_node_rates",
@@ -302,6 +303,7 @@ class RunMonitor:
         # on the rare write, so a run that reports nothing holds no set of its own.
         self._violated = NOT_YET
         self._warned = NOT_YET
+        self._extended: Mapping[str, Policy] | None = None  # policies with a limit raised
         self._bind()
 
     # -- binding policies to this run --------------------------------------------------------
@@ -309,6 +311,9 @@ class RunMonitor:
     def _bind(self) -> None:
         self._generation = self.engine.generation
         binding = self.engine._binding(self.graph, self.tags, self.metadata)
+        extended = self._extended
+        if extended:  # this run's own binding, made again at each (rare) change
+            binding = _Binding.of(tuple(extended.get(p.name, p) for p in binding.policies))
         self.policies = binding.policies
         state = self.state
         self._on_step = binding.step.checks()
@@ -347,6 +352,22 @@ class RunMonitor:
         self._llm_rates = tuple(map(at, rates["llm_calls"]))
         self._tool_rates = tuple(map(at, rates["tool_calls"]))
         self._token_rates = tuple(map(at, rates["tokens"]))
+
+    def extend(self, policy_name: str, key: str, amount: float) -> bool:
+        """Raise this run's ``key`` limit of a policy by ``amount`` (a person allowed more);
+        False when the run has no such limit. The limit can be reported again."""
+        policy = next((p for p in self.policies if p.name == policy_name), None)
+        current = getattr(policy.kind, key, None) if policy is not None else None
+        if policy is None or not isinstance(current, int | float) or isinstance(current, bool):
+            return False
+        raised = current + amount
+        changes: dict[str, Any] = {key: int(raised) if isinstance(current, int) else raised}
+        kind = replace(policy.kind, **changes)
+        self._extended = {**(self._extended or {}), policy_name: replace(policy, kind=kind)}
+        self._violated = frozenset(k for k in self._violated if k != (policy_name, key))
+        self._warned = frozenset(k for k in self._warned if k != (policy_name, key))
+        self._bind()
+        return True
 
     def _now(self) -> float:
         if self._generation != self.engine.generation:

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 Mode = Literal["enforce", "audit"]
-OnViolation = Literal["cancel", "wrap_up"]
+OnViolation = Literal["cancel", "wrap_up", "ask"]
 Scope = Literal["run", "thread"]
 RateOf = Literal["steps", "node_runs", "llm_calls", "tool_calls", "tokens"]
 RATE_OF: tuple[RateOf, ...] = get_args(RateOf)
