@@ -264,3 +264,39 @@ def test_an_edited_policy_applies_to_the_next_run_without_a_restart(server: Serv
     wait_for("the reload back", lambda: server.metrics().get(reloads, 0.0) > before + 1)
     _, run, _ = server.ask("weather Oslo", metadata={"tenant": "strict"})
     assert run["status"] == "success"
+
+
+def test_a_run_at_an_ask_limit_pauses_and_an_extension_finishes_it(server: Server) -> None:
+    extra = server.folder / "policies" / "ask.yaml"
+    reloads = ("watchdog_policy_reloads_total", (("result", "ok"),))
+    before = server.metrics().get(reloads, 0.0)
+    extra.write_text(
+        "version: 1\n"
+        "policies:\n"
+        "  - name: ask-first\n"
+        "    match: {metadata: {tenant: careful}}\n"
+        "    on_violation: ask\n"
+        "    step_count: {max_steps: 1}\n"
+    )
+    try:
+        wait_for("the reload", lambda: server.metrics().get(reloads, 0.0) > before)
+        thread_id = server.client.threads.create()["thread_id"]
+        careful = {"tenant": "careful"}
+        server.ask_on(thread_id, "weather Oslo", metadata=careful)
+        # Paused with the server's own interrupt, the violation in its value.
+        assert server.client.threads.get(thread_id)["status"] == "interrupted"
+        state: Any = server.client.threads.get_state(thread_id)
+        (asked,) = [i["value"] for task in state["tasks"] for i in task["interrupts"]]
+        assert (asked["policy"], asked["limit_key"], asked["limit"]) == (
+            "ask-first",
+            "max_steps",
+            1,
+        )
+        run = server.client.runs.create(
+            thread_id, "agent", command={"resume": {"extend": 10}}, metadata=careful
+        )
+        output = server.client.runs.join(thread_id, run["run_id"])
+        assert output["messages"][-1]["content"] == "Here is the weather for Oslo."
+    finally:
+        extra.unlink()
+    wait_for("the reload back", lambda: server.metrics().get(reloads, 0.0) > before + 1)
