@@ -491,7 +491,9 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
     def _answering(self, run: Run, input: Any, config: RunnableConfig | None) -> None:
         """If ``input`` answers a question the watchdog asked on this thread, the run goes on
         from the paused run's usage and takes the answer (see ``Run.answering``)."""
-        thread = _resumed_thread(input, self._seen(config))
+        if not isinstance(input, Command) or input.resume is None:
+            return  # not a resume: the common case, decided before any config is merged
+        thread = _saved_thread(self._seen(config), self.checkpointer)
         if thread is None:
             return
         token = running.set(None)
@@ -506,7 +508,9 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             run.answering(*found)
 
     async def _aanswering(self, run: Run, input: Any, config: RunnableConfig | None) -> None:
-        thread = _resumed_thread(input, self._seen(config))
+        if not isinstance(input, Command) or input.resume is None:
+            return  # not a resume: the common case, decided before any config is merged
+        thread = _saved_thread(self._seen(config), self.checkpointer)
         if thread is None:
             return
         token = running.set(None)
@@ -575,14 +579,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         """The thread to repair after ``run``, if it needs looking at."""
         if self._watchdog.messages is None or run.repair_reason() is None:
             return None
-        thread = _thread_config(self._seen(config))
-        configurable = thread["configurable"]
-        # The graph's own checkpointer, or one a server lends its runs (the Agent Server).
-        lent = configurable.get(CONFIG_KEY_CHECKPOINTER)
-        saved = isinstance(self.checkpointer, BaseCheckpointSaver) or isinstance(
-            lent, BaseCheckpointSaver
-        )
-        return thread if saved and configurable.get("thread_id") is not None else None
+        return _saved_thread(self._seen(config), self.checkpointer)
 
     def _repair(self, run: Run, config: RunnableConfig | None) -> None:
         thread = self._repair_target(run, config)
@@ -667,12 +664,15 @@ def _landing_plan(
     return ({channel: messages}, found.as_node if found else None), None
 
 
-def _resumed_thread(input: Any, seen: RunnableConfig) -> RunnableConfig | None:
-    """The thread a ``Command(resume=...)`` resumes, if ``input`` is one, on a thread."""
-    if not isinstance(input, Command) or input.resume is None:
-        return None
+def _saved_thread(seen: RunnableConfig, saver: object) -> RunnableConfig | None:
+    """The config of the thread a run is on, if a checkpointer keeps it: the graph's own
+    (``saver``), or one a server lends its runs (the Agent Server)."""
     thread = _thread_config(seen)
-    return thread if thread["configurable"].get("thread_id") is not None else None
+    configurable = thread["configurable"]
+    kept = isinstance(saver, BaseCheckpointSaver) or isinstance(
+        configurable.get(CONFIG_KEY_CHECKPOINTER), BaseCheckpointSaver
+    )
+    return thread if kept and configurable.get("thread_id") is not None else None
 
 
 def _question(snapshot: StateSnapshot, resume: Any) -> tuple[Mapping[str, Any], Any] | None:
