@@ -282,8 +282,8 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         if _joins(running.get()):
             return super().invoke(input, config, **kwargs)
         run, handler, config = self._start(config, kwargs)
-        self._answering(run, input, config)
         with _Supervising(self, run, config):
+            self._answering(run, input, config)
             context = contextvars.copy_context()
             context.run(running.set, handler)
             call: Callable[..., Any] = super().invoke
@@ -303,9 +303,9 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         if _joins(running.get()):
             return await super().ainvoke(input, config, **kwargs)
         run, handler, config = self._start(config, kwargs)
-        await self._aanswering(run, input, config)
         run.bind_task()
         async with _Supervising(self, run, config):
+            await self._aanswering(run, input, config)
             token = running.set(handler)
             try:
                 try:
@@ -343,11 +343,11 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         self, input: Any, config: RunnableConfig | None, kwargs: dict[str, Any]
     ) -> Iterator[Any]:
         run, handler, config = self._start(config, kwargs)
-        self._answering(run, input, config)
         # The graph's code runs in a context of its own, the run set in it once.
         context = contextvars.copy_context()
         context.run(running.set, handler)
         with _Supervising(self, run, config):
+            self._answering(run, input, config)
             chunks = cast(
                 Generator[Any], super().stream(input, config, control=run.control, **kwargs)
             )
@@ -376,9 +376,9 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         self, input: Any, config: RunnableConfig | None, kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         run, handler, config = self._start(config, kwargs)
-        await self._aanswering(run, input, config)
         run.bind_task()
         async with _Supervising(self, run, config):
+            await self._aanswering(run, input, config)
             chunks = cast(
                 AsyncGenerator[Any],
                 super().astream(input, config, control=run.control, **kwargs),
@@ -488,12 +488,16 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
 
     # -- asking a person: a run that resumes a thread the watchdog paused ---------------
 
+    def _resumed_thread(self, input: Any, config: RunnableConfig | None) -> RunnableConfig | None:
+        """The kept thread a ``Command(resume=...)`` resumes, if ``input`` is one."""
+        if not isinstance(input, Command) or input.resume is None:
+            return None  # not a resume: the common case, decided before any config is merged
+        return _saved_thread(self._seen(config), self.checkpointer)
+
     def _answering(self, run: Run, input: Any, config: RunnableConfig | None) -> None:
         """If ``input`` answers a question the watchdog asked on this thread, the run goes on
         from the paused run's usage and takes the answer (see ``Run.answering``)."""
-        if not isinstance(input, Command) or input.resume is None:
-            return  # not a resume: the common case, decided before any config is merged
-        thread = _saved_thread(self._seen(config), self.checkpointer)
+        thread = self._resumed_thread(input, config)
         if thread is None:
             return
         token = running.set(None)
@@ -508,9 +512,7 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             run.answering(*found)
 
     async def _aanswering(self, run: Run, input: Any, config: RunnableConfig | None) -> None:
-        if not isinstance(input, Command) or input.resume is None:
-            return  # not a resume: the common case, decided before any config is merged
-        thread = _saved_thread(self._seen(config), self.checkpointer)
+        thread = self._resumed_thread(input, config)
         if thread is None:
             return
         token = running.set(None)
