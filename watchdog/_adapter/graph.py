@@ -288,16 +288,12 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             context.run(running.set, handler)
             call: Callable[..., Any] = super().invoke
             try:
-                result = context.run(call, input, config, control=run.control, **kwargs)
+                return context.run(call, input, config, control=run.control, **kwargs)
             except LANDING:
                 if run.lands() is None:
                     raise
-                result = None  # the run drained, or a node stopped, to land: resumed below
-            landing = context.run(self._landing, run, config)
-            if landing is not None:  # drained at a wrap_up limit: resumed to answer
-                thread, resume = landing
-                result = context.run(call, resume, thread, control=run.resume_landing(), **kwargs)
-            return result
+            # The run drained, or a node was stopped, at a wrap_up limit: resumed to answer.
+            return context.run(self._land, run, config, kwargs)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         if _joins(running.get()):
@@ -309,17 +305,12 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             token = running.set(handler)
             try:
                 try:
-                    result = await super().ainvoke(input, config, control=run.control, **kwargs)
+                    return await super().ainvoke(input, config, control=run.control, **kwargs)
                 except LANDING:
                     if run.lands() is None:
                         raise
-                    result = None
-                landing = await self._alanding(run, config)
-                if landing is not None:
-                    thread, resume = landing
-                    control = run.resume_landing()
-                    result = await super().ainvoke(resume, thread, control=control, **kwargs)
-                return result
+                # Resumed in a coroutine of its own: a live run's frame stays small.
+                return await self._aland(run, config, kwargs)
             finally:
                 running.reset(token)
 
@@ -527,6 +518,22 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             run.answering(*found)
 
     # -- a soft landing: a run drained at a wrap_up limit is resumed to answer ---------------
+
+    def _land(self, run: Run, config: RunnableConfig | None, kwargs: dict[str, Any]) -> Any:
+        """Resume a drained run to land (with the run set); None when there is nothing to
+        resume."""
+        landing = self._landing(run, config)
+        if landing is None:
+            return None
+        thread, resume = landing
+        return super().invoke(resume, thread, control=run.resume_landing(), **kwargs)
+
+    async def _aland(self, run: Run, config: RunnableConfig | None, kwargs: dict[str, Any]) -> Any:
+        landing = await self._alanding(run, config)
+        if landing is None:
+            return None
+        thread, resume = landing
+        return await super().ainvoke(resume, thread, control=run.resume_landing(), **kwargs)
 
     def _landing(
         self, run: Run, config: RunnableConfig | None
