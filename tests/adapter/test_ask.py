@@ -163,3 +163,33 @@ def test_attach_needs_a_checkpointer_to_ask() -> None:
     builder.add_edge(START, "work")
     with pytest.raises(PolicyError, match="resumed after a person answers"):
         Supervisor(policies(ASK_AT_THREE_STEPS)).attach(builder.compile(), name="counter")
+
+
+def test_a_limit_reached_inside_a_node_pauses_at_its_next_model_call() -> None:
+    model = FakeChatModel(responses=[AIMessage("a thought")])
+    called: list[str] = []
+
+    class Notes(TypedDict):
+        notes: list[str]
+
+    def think(state: Notes) -> Notes:
+        first = model.invoke("first thought")  # 120 tokens: past the budget of 100
+        called.append("first")
+        second = model.invoke("second thought")  # pauses here, before the call
+        called.append("second")
+        return {"notes": [str(first.content), str(second.content)]}
+
+    builder = StateGraph(Notes)
+    builder.add_node("think", think)
+    builder.add_edge(START, "think")
+    text = "- {name: budget, on_violation: ask, token_budget: {max_total_tokens: 100}}"
+    app = Supervisor(policies(text)).attach(
+        builder.compile(checkpointer=InMemorySaver()), name="thinker"
+    )
+    paused = app.invoke({"notes": []}, THREAD)
+    asked = question(paused)
+    assert (asked["at"], asked["usage"]["total_tokens"], called) == ("think", 120, ["first"])
+    finished = app.invoke(Command(resume={"extend": 1000}), THREAD)
+    # The node ran again from its start, as LangGraph reruns an interrupted node.
+    assert finished == {"notes": ["a thought", "a thought"]}
+    assert called == ["first", "first", "second"]
