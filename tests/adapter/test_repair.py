@@ -25,6 +25,9 @@ from watchdog.testing import FakeChatModel, FakeClock, capture_events, dangling_
 
 THREAD = {"configurable": {"thread_id": "chat"}}
 WALL = "The run has been going for 60.000 s, but policy 'wall' allows at most 60 s."
+CANCELLED_BY_WALL = (
+    f"Tool call cancelled: (policy 'wall', wall_time) {WALL} Its result is not available."
+)
 
 
 def calls(*ids: str) -> AIMessage:
@@ -177,8 +180,8 @@ def test_a_hard_cancel_while_tools_hang_leaves_the_thread_usable_async(clock: Fa
     assert next_turn["messages"][-1].content == "answered"
     assert [(m.tool_call_id, m.status, m.content) for m in tool_messages(next_turn)] == [
         ("q1", "success", "quick q1"),
-        ("h2", "error", f"Tool call cancelled: {WALL} Its result is not available."),
-        ("h3", "error", f"Tool call cancelled: {WALL} Its result is not available."),
+        ("h2", "error", CANCELLED_BY_WALL),
+        ("h3", "error", CANCELLED_BY_WALL),
     ]
     assert repairs(events) == [
         {
@@ -315,7 +318,7 @@ def test_a_manual_cancel_repairs_the_thread_with_the_operators_reason() -> None:
     finally:
         supervisor.close()
     assert [(m.tool_call_id, m.content) for m in tool_messages(next_turn)] == [
-        ("h1", "Tool call cancelled: The user pressed stop. Its result is not available.")
+        ("h1", "Tool call cancelled: (manual) The user pressed stop. Its result is not available.")
     ]
 
 

@@ -684,7 +684,9 @@ class Run:
         cause = self.cause
         if self.status != "cancelling" or cause is None or not cause.repair_thread:
             return None
-        return cause.finding.reason
+        finding = cause.finding
+        by = f"policy {finding.policy!r}, {finding.kind}" if finding.policy else finding.kind
+        return f"({by}) {finding.reason}"
 
     def thread_repaired(self, repair: ThreadRepair) -> None:
         self.host.emit(
