@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.processes import Pod
+from tests.processes import Pod, RedisServer
 from watchdog import testing
 from watchdog.testing import FakeClock
 
@@ -35,3 +35,12 @@ def pod(tmp_path: Path) -> Iterator[Pod]:
     pod.start_sidecar()
     yield pod
     pod.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real ``redis-server`` on a free loopback port (skipped when it is not installed,
+    failed on CI, where ``.ci/run`` installs it)."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()

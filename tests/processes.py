@@ -172,6 +172,48 @@ def tool(name: str) -> str:
     return found
 
 
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, with nothing saved to disk."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = (tmp_path / "redis.log").open("w")
+        self.popen = subprocess.Popen(
+            [
+                *(tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for("redis-server to answer", self._answers)
+
+    def _answers(self) -> bool:
+        assert self.popen.poll() is None, "redis-server exited"
+        return answers_tcp(self.port)
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(10)
+        self.log.close()
+
+
+def answers_tcp(port: int) -> bool:
+    """Whether a server on the loopback port answers a Redis PING."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 class Pod:
     """A sidecar and its workers, on a free loopback port, with the token and a policy file."""
 

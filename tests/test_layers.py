@@ -15,7 +15,8 @@ BELOW = {
     "_files": {"_core"},
     "_sinks": {"_core"},
     "_pod": {"_core", "_files", "_sinks"},
-    "_adapter": {"_core", "_files", "_sinks", "_pod"},
+    "_shared": {"_core"},
+    "_adapter": {"_core", "_files", "_sinks", "_pod", "_shared"},
 }
 # What each layer may import from outside the package, besides the standard library.
 THIRD_PARTY = {
@@ -23,6 +24,7 @@ THIRD_PARTY = {
     "_files": {"yaml"},
     "_sinks": {"prometheus_client", "structlog"},
     "_pod": {"fastapi", "prometheus_client", "pydantic", "starlette", "uvicorn"},
+    "_shared": set(),  # the Redis client is handed in
     "_adapter": {"langchain_core", "langgraph", "prometheus_client"},
 }
 LANGGRAPH = {"langgraph", "langchain_core"}
