@@ -195,13 +195,18 @@ class RedisServer:
         return answers_tcp(self.port)
 
     def stop(self) -> None:
-        self.popen.terminate()
-        try:
-            self.popen.wait(30)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(10)
+        terminate(self.popen)
         self.log.close()
+
+
+def terminate(process: subprocess.Popen[Any]) -> None:
+    """Ask a server to stop, and kill it if it has not within 30 s."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 def answers_tcp(port: int) -> bool:

@@ -7,6 +7,7 @@ The Agent Server pins its own dependencies, so it runs from a virtualenv of its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from langgraph_sdk import get_sync_client
 from langgraph_sdk.client import SyncLangGraphClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import answers, call, free_port, wait_for
+from tests.processes import answers, call, free_port, terminate, wait_for
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "deploy" / "agent-server"
@@ -29,6 +30,7 @@ LANGGRAPH = Path(
     os.environ.get("WATCHDOG_LANGGRAPH") or ROOT / ".venv-agent-server" / "bin" / "langgraph"
 )
 TOKEN = "server-token"
+RELOADS = ("watchdog_policy_reloads_total", (("result", "ok"),))
 NO_EXTRAS = ("--no-browser", "--no-reload")  # no browser tab, no file watcher
 
 if not LANGGRAPH.exists():
@@ -104,13 +106,21 @@ class Server:
 
     def stop(self) -> None:
         self.client.close()
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        terminate(self.process)
         self.log.close()
+
+    @contextlib.contextmanager
+    def extra_policies(self, name: str, text: str) -> Iterator[None]:
+        """A policy file added to the server's for the block, each change waited for."""
+        extra = self.folder / "policies" / name
+        before = self.metrics().get(RELOADS, 0.0)
+        extra.write_text(text)
+        try:
+            wait_for("the reload", lambda: self.metrics().get(RELOADS, 0.0) > before)
+            yield
+        finally:
+            extra.unlink()
+        wait_for("the reload back", lambda: self.metrics().get(RELOADS, 0.0) > before + 1)
 
 
 def _user(text: str) -> dict[str, Any]:
@@ -242,35 +252,25 @@ def test_the_watchdog_api_lists_and_cancels_live_runs(server: Server) -> None:
 
 
 def test_an_edited_policy_applies_to_the_next_run_without_a_restart(server: Server) -> None:
-    extra = server.folder / "policies" / "strict.yaml"
-    reloads = ("watchdog_policy_reloads_total", (("result", "ok"),))
-    before = server.metrics().get(reloads, 0.0)
-    extra.write_text(
+    strict = (
         "version: 1\n"
         "policies:\n"
         "  - name: strict-tenant\n"
         "    match: {metadata: {tenant: strict}}\n"
         "    step_count: {max_steps: 1}\n"
     )
-    try:
-        wait_for("the reload", lambda: server.metrics().get(reloads, 0.0) > before)
+    with server.extra_policies("strict.yaml", strict):
         _, run, output = server.ask("weather Oslo", metadata={"tenant": "strict"})
         assert run["status"] == "error"
         assert "policy 'strict-tenant'" in _error(output)["message"]
         _, run, _ = server.ask("weather Oslo", metadata={"tenant": "relaxed"})
         assert run["status"] == "success"
-    finally:
-        extra.unlink()
-    wait_for("the reload back", lambda: server.metrics().get(reloads, 0.0) > before + 1)
     _, run, _ = server.ask("weather Oslo", metadata={"tenant": "strict"})
     assert run["status"] == "success"
 
 
 def test_a_run_at_an_ask_limit_pauses_and_an_extension_finishes_it(server: Server) -> None:
-    extra = server.folder / "policies" / "ask.yaml"
-    reloads = ("watchdog_policy_reloads_total", (("result", "ok"),))
-    before = server.metrics().get(reloads, 0.0)
-    extra.write_text(
+    ask_first = (
         "version: 1\n"
         "policies:\n"
         "  - name: ask-first\n"
@@ -278,8 +278,7 @@ def test_a_run_at_an_ask_limit_pauses_and_an_extension_finishes_it(server: Serve
         "    on_violation: ask\n"
         "    step_count: {max_steps: 1}\n"
     )
-    try:
-        wait_for("the reload", lambda: server.metrics().get(reloads, 0.0) > before)
+    with server.extra_policies("ask.yaml", ask_first):
         thread_id = server.client.threads.create()["thread_id"]
         careful = {"tenant": "careful"}
         server.ask_on(thread_id, "weather Oslo", metadata=careful)
@@ -297,6 +296,3 @@ def test_a_run_at_an_ask_limit_pauses_and_an_extension_finishes_it(server: Serve
         )
         output = server.client.runs.join(thread_id, run["run_id"])
         assert output["messages"][-1]["content"] == "Here is the weather for Oslo."
-    finally:
-        extra.unlink()
-    wait_for("the reload back", lambda: server.metrics().get(reloads, 0.0) > before + 1)
