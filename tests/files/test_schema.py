@@ -47,14 +47,34 @@ VALUES: dict[str, tuple[str, object]] = {
 }
 
 
+# Keys that cannot stand together are written in policies of their own: a token budget's
+# shared scope keeps max_total_tokens only, and its window and estimate are for it alone.
+SHARED_BUDGET: dict[str, tuple[str, object]] = {
+    "max_total_tokens": ("9", 9),
+    "scope": ("metadata.tenant", "metadata.tenant"),
+    "window": ("1d", "1d"),
+    "time_zone": ("Europe/Paris", "Europe/Paris"),
+    "estimate_tokens": ("100", 100),
+}
+APART = {"token_budget": [("window", "time_zone", "estimate_tokens"), tuple(SHARED_BUDGET)]}
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_field_of_a_kind_is_a_key_of_its_file_and_read_as_its_type(kind: str) -> None:
     cls = KINDS[kind]
     fields = [f.name for f in dataclasses.fields(cls) if f.init]
     assert list(KIND_FIELDS[kind]) == fields
-    written = ", ".join(f"{key}: {VALUES[key][0]}" for key in fields)
-    (policy,) = policies(f"- {{name: p, {kind}: {{{written}}}}}").policies
-    assert policy.kind == cls(**{key: VALUES[key][1] for key in fields})
+    groups = APART.get(kind)
+    writings = (
+        [({k: VALUES[k] for k in fields if k not in groups[0]}), SHARED_BUDGET]
+        if groups
+        else [{k: VALUES[k] for k in fields}]
+    )
+    assert set().union(*writings) == set(fields)
+    for values in writings:
+        written = ", ".join(f"{key}: {text}" for key, (text, _) in values.items())
+        (policy,) = policies(f"- {{name: p, {kind}: {{{written}}}}}").policies
+        assert policy.kind == cls(**{key: value for key, (_, value) in values.items()})
 
 
 @pytest.mark.parametrize(

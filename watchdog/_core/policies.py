@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Literal, get_args
+from typing import Literal, NewType, get_args
 
 from .limits import (
     CostSpec,
@@ -29,6 +29,7 @@ from .state import Price, RunState
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
     "KINDS",
+    "BudgetScope",
     "Kind",
     "Loop",
     "Match",
@@ -46,6 +47,15 @@ __all__ = [
 Mode = Literal["enforce", "audit"]
 OnViolation = Literal["cancel", "wrap_up", "ask"]
 Scope = Literal["run", "thread"]
+# A token budget's scope: "run" or "thread", or shared across pods: "graph", "global", or
+# "metadata.<key>" (one budget per value of that run metadata key, such as a tenant).
+BudgetScope = NewType("BudgetScope", str)
+# How long a shared budget lasts: "<n>h", "<n>d" (aligned to midnight in its time zone), or
+# "month" (the calendar month).
+Window = NewType("Window", str)
+TimeZoneName = NewType("TimeZoneName", str)
+LOCAL_SCOPES = ("run", "thread")
+DEFAULT_ESTIMATE_TOKENS = 4000
 RateOf = Literal["steps", "node_runs", "llm_calls", "tool_calls", "tokens"]
 RATE_OF: tuple[RateOf, ...] = get_args(RateOf)
 # The defaults of a policy, here and nowhere else: policy files and manual cancels use them.
@@ -150,10 +160,23 @@ class TokenBudget(Kind):
     max_output_tokens: int | None = None
     max_cost_usd: float | None = None
     prices: Mapping[str, Price] = field(default_factory=dict, hash=False)
-    scope: Scope = "run"
+    scope: BudgetScope = BudgetScope("run")
+    window: Window | None = None  # a shared scope's
+    time_zone: TimeZoneName | None = None  # where a shared window's days begin; UTC if unset
+    estimate_tokens: int = DEFAULT_ESTIMATE_TOKENS  # what a model call reserves, shared
     name = "token_budget"
 
+    @property
+    def shared(self) -> bool:
+        """Whether the budget spans pods (kept in Redis) rather than one run or thread."""
+        return self.scope not in LOCAL_SCOPES
+
     def __post_init__(self) -> None:
+        if self.shared:
+            # Reserved before each model call and settled after it, in Redis: no limit on the
+            # run's own state.
+            object.__setattr__(self, "limits", ())
+            return
         thread = self.scope == "thread"
         limits = _present(
             None

@@ -11,6 +11,7 @@ import dataclasses
 import re
 import types
 import typing
+import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,7 +21,9 @@ from yaml.nodes import Node, ScalarNode, SequenceNode
 from .._core.errors import PolicyProblem
 from .._core.policies import (
     KINDS,
+    LOCAL_SCOPES,
     RATE_OF,
+    BudgetScope,
     Kind,
     Loop,
     Match,
@@ -28,7 +31,9 @@ from .._core.policies import (
     OnViolation,
     Policy,
     Rate,
+    TimeZoneName,
     TokenBudget,
+    Window,
     WrapUp,
 )
 from .._core.state import Price
@@ -52,6 +57,8 @@ POLICY_KEYS = (
     *DEFAULT_KEYS,
 )
 WRAP_UP_KEYS = ("node", "message", "llm_calls")
+METADATA_SCOPE = re.compile(r"metadata\.[A-Za-z0-9_.:-]{1,64}")
+WINDOW = re.compile(r"([0-9]{1,4})([hd])")
 MATCH_KEYS = ("graph", "tags", "metadata")
 PRICE_KEYS = tuple(f.name for f in dataclasses.fields(Price))
 MODES: tuple[Mode, ...] = typing.get_args(Mode)
@@ -77,9 +84,12 @@ def _kind_fields(kind: type[Kind]) -> dict[str, _KindField]:
         if not field.init:
             continue
         hint = hints[field.name]
-        optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        optional = union and type(None) in typing.get_args(hint)
         (base,) = [a for a in typing.get_args(hint) if a is not type(None)] if optional else [hint]
-        fields[field.name] = _KindField(_reader_of(base), optional, base in (int, float))
+        numeric = base in (int, float)
+        # An optional number is a limit; an optional setting (a window) is not.
+        fields[field.name] = _KindField(_reader_of(base), optional and numeric, numeric)
     return fields
 
 
@@ -93,6 +103,13 @@ def _reader_of(base: Any) -> FieldReader:
         return lambda reader, node, path: reader.choice(node, path, choices)
     if typing.get_origin(base) is Mapping:
         return PolicyFileReader.prices
+    readers: dict[object, FieldReader] = {
+        BudgetScope: PolicyFileReader.budget_scope,
+        Window: PolicyFileReader.window,
+        TimeZoneName: PolicyFileReader.time_zone,
+    }
+    if base in readers:
+        return readers[base]
     msg = f"no reader for a field of type {base!r}"
     raise TypeError(msg)
 
@@ -390,6 +407,36 @@ class PolicyFileReader(NodeReader):
             check(self, node, path, fields, values)
         return KINDS[kind](**values)
 
+    def budget_scope(self, node: Node, path: str) -> BudgetScope:
+        value = self.text(node, path, "a scope")
+        if value not in (*LOCAL_SCOPES, "graph", "global") and not METADATA_SCOPE.fullmatch(value):
+            self.invalid(
+                node,
+                path,
+                "expected run, thread, graph, global or metadata.<key> (such as "
+                f"metadata.tenant), got {value!r}",
+            )
+        return BudgetScope(value)
+
+    def window(self, node: Node, path: str) -> Window:
+        value = self.text(node, path, "a window")
+        found = WINDOW.fullmatch(value)
+        if value != "month" and (found is None or int(found[1]) == 0):
+            self.invalid(
+                node, path, f"expected a window such as 1h, 6h, 1d, 7d or month, got {value!r}"
+            )
+        return Window(value)
+
+    def time_zone(self, node: Node, path: str) -> TimeZoneName:
+        value = self.text(node, path, "a time zone")
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            self.invalid(
+                node, path, f"expected an IANA time zone such as Europe/Paris, got {value!r}"
+            )
+        return TimeZoneName(value)
+
     def prices(self, node: Node, path: str) -> dict[str, Price]:
         return self.table(node, path, "model name to prices", "a model name", self._price)
 
@@ -431,6 +478,39 @@ class PolicyFileReader(NodeReader):
     def _check_token_budget(
         self, node: Node, path: str, fields: dict[str, Entry], values: dict[str, Any]
     ) -> None:
+        shared = values.get("scope", "run") not in LOCAL_SCOPES
+        if shared:
+            for key in ("max_input_tokens", "max_output_tokens", "max_cost_usd"):
+                if key in values:
+                    self.invalid(
+                        fields[key].key,
+                        f"{path}.{key}",
+                        f"a shared scope ({values['scope']}) keeps max_total_tokens across pods, "
+                        "not this limit yet; expected max_total_tokens alone, or scope: run or "
+                        "thread",
+                    )
+            if "max_total_tokens" not in values:
+                self.invalid(
+                    node,
+                    f"{path}.max_total_tokens",
+                    f"a shared scope ({values['scope']}) needs max_total_tokens",
+                )
+            if "window" not in values:
+                self.invalid(
+                    fields["scope"].key,
+                    f"{path}.window",
+                    f"a shared scope ({values['scope']}) needs a window; expected window: 1d, "
+                    "for instance",
+                )
+        else:
+            for key in ("window", "time_zone", "estimate_tokens"):
+                if key in fields:
+                    self.invalid(
+                        fields[key].key,
+                        f"{path}.{key}",
+                        f"{key} is read only with a shared scope; expected scope: graph, "
+                        "global or metadata.<key> beside it",
+                    )
         if "max_cost_usd" in values and "default" not in values.get("prices", {}):
             where = fields["prices"] if "prices" in fields else fields["max_cost_usd"]
             self.invalid(
