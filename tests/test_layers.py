@@ -25,7 +25,7 @@ THIRD_PARTY = {
     "_sinks": {"prometheus_client", "structlog"},
     "_pod": {"fastapi", "prometheus_client", "pydantic", "starlette", "uvicorn"},
     "_shared": set(),  # the Redis client is handed in
-    "_adapter": {"langchain_core", "langgraph", "prometheus_client"},
+    "_adapter": {"langchain_core", "langgraph", "prometheus_client", "redis"},
 }
 LANGGRAPH = {"langgraph", "langchain_core"}
 STANDARD_LIBRARY = sys.stdlib_module_names

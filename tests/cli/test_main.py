@@ -397,6 +397,7 @@ def test_examples_load_as_one_set_and_show_the_less_common_keys() -> None:
     assert any(not p.repair_thread for p in policies)
     assert any(p.landing is not None for p in policies)
     assert any(p.on_violation == "ask" for p in policies)
+    assert any(getattr(p.kind, "shared", False) for p in policies)
     assert any(p.warn_at is None for p in policies)
     assert any(p.mode == "audit" for p in policies)
     assert any(p.match.metadata for p in policies)

@@ -43,6 +43,7 @@ LABELS = {
     "watchdog_internal_errors": {()},
     "watchdog_sidecar_events_dropped": {()},
     "watchdog_activity_after_cancel": set(),  # no run here leaves work behind
+    "watchdog_shared_budget_errors": set(),  # no budget here is shared
 }
 
 

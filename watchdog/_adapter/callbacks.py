@@ -156,12 +156,17 @@ class WatchdogHandler(BaseCallbackHandler):
             found = run.monitor.llm_started(model)
             if found and run.report(found):
                 raise Stop
+        if run.shared and run.reserve_shared(str(run_id)):
+            raise Stop  # a shared budget has no room for the call: it does not start
 
     @_guarded
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         run = self.run
         model = self._models.pop(run_id, "?")
         input_tokens, output_tokens, total = _usage(response)
+        if run.shared:
+            used = input_tokens + output_tokens if total is None else total
+            run.settle_shared(str(run_id), used)
         with run.lock:
             found = run.monitor.llm_ended(model, input_tokens, output_tokens, total)
             stop = bool(found) and run.report(found)
@@ -171,6 +176,8 @@ class WatchdogHandler(BaseCallbackHandler):
     @_guarded
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._models.pop(run_id, None)
+        if self.run.shared:
+            self.run.settle_shared(str(run_id), 0)  # releases its reservation
 
     # -- tools ---------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from .._core.scheduler import Scheduler, Timer
 from .._sinks import schema
 from .hooks import Hook, run_hook_sync, spawn
 from .repair import ThreadRepair
+from .shared import Charge
 
 __all__ = ["ASK_MARK", "Cause", "Run", "RunHost", "Stop", "node_path"]
 
@@ -59,6 +60,8 @@ class RunHost(Protocol):
     def forget(self, run: Run) -> None: ...
 
     def internal_error(self, error: BaseException, run: Run | None = None) -> None: ...
+
+    def shared_unavailable(self, policy: str, error: BaseException) -> None: ...
 
 
 def _why_cancelled(error: asyncio.CancelledError) -> str:
@@ -165,6 +168,7 @@ class Run:
         "node_threads",
         "phase",
         "run_id",
+        "shared",
         "status",
         "stopping",
         "task",
@@ -215,6 +219,7 @@ class Run:
         self.caller_gone: str | None = None
         self.landing: Landing | None = None  # a soft landing under way (on_violation: wrap_up)
         self.ask: Asking | Answering | None = None  # a question to a person (on_violation: ask)
+        self.shared: tuple[Charge, ...] = ()  # its shares of budgets kept in Redis
         # The current superstep of the graph, and of its subgraphs by namespace once one runs.
         self._root_step: object = None
         self._step_of: dict[str, object] | None = None
@@ -352,6 +357,50 @@ class Run:
     def left_thread(self, key: Hashable) -> None:
         if self.node_threads is not None:
             self.node_threads.pop(key, None)
+
+    # -- shared budgets (kept in Redis) --------------------------------------------------
+
+    def reserve_shared(self, call: str) -> bool:
+        """Before a model call: reserve its estimate in each shared budget of the run.
+        Returns whether the run must stop (a budget refused it, under an enforced policy)."""
+        stop = False
+        for charge in self.shared:
+            try:
+                grant = charge.budget.reserve(f"{self.run_id}:{call}", charge.estimate)
+            except Exception as error:  # Redis away or slow: the call goes on, counted
+                self.host.shared_unavailable(charge.policy.name, error)
+                continue
+            if grant.granted:
+                continue
+            policy = charge.policy
+            if policy.mode == "enforce":
+                stop = True
+            if charge.reported:
+                continue
+            charge.reported = True
+            state = self.monitor.state
+            finding = Finding(
+                policy=policy.name,
+                kind="token_budget",
+                key="max_total_tokens",
+                mode=policy.mode,
+                reason=charge.reason(grant),
+                observed=float(grant.used + grant.reserved + charge.estimate),
+                limit=float(charge.budget.limit),
+                step=state.steps,
+                node=state.node,
+            )
+            with self.lock:
+                self.report([finding])
+        return stop
+
+    def settle_shared(self, call: str, used: int) -> None:
+        """After a model call: count what it used in each shared budget of the run."""
+        for charge in self.shared:
+            try:
+                charge.budget.settle(f"{self.run_id}:{call}", used)
+            except Exception as error:
+                self.host.shared_unavailable(charge.policy.name, error)
 
     # -- findings and the pipeline -------------------------------------------------------
 

@@ -36,6 +36,7 @@ from .graph import SupervisedGraph, supervise
 from .hooks import DEFAULT_HOOK_TIMEOUT, Hook
 from .repair import messages_channel
 from .run import Run
+from .shared import SharedBudgets, shared_policies
 
 __all__ = ["RunHandle", "Supervisor"]
 
@@ -83,8 +84,12 @@ class Supervisor:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] | None = None,
         lends_checkpointer: bool = False,
+        redis_url: str | None = None,
     ) -> None:
         self.clock = clock or time.monotonic
+        # Budgets shared across pods, in Redis (WATCHDOG_REDIS_URL unless given).
+        self.shared = SharedBudgets(redis_url or os.environ.get("WATCHDOG_REDIS_URL") or None)
+        self._shared_down = False  # Redis failed last time: logged once until it answers
         # A server lends the graphs it runs a checkpointer of its own (LangGraph's Agent
         # Server does), so attach() need not find one on them for a cleanup_node.
         self.lends_checkpointer = lends_checkpointer
@@ -205,6 +210,14 @@ class Supervisor:
             files=list(policies.files),
             policies=[p.name for p in policies.policies],
         )
+        if self.shared.url is None:
+            # attach() refuses them; a reload cannot: said, and left to the local limits.
+            for policy in shared_policies(policies.policies):
+                self.emit(
+                    "shared_budget_unavailable",
+                    policy=policy.name,
+                    error="no Redis to keep it in: set WATCHDOG_REDIS_URL",
+                )
 
     # -- attaching -----------------------------------------------------------------------
 
@@ -226,6 +239,19 @@ class Supervisor:
             if (policy.cleanup_node or policy.on_violation != "cancel") and _may_apply(policy, name)
             for problem in _resume_problems(policy, graph, name, self.lends_checkpointer)
         ]
+        if self.shared.url is None:
+            problems += [
+                PolicyProblem(
+                    policy.file,
+                    policy.line,
+                    1,
+                    f"policies.{policy.name}.token_budget.scope",
+                    f"a budget shared across pods ({policy.kind.scope}) is kept in Redis; "  # type: ignore[attr-defined]
+                    "expected WATCHDOG_REDIS_URL set, or Supervisor(redis_url=...)",
+                )
+                for policy in shared_policies(self.policies.policies)
+                if _may_apply(policy, name)
+            ]
         if problems:
             raise PolicyError(problems)
         if isinstance(graph.checkpointer, BaseCheckpointSaver):
@@ -316,6 +342,8 @@ class Supervisor:
             monitor=monitor,
             control=control,
         )
+        if self.shared.url is not None and shared_policies(monitor.policies):
+            run.shared = self.shared.charges(monitor.policies, graph, config.get("metadata") or {})
         superseding = next((p for p in monitor.policies if p.supersede), None)
         if superseding is not None and run.thread_id is not None:
             for older in self._live_on(run.thread_id):
@@ -337,6 +365,18 @@ class Supervisor:
     def emit(self, name: str, **fields: Any) -> None:
         """Log an event, and hand it to this supervisor's listeners (its sidecar link)."""
         _events.emit_to(self._listeners, name, **fields)
+
+    def shared_unavailable(self, policy: str, error: BaseException) -> None:
+        """Redis did not answer for a shared budget: the call went on. Counted each time,
+        logged when it starts failing."""
+        self.metrics.direct.count(self.metrics.shared_budget_errors, policy)
+        if not self._shared_down:
+            self._shared_down = True
+            self.emit(
+                "shared_budget_unavailable",
+                policy=policy,
+                error=f"{type(error).__name__}: {error}",
+            )
 
     def record(self, event: schema.Event) -> None:
         """Log an event of the schema, and move the metrics it moves."""

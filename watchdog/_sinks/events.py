@@ -29,6 +29,7 @@ WARNING_EVENTS = frozenset(
         "thread_repair_failed",
         "activity_after_cancel",
         "wrap_up_failed",
+        "shared_budget_unavailable",
     }
 )
 ERROR_EVENTS = frozenset(

@@ -127,6 +127,14 @@ class Metrics:
             ["graph", "activity"],
             registry=registry,
         )
+        self.shared_budget_errors = Counter(
+            "watchdog_shared_budget_errors",
+            "Shared-budget operations Redis did not answer, by policy: a reservation (the "
+            "call went on without it, the run's local limits still holding) or a settlement "
+            "(the call's usage is missing from the shared total).",
+            ["policy"],
+            registry=registry,
+        )
         self.internal_errors = Counter(
             "watchdog_internal_errors",
             "Errors inside the watchdog itself; each was logged and the run went on.",

@@ -1,0 +1,138 @@
+"""Token budgets shared across workers through a real Redis: one tenant's budget, spent by
+runs of two supervisors (two workers), stops them all at its limit, and Redis's total is
+exactly what their runs used."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import redis
+from langchain_core.messages import AIMessage
+from prometheus_client import CollectorRegistry
+
+from tests.graphs import policies, react_agent, scripted, tool_call
+from tests.processes import RedisServer
+from watchdog import PolicyError, RunCancelled, Supervisor
+from watchdog.testing import capture_events
+
+# Each model call reports 100 input and 20 output tokens; a call reserves 120 before it runs.
+ACME_DAILY = """
+- name: acme-daily
+  token_budget:
+    max_total_tokens: 1000
+    scope: metadata.tenant
+    window: 1d
+    estimate_tokens: 120
+"""
+
+
+def searching_forever() -> Any:
+    """A ReAct agent that calls a tool every turn, for ever: only a budget stops it."""
+    return react_agent(scripted(*(tool_call(f"q{i}", f"c{i}") for i in range(50))))
+
+
+def worker(redis_server: RedisServer, registry: CollectorRegistry | None = None) -> Any:
+    supervisor = Supervisor(policies(ACME_DAILY), redis_url=redis_server.url, registry=registry)
+    return supervisor.attach(searching_forever(), name="agent")
+
+
+def tenant(name: str) -> dict[str, Any]:
+    return {"metadata": {"tenant": name}}
+
+
+def used_in_redis(redis_server: RedisServer, tenant: str) -> int:
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        total = 0
+        for key in client.scan_iter(f"watchdog:{{acme-daily|metadata.tenant={tenant}|*}}:budget"):
+            total += int(client.hget(key, "used") or 0)
+        return total
+    finally:
+        client.close()
+
+
+def run_tokens(events: list[dict[str, Any]], tenant_runs: set[str]) -> int:
+    return sum(
+        e["tokens"]
+        for e in events
+        if e["event"] == "watchdog.run_finished" and e["run_id"] in tenant_runs
+    )
+
+
+def test_one_tenants_budget_stops_the_runs_of_two_workers_and_spares_another_tenant(
+    redis_server: RedisServer,
+) -> None:
+    first, second = worker(redis_server), worker(redis_server)
+    with capture_events() as events:
+        with pytest.raises(RunCancelled) as spent:
+            first.invoke({"messages": [("user", "go")]}, tenant("acme"))
+        with pytest.raises(RunCancelled) as refused:
+            second.invoke({"messages": [("user", "go")]}, tenant("acme"))
+        with pytest.raises(RunCancelled) as other:
+            second.invoke({"messages": [("user", "go")]}, tenant("globex"))
+    # Eight calls of 120 fit in 1,000; the ninth, and the other worker's first, do not.
+    assert (spent.value.policy, spent.value.kind) == ("acme-daily", "token_budget")
+    assert spent.value.reason.startswith("The budget of tenant 'acme' for ")
+    assert used_in_redis(redis_server, "acme") == 960
+    assert refused.value.policy == "acme-daily"
+    assert used_in_redis(redis_server, "globex") == 960  # a budget of its own
+    acme_runs = {spent.value.run_id, refused.value.run_id}
+    assert run_tokens(events, acme_runs) == 960
+    assert other.value.policy == "acme-daily"
+
+
+def test_workers_at_once_stop_at_the_limit_and_redis_counts_exactly_what_they_used(
+    redis_server: RedisServer,
+) -> None:
+    apps = [worker(redis_server) for _ in range(2)]
+    outcomes: list[str] = []
+
+    def keep_running(app: Any) -> None:
+        for _ in range(3):
+            try:
+                app.invoke({"messages": [("user", "go")]}, tenant("acme"))
+                outcomes.append("completed")
+            except RunCancelled as cancelled:
+                outcomes.append(cancelled.kind)
+
+    with capture_events() as events:
+        threads = [threading.Thread(target=keep_running, args=(a,)) for a in apps for _ in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert outcomes == ["token_budget"] * 12
+    finished = {e["run_id"] for e in events if e["event"] == "watchdog.run_finished"}
+    used = used_in_redis(redis_server, "acme")
+    # The estimate is the real usage: the budget is never passed, and nothing is lost.
+    assert used == run_tokens(events, finished)
+    assert 1000 - 120 < used <= 1000
+
+
+def test_with_redis_down_calls_go_on_counted_and_the_local_limits_hold(
+    redis_server: RedisServer,
+) -> None:
+    registry = CollectorRegistry()
+    app = worker(redis_server, registry)
+    redis_server.stop()
+    answer = react_agent(scripted(tool_call("q", "c1"), AIMessage("done")))
+    supervisor = app._watchdog.supervisor
+    agent = supervisor.attach(answer, name="agent")
+    with capture_events() as events:
+        final = agent.invoke({"messages": [("user", "go")]}, tenant("acme"))
+    assert final["messages"][-1].content == "done"
+    errors = registry.get_sample_value(
+        "watchdog_shared_budget_errors_total", {"policy": "acme-daily"}
+    )
+    assert errors == 4  # two model calls, each reserved and settled without Redis
+    assert [e["policy"] for e in events if e["event"] == "watchdog.shared_budget_unavailable"] == [
+        "acme-daily"
+    ]
+
+
+def test_attach_needs_redis_for_a_shared_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WATCHDOG_REDIS_URL", raising=False)
+    with pytest.raises(PolicyError, match="is kept in Redis; expected WATCHDOG_REDIS_URL"):
+        Supervisor(policies(ACME_DAILY)).attach(searching_forever(), name="agent")

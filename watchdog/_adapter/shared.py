@@ -1,0 +1,119 @@
+"""A supervisor's shared budgets: token budgets whose scope spans pods, kept in Redis.
+
+A run whose policies have a shared budget gets a charge for each: before each model call it
+reserves the policy's estimate (refused: a violation, as for any limit), and after the call
+it settles the real usage. When Redis cannot be reached the call goes on: the error is
+counted and logged (once until Redis answers again), and the local limits still hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .._core.policies import Policy, TokenBudget
+from .._shared.budget import Grant, SharedBudget
+from .._shared.windows import window_of
+
+__all__ = ["Charge", "SharedBudgets"]
+
+MAX_BUDGETS = 10_000  # budgets kept by name (one per scope value and window); then forgotten
+PLAIN = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+
+
+def shared_policies(policies: tuple[Policy, ...]) -> tuple[Policy, ...]:
+    return tuple(p for p in policies if isinstance(p.kind, TokenBudget) and p.kind.shared)
+
+
+@dataclass(slots=True)
+class Charge:
+    """One run's share of one shared budget."""
+
+    policy: Policy
+    budget: SharedBudget
+    estimate: int
+    whose: str  # what the budget is of, for reasons: "tenant 'acme'", "graph 'x'", "all runs"
+    window: str
+    reported: bool = False  # a run reports a refused budget once
+
+    def reason(self, grant: Grant) -> str:
+        return (
+            f"The budget of {self.whose} for {self.window} has {grant.used:,} tokens used and "
+            f"{grant.reserved:,} held by calls in flight, so a call of {self.estimate:,} more "
+            f"would pass the {self.budget.limit:,} that policy {self.policy.name!r} allows."
+        )
+
+
+class SharedBudgets:
+    """The Redis client (made at first use) and the budgets by name, for one supervisor."""
+
+    def __init__(self, url: str | None, *, now: Callable[[], datetime] | None = None) -> None:
+        self.url = url
+        self._now = now or (lambda: datetime.now(UTC))
+        self._client: Any = None
+        self._budgets: dict[str, SharedBudget] = {}
+        self._lock = threading.Lock()
+
+    def charges(
+        self, policies: tuple[Policy, ...], graph: str, metadata: Mapping[str, object]
+    ) -> tuple[Charge, ...]:
+        """A run's charges: one per shared budget of its policies that applies to it (a
+        budget per metadata value applies to the runs that carry the key)."""
+        found = []
+        for policy in shared_policies(policies):
+            kind = policy.kind
+            assert isinstance(kind, TokenBudget)
+            assert kind.window is not None  # the policy file requires one
+            scope = str(kind.scope)
+            if scope == "graph":
+                value, whose = graph, f"graph {graph!r}"
+            elif scope == "global":
+                value, whose = "*", "all runs"
+            else:
+                key = scope.removeprefix("metadata.")
+                raw = metadata.get(key)
+                if raw is None:
+                    continue
+                value, whose = str(raw), f"{key} {str(raw)!r}"
+            window, left = window_of(kind.window, kind.time_zone, self._now())
+            name = f"{policy.name}|{scope}={_tag_safe(value)}|{window}"
+            limit = kind.max_total_tokens or 0
+            budget = self._budget(name, limit, key_ttl=left + 86_400)
+            found.append(Charge(policy, budget, kind.estimate_tokens, whose, window))
+        return tuple(found)
+
+    def _budget(self, name: str, limit: int, *, key_ttl: float) -> SharedBudget:
+        with self._lock:
+            budget = self._budgets.get(name)
+            if budget is None or budget.limit != limit:
+                if len(self._budgets) >= MAX_BUDGETS:
+                    del self._budgets[next(iter(self._budgets))]
+                budget = self._budgets[name] = SharedBudget(
+                    self._redis(), name, limit, key_ttl=key_ttl
+                )
+            return budget
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            if self.url is None:
+                msg = "a shared budget needs Redis: set WATCHDOG_REDIS_URL"
+                raise RuntimeError(msg)
+            import redis  # noqa: PLC0415 - the redis extra, needed only by shared budgets
+
+            # Short timeouts: a call waits on Redis at most this long, then goes on.
+            self._client = redis.Redis.from_url(
+                self.url, socket_timeout=0.25, socket_connect_timeout=0.25
+            )
+        return self._client
+
+
+def _tag_safe(value: str) -> str:
+    """A scope value as a Redis key's hash tag may hold it (no braces, bounded)."""
+    if PLAIN.fullmatch(value):
+        return value
+    return "sha1:" + hashlib.sha1(value.encode(), usedforsecurity=False).hexdigest()[:20]
