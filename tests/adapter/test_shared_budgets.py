@@ -136,3 +136,17 @@ def test_attach_needs_redis_for_a_shared_budget(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("WATCHDOG_REDIS_URL", raising=False)
     with pytest.raises(PolicyError, match="is kept in Redis; expected WATCHDOG_REDIS_URL"):
         Supervisor(policies(ACME_DAILY)).attach(searching_forever(), name="agent")
+
+
+def test_a_call_reserves_its_max_tokens_when_that_is_more_than_the_estimate(
+    redis_server: RedisServer,
+) -> None:
+    model = scripted(*(tool_call(f"q{i}", f"c{i}") for i in range(10)))
+    bounded: Any = model.bind(max_tokens=900)  # may answer with up to 900 tokens
+    supervisor = Supervisor(policies(ACME_DAILY), redis_url=redis_server.url)
+    app = supervisor.attach(react_agent(bounded), name="agent")
+    with pytest.raises(RunCancelled) as raised:
+        app.invoke({"messages": [("user", "go")]}, tenant("acme"))
+    # The first call held 900 and used 120; the second, 120 + 900 held, would pass 1,000.
+    assert "a call of 900 more would pass the 1,000" in raised.value.reason
+    assert used_in_redis(redis_server, "acme") == 120

@@ -73,6 +73,13 @@ def _guarded(method: Callable[P, R]) -> Callable[P, R | None]:
     return guarded
 
 
+def _max_tokens(params: Mapping[str, Any] | None) -> int:
+    """The most tokens the call may answer with, as its invocation parameters say; 0 if
+    they do not."""
+    value = (params or {}).get("max_tokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _node_path(metadata: Mapping[str, Any] | None) -> str | None:
     """The path of the node a call is made in, from the run metadata LangGraph documents."""
     namespace = (metadata or {}).get("langgraph_checkpoint_ns")
@@ -123,7 +130,7 @@ class WatchdogHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._llm_started(run_id, serialized, metadata)
+        self._llm_started(run_id, serialized, metadata, kwargs.get("invocation_params"))
 
     @_guarded
     def on_llm_start(
@@ -135,10 +142,14 @@ class WatchdogHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._llm_started(run_id, serialized, metadata)
+        self._llm_started(run_id, serialized, metadata, kwargs.get("invocation_params"))
 
     def _llm_started(
-        self, run_id: UUID, serialized: dict[str, Any] | None, metadata: dict[str, Any] | None
+        self,
+        run_id: UUID,
+        serialized: dict[str, Any] | None,
+        metadata: dict[str, Any] | None,
+        params: Mapping[str, Any] | None,
     ) -> None:
         run = self.run
         model = (metadata or {}).get("ls_model_name") or (serialized or {}).get("name") or "?"
@@ -156,7 +167,7 @@ class WatchdogHandler(BaseCallbackHandler):
             found = run.monitor.llm_started(model)
             if found and run.report(found):
                 raise Stop
-        if run.shared and run.reserve_shared(str(run_id)):
+        if run.shared and run.reserve_shared(str(run_id), _max_tokens(params)):
             raise Stop  # a shared budget has no room for the call: it does not start
 
     @_guarded

@@ -360,13 +360,15 @@ class Run:
 
     # -- shared budgets (kept in Redis) --------------------------------------------------
 
-    def reserve_shared(self, call: str) -> bool:
-        """Before a model call: reserve its estimate in each shared budget of the run.
-        Returns whether the run must stop (a budget refused it, under an enforced policy)."""
+    def reserve_shared(self, call: str, max_tokens: int = 0) -> bool:
+        """Before a model call: reserve in each shared budget of the run its estimate, or
+        the call's ``max_tokens`` when larger. Returns whether the run must stop (a budget
+        refused it, under an enforced policy)."""
         stop = False
         for charge in self.shared:
+            amount = max(charge.estimate, max_tokens)
             try:
-                grant = charge.budget.reserve(f"{self.run_id}:{call}", charge.estimate)
+                grant = charge.budget.reserve(f"{self.run_id}:{call}", amount)
             except Exception as error:  # Redis away or slow: the call goes on, counted
                 self.host.shared_unavailable(charge.policy.name, error)
                 continue
@@ -384,8 +386,8 @@ class Run:
                 kind="token_budget",
                 key="max_total_tokens",
                 mode=policy.mode,
-                reason=charge.reason(grant),
-                observed=float(grant.used + grant.reserved + charge.estimate),
+                reason=charge.reason(grant, amount),
+                observed=float(grant.used + grant.reserved + amount),
                 limit=float(charge.budget.limit),
                 step=state.steps,
                 node=state.node,

@@ -41,10 +41,10 @@ class Charge:
     window: str
     reported: bool = False  # a run reports a refused budget once
 
-    def reason(self, grant: Grant) -> str:
+    def reason(self, grant: Grant, amount: int) -> str:
         return (
             f"The budget of {self.whose} for {self.window} has {grant.used:,} tokens used and "
-            f"{grant.reserved:,} held by calls in flight, so a call of {self.estimate:,} more "
+            f"{grant.reserved:,} held by calls in flight, so a call of {amount:,} more "
             f"would pass the {self.budget.limit:,} that policy {self.policy.name!r} allows."
         )
 
