@@ -173,16 +173,22 @@ def tool(name: str) -> str:
 
 
 class RedisServer:
-    """A real ``redis-server`` on a free loopback port, with nothing saved to disk."""
+    """A real ``redis-server`` on a free loopback port. Its data is kept in an append-only
+    file in ``tmp_path``, so a restart keeps it (as a production Redis would)."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log = (tmp_path / "redis.log").open("w")
+        self.folder = tmp_path
+        self.log = (tmp_path / "redis.log").open("a")
+        self.start()
+
+    def start(self) -> None:
         self.popen = subprocess.Popen(
             [
                 *(tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
+                *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
+                *("--dir", str(self.folder)),
             ],
             stdin=subprocess.DEVNULL,
             stdout=self.log,
@@ -190,12 +196,18 @@ class RedisServer:
         )
         wait_for("redis-server to answer", self._answers)
 
+    def kill(self) -> None:
+        """Stop it at once, as a crash would."""
+        self.popen.kill()
+        self.popen.wait(10)
+
     def _answers(self) -> bool:
         assert self.popen.poll() is None, "redis-server exited"
         return answers_tcp(self.port)
 
     def stop(self) -> None:
-        terminate(self.popen)
+        if self.popen.poll() is None:
+            terminate(self.popen)
         self.log.close()
 
 

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 import redis
 from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+from langgraph.graph import START, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
 from prometheus_client import CollectorRegistry
 
-from tests.graphs import policies, react_agent, scripted, tool_call
+from tests.graphs import Chat, policies, react_agent, scripted, tool_call
 from tests.processes import RedisServer
 from watchdog import PolicyError, RunCancelled, Supervisor
 from watchdog.testing import capture_events
@@ -150,3 +153,62 @@ def test_a_call_reserves_its_max_tokens_when_that_is_more_than_the_estimate(
     # The first call held 900 and used 120; the second, 120 + 900 held, would pass 1,000.
     assert "a call of 900 more would pass the 1,000" in raised.value.reason
     assert used_in_redis(redis_server, "acme") == 120
+
+
+def test_redis_killed_mid_run_then_back_counts_each_call_once(
+    redis_server: RedisServer,
+) -> None:
+    @tool
+    def look_up(query: str) -> str:
+        """Look something up (and, the first time, lose Redis)."""
+        if redis_server.popen.poll() is None:
+            redis_server.kill()
+        return f"found {query}"
+
+    model = scripted(
+        AIMessage("", tool_calls=[{"name": "look_up", "args": {"query": "q"}, "id": "c1"}]),
+        AIMessage("done"),
+    )
+    registry = CollectorRegistry()
+    supervisor = Supervisor(policies(ACME_DAILY), redis_url=redis_server.url, registry=registry)
+    builder = StateGraph(Chat)
+    builder.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
+    builder.add_node("tools", ToolNode([look_up]))
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", tools_condition)
+    builder.add_edge("tools", "agent")
+    app = supervisor.attach(builder.compile(), name="agent")
+    # The first call is reserved and settled; Redis dies in the tool; the second call goes
+    # on without its reservation, and its settlement is kept.
+    final = app.invoke({"messages": [("user", "go")]}, tenant("acme"))
+    assert final["messages"][-1].content == "done"
+    errors = registry.get_sample_value(
+        "watchdog_shared_budget_errors_total", {"policy": "acme-daily"}
+    )
+    assert errors == 2
+    redis_server.start()  # back, with its data
+    assert used_in_redis(redis_server, "acme") == 120
+    # The next call Redis answers sends the kept settlement first: each call counted once.
+    again = react_agent(scripted(AIMessage("hello")))
+    supervisor.attach(again, name="agent").invoke({"messages": [("user", "hi")]}, tenant("acme"))
+    assert used_in_redis(redis_server, "acme") == 360
+
+
+def test_a_budget_that_fails_closed_stops_calls_while_redis_is_away(
+    redis_server: RedisServer,
+) -> None:
+    closed = ACME_DAILY.replace(
+        "estimate_tokens: 120", "estimate_tokens: 120\n    fail_closed: true"
+    )
+    supervisor = Supervisor(policies(closed), redis_url=redis_server.url)
+    app = supervisor.attach(searching_forever(), name="agent")
+    redis_server.kill()
+    with pytest.raises(RunCancelled) as raised:
+        app.invoke({"messages": [("user", "go")]}, tenant("acme"))
+    reason = raised.value.reason
+    assert reason.startswith("The budget of tenant 'acme' for ")
+    assert reason.endswith(
+        "could not be checked (Redis did not answer), and policy 'acme-daily' stops calls "
+        "until it can be."
+    )
+    assert raised.value.step == 1  # the first call never started

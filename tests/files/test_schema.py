@@ -55,8 +55,14 @@ SHARED_BUDGET: dict[str, tuple[str, object]] = {
     "window": ("1d", "1d"),
     "time_zone": ("Europe/Paris", "Europe/Paris"),
     "estimate_tokens": ("100", 100),
+    "fail_closed": ("true", True),
 }
-APART = {"token_budget": [("window", "time_zone", "estimate_tokens"), tuple(SHARED_BUDGET)]}
+APART = {
+    "token_budget": [
+        ("window", "time_zone", "estimate_tokens", "fail_closed"),
+        tuple(SHARED_BUDGET),
+    ]
+}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

@@ -32,7 +32,7 @@ from .._core.scheduler import Scheduler, Timer
 from .._sinks import schema
 from .hooks import Hook, run_hook_sync, spawn
 from .repair import ThreadRepair
-from .shared import Charge
+from .shared import Charge, SharedBudgets
 
 __all__ = ["ASK_MARK", "Cause", "Run", "RunHost", "Stop", "node_path"]
 
@@ -61,7 +61,8 @@ class RunHost(Protocol):
 
     def internal_error(self, error: BaseException, run: Run | None = None) -> None: ...
 
-    def shared_unavailable(self, policy: str, error: BaseException) -> None: ...
+    @property
+    def shared(self) -> SharedBudgets: ...
 
 
 def _why_cancelled(error: asyncio.CancelledError) -> str:
@@ -367,12 +368,10 @@ class Run:
         stop = False
         for charge in self.shared:
             amount = max(charge.estimate, max_tokens)
-            try:
-                grant = charge.budget.reserve(f"{self.run_id}:{call}", amount)
-            except Exception as error:  # Redis away or slow: the call goes on, counted
-                self.host.shared_unavailable(charge.policy.name, error)
-                continue
-            if grant.granted:
+            grant = self.host.shared.reserve(charge, f"{self.run_id}:{call}", amount)
+            if grant is None and not charge.fails_closed:
+                continue  # Redis away or slow: the call goes on (counted)
+            if grant is not None and grant.granted:
                 continue
             policy = charge.policy
             if policy.mode == "enforce":
@@ -387,7 +386,7 @@ class Run:
                 key="max_total_tokens",
                 mode=policy.mode,
                 reason=charge.reason(grant, amount),
-                observed=float(grant.used + grant.reserved + amount),
+                observed=None if grant is None else float(grant.used + grant.reserved + amount),
                 limit=float(charge.budget.limit),
                 step=state.steps,
                 node=state.node,
@@ -399,10 +398,7 @@ class Run:
     def settle_shared(self, call: str, used: int) -> None:
         """After a model call: count what it used in each shared budget of the run."""
         for charge in self.shared:
-            try:
-                charge.budget.settle(f"{self.run_id}:{call}", used)
-            except Exception as error:
-                self.host.shared_unavailable(charge.policy.name, error)
+            self.host.shared.settle(charge, f"{self.run_id}:{call}", used)
 
     # -- findings and the pipeline -------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from .._shared.windows import window_of
 __all__ = ["Charge", "SharedBudgets"]
 
 MAX_BUDGETS = 10_000  # budgets kept by name (one per scope value and window); then forgotten
+MAX_OWED = 100_000  # settlements kept while Redis is away; the oldest go first
 PLAIN = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 
 
@@ -41,7 +43,17 @@ class Charge:
     window: str
     reported: bool = False  # a run reports a refused budget once
 
-    def reason(self, grant: Grant, amount: int) -> str:
+    @property
+    def fails_closed(self) -> bool:
+        """Whether a call waits for Redis rather than goes on without the budget."""
+        return bool(getattr(self.policy.kind, "fail_closed", False))
+
+    def reason(self, grant: Grant | None, amount: int) -> str:
+        if grant is None:
+            return (
+                f"The budget of {self.whose} for {self.window} could not be checked (Redis "
+                f"did not answer), and policy {self.policy.name!r} stops calls until it can be."
+            )
         return (
             f"The budget of {self.whose} for {self.window} has {grant.used:,} tokens used and "
             f"{grant.reserved:,} held by calls in flight, so a call of {amount:,} more "
@@ -50,14 +62,70 @@ class Charge:
 
 
 class SharedBudgets:
-    """The Redis client (made at first use) and the budgets by name, for one supervisor."""
+    """The Redis client (made at first use) and the budgets by name, for one supervisor.
 
-    def __init__(self, url: str | None, *, now: Callable[[], datetime] | None = None) -> None:
+    A settlement Redis did not take is kept (up to ``MAX_OWED``) and sent again after the
+    next operation Redis answers: settling is idempotent, so each call counts once however
+    often it is sent.
+    """
+
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        on_error: Callable[[str, BaseException, bool], None],
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
         self.url = url
+        self._on_error = on_error
         self._now = now or (lambda: datetime.now(UTC))
         self._client: Any = None
         self._budgets: dict[str, SharedBudget] = {}
         self._lock = threading.Lock()
+        self._owed: deque[tuple[Charge, str, int]] = deque(maxlen=MAX_OWED)
+        self._down = False  # the last operation failed: the next success says it is back
+
+    def reserve(self, charge: Charge, call: str, amount: int) -> Grant | None:
+        """Reserve ``amount`` for ``call``; None when Redis did not answer."""
+        try:
+            grant = charge.budget.reserve(call, amount)
+        except Exception as error:
+            self._failed(charge, error)
+            return None
+        self._answered()
+        return grant
+
+    def settle(self, charge: Charge, call: str, used: int) -> None:
+        """Count what ``call`` used; kept to send again when Redis does not answer."""
+        try:
+            charge.budget.settle(call, used)
+        except Exception as error:
+            self._owed.append((charge, call, used))
+            self._failed(charge, error)
+            return
+        self._answered()
+
+    def _failed(self, charge: Charge, error: BaseException) -> None:
+        self._on_error(charge.policy.name, error, not self._down)
+        self._down = True
+
+    def _answered(self) -> None:
+        self._down = False
+        if self._owed:
+            self._settle_owed()
+
+    def _settle_owed(self) -> None:
+        owed = self._owed
+        while owed:
+            try:
+                charge, call, used = owed.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            try:
+                charge.budget.settle(call, used)
+            except Exception:
+                owed.appendleft((charge, call, used))
+                return
 
     def charges(
         self, policies: tuple[Policy, ...], graph: str, metadata: Mapping[str, object]

@@ -88,8 +88,10 @@ class Supervisor:
     ) -> None:
         self.clock = clock or time.monotonic
         # Budgets shared across pods, in Redis (WATCHDOG_REDIS_URL unless given).
-        self.shared = SharedBudgets(redis_url or os.environ.get("WATCHDOG_REDIS_URL") or None)
-        self._shared_down = False  # Redis failed last time: logged once until it answers
+        self.shared = SharedBudgets(
+            redis_url or os.environ.get("WATCHDOG_REDIS_URL") or None,
+            on_error=self._shared_unavailable,
+        )
         # A server lends the graphs it runs a checkpointer of its own (LangGraph's Agent
         # Server does), so attach() need not find one on them for a cleanup_node.
         self.lends_checkpointer = lends_checkpointer
@@ -366,12 +368,11 @@ class Supervisor:
         """Log an event, and hand it to this supervisor's listeners (its sidecar link)."""
         _events.emit_to(self._listeners, name, **fields)
 
-    def shared_unavailable(self, policy: str, error: BaseException) -> None:
-        """Redis did not answer for a shared budget: the call went on. Counted each time,
-        logged when it starts failing."""
+    def _shared_unavailable(self, policy: str, error: BaseException, first: bool) -> None:
+        """Redis did not answer for a shared budget. Counted each time; logged when the
+        failures start (``first``)."""
         self.metrics.direct.count(self.metrics.shared_budget_errors, policy)
-        if not self._shared_down:
-            self._shared_down = True
+        if first:
             self.emit(
                 "shared_budget_unavailable",
                 policy=policy,

@@ -164,6 +164,7 @@ class TokenBudget(Kind):
     window: Window | None = None  # a shared scope's
     time_zone: TimeZoneName | None = None  # where a shared window's days begin; UTC if unset
     estimate_tokens: int = DEFAULT_ESTIMATE_TOKENS  # what a model call reserves, shared
+    fail_closed: bool = False  # a shared budget Redis cannot check stops calls
     name = "token_budget"
 
     @property

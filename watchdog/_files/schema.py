@@ -98,6 +98,8 @@ def _reader_of(base: Any) -> FieldReader:
         return NodeReader.whole
     if base is float:
         return NodeReader.number
+    if base is bool:
+        return NodeReader.flag
     if typing.get_origin(base) is Literal:
         choices = typing.get_args(base)
         return lambda reader, node, path: reader.choice(node, path, choices)
@@ -503,7 +505,7 @@ class PolicyFileReader(NodeReader):
                     "for instance",
                 )
         else:
-            for key in ("window", "time_zone", "estimate_tokens"):
+            for key in ("window", "time_zone", "estimate_tokens", "fail_closed"):
                 if key in fields:
                     self.invalid(
                         fields[key].key,
