@@ -7,8 +7,10 @@ run (with the wall-clock time it ended), then ``{"done": ...}`` once it has flus
 Plan keys: ``worker`` (the worker's name, when it is not NAME: two workers may share one),
 ``hang`` (run ids of runs that hang until cancelled), ``loops`` (how many endless
 loops for the step policy to stop), ``slow`` (run ids of slow endless loops), ``chat`` (how
-many ReAct runs that complete, using tokens), ``steady`` (seconds of short runs that
-complete, one after another; null: until stdin ends), ``flood`` (events to push through the
+many ReAct runs that complete, using tokens), ``spend`` (``{"tenant": ..., "runs": n}``:
+runs of a ReAct agent that searches for ever, under that tenant's metadata), ``steady``
+(seconds of short runs that complete, one after another; null: until stdin ends),
+``flood`` (events to push through the
 link per round, no graphs: see ``flood``).
 """
 
@@ -56,13 +58,21 @@ def stepping(seconds: float, steps: int | None) -> Any:
 
 
 async def one(
-    supervisor: Supervisor, graph: Any, name: str, run_id: uuid.UUID, graph_input: Any = None
+    supervisor: Supervisor,
+    graph: Any,
+    name: str,
+    run_id: uuid.UUID,
+    graph_input: Any = None,
+    *,
+    metadata: dict[str, Any] | None = None,
 ) -> None:
     app = supervisor.attach(graph, name=name)
     policy: str | None = None
     reason: str | None = None
     try:
-        await app.ainvoke(graph_input or {"count": 0}, {"run_id": run_id})
+        await app.ainvoke(
+            graph_input or {"count": 0}, {"run_id": run_id, "metadata": metadata or {}}
+        )
     except RunCancelled as cancelled:
         outcome, policy, reason = "cancelled", cancelled.policy, cancelled.reason
     except Exception as error:
@@ -224,6 +234,18 @@ async def main(name: str, plan: dict[str, Any]) -> None:
             {"messages": [("user", "hi")]},
         )
         for _ in range(plan.get("chat", 0))
+    ]
+    spend = plan.get("spend", {})
+    runs += [
+        one(
+            supervisor,
+            react_agent(scripted(*(tool_call(f"q{i}", f"c{i}") for i in range(200)))),
+            "spend",
+            uuid.uuid4(),
+            {"messages": [("user", "research")]},
+            metadata={"tenant": spend["tenant"]},
+        )
+        for _ in range(spend.get("runs", 0))
     ]
     if "steady" in plan:
         runs.append(steady(supervisor, plan["steady"]))

@@ -1,0 +1,77 @@
+"""Two pods, each a sidecar with two worker processes, share one tenant's token budget
+through a real Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.processes import Pod, RedisServer
+
+LIMIT = 6000
+SHARED = f"""\
+version: 1
+policies:
+  - name: acme-daily
+    token_budget:
+      max_total_tokens: {LIMIT}
+      scope: metadata.tenant
+      window: 1d
+      estimate_tokens: 120
+"""
+RUNS_PER_WORKER = 3
+
+
+def pod_tokens(pod: Pod) -> float:
+    """The tokens the pod's workers reported for their runs, as its sidecar counts them."""
+    families = text_string_to_metric_families(pod.get("/metrics"))
+    return sum(
+        sample.value
+        for family in families
+        for sample in family.samples
+        if sample.name == "watchdog_tokens_total" and sample.labels.get("graph") == "spend"
+    )
+
+
+def used_in_redis(url: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = client.scan_iter("watchdog:{acme-daily|metadata.tenant=acme|*}:budget")
+        return sum(int(client.hget(key, "used") or 0) for key in keys)
+    finally:
+        client.close()
+
+
+def test_the_runs_of_two_pods_stop_at_one_shared_budget_and_redis_holds_their_sum(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    pods: list[Pod] = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            pod = Pod(tmp_path / name, SHARED)
+            pod.env["WATCHDOG_REDIS_URL"] = redis_server.url
+            pod.start_sidecar()
+            pods.append(pod)
+        plan: dict[str, Any] = {"spend": {"tenant": "acme", "runs": RUNS_PER_WORKER}}
+        workers = [
+            worker
+            for pod in pods
+            for worker in pod.start_workers({f"{pod.port}-1": plan, f"{pod.port}-2": plan}).values()
+        ]
+        ended = [worker.expect("run_id", timeout=120) for worker in workers for _ in range(3)]
+        for worker in workers:
+            worker.expect("done", timeout=120)
+        assert {(run["outcome"], run["policy"]) for run in ended} == {("cancelled", "acme-daily")}
+        used = used_in_redis(redis_server.url)
+        # Every call reserved what it used: the budget is never passed, and the calls
+        # refused at the end leave at most one call's worth per run in flight unspent.
+        assert LIMIT - 120 * len(ended) < used <= LIMIT
+        # What the four workers reported through their sidecars is exactly Redis's total.
+        assert sum(pod_tokens(pod) for pod in pods) == used
+    finally:
+        for pod in pods:
+            pod.stop()
