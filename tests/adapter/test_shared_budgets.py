@@ -36,8 +36,16 @@ def searching_forever() -> Any:
     return react_agent(scripted(*(tool_call(f"q{i}", f"c{i}") for i in range(50))))
 
 
-def worker(redis_server: RedisServer, registry: CollectorRegistry | None = None) -> Any:
-    supervisor = Supervisor(policies(ACME_DAILY), redis_url=redis_server.url, registry=registry)
+def with_keys(**extra: object) -> str:
+    """ACME_DAILY with more keys of its token budget."""
+    keys = "".join(f"\n    {key}: {str(value).lower()}" for key, value in extra.items())
+    return ACME_DAILY.replace("estimate_tokens: 120", "estimate_tokens: 120" + keys)
+
+
+def worker(
+    redis_server: RedisServer, registry: CollectorRegistry | None = None, text: str = ACME_DAILY
+) -> Any:
+    supervisor = Supervisor(policies(text), redis_url=redis_server.url, registry=registry)
     return supervisor.attach(searching_forever(), name="agent")
 
 
@@ -114,11 +122,11 @@ def test_workers_at_once_stop_at_the_limit_and_redis_counts_exactly_what_they_us
     assert 1000 - 120 < used <= 1000
 
 
-def test_with_redis_down_calls_go_on_counted_and_the_local_limits_hold(
+def test_with_redis_down_calls_go_on_counted_on_the_workers_local_share(
     redis_server: RedisServer,
 ) -> None:
     registry = CollectorRegistry()
-    app = worker(redis_server, registry)
+    app = worker(redis_server, registry, with_keys(local_share=0.5))
     redis_server.stop()
     answer = react_agent(scripted(tool_call("q", "c1"), AIMessage("done")))
     supervisor = app._watchdog.supervisor
@@ -170,7 +178,9 @@ def test_redis_killed_mid_run_then_back_counts_each_call_once(
         AIMessage("done"),
     )
     registry = CollectorRegistry()
-    supervisor = Supervisor(policies(ACME_DAILY), redis_url=redis_server.url, registry=registry)
+    supervisor = Supervisor(
+        policies(with_keys(local_share=0.5)), redis_url=redis_server.url, registry=registry
+    )
     builder = StateGraph(Chat)
     builder.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
     builder.add_node("tools", ToolNode([look_up]))
@@ -197,10 +207,7 @@ def test_redis_killed_mid_run_then_back_counts_each_call_once(
 def test_a_budget_that_fails_closed_stops_calls_while_redis_is_away(
     redis_server: RedisServer,
 ) -> None:
-    closed = ACME_DAILY.replace(
-        "estimate_tokens: 120", "estimate_tokens: 120\n    fail_closed: true"
-    )
-    supervisor = Supervisor(policies(closed), redis_url=redis_server.url)
+    supervisor = Supervisor(policies(with_keys(fail_closed=True)), redis_url=redis_server.url)
     app = supervisor.attach(searching_forever(), name="agent")
     redis_server.kill()
     with pytest.raises(RunCancelled) as raised:
@@ -212,3 +219,21 @@ def test_a_budget_that_fails_closed_stops_calls_while_redis_is_away(
         "until it can be."
     )
     assert raised.value.step == 1  # the first call never started
+
+
+def test_with_redis_down_a_worker_stops_at_its_local_share(redis_server: RedisServer) -> None:
+    app = worker(redis_server, text=with_keys(local_share=0.5))
+    redis_server.kill()
+    with pytest.raises(RunCancelled) as raised:
+        app.invoke({"messages": [("user", "go")]}, tenant("acme"))
+    # Four calls of 120 fit in the worker's share of 500; the fifth does not.
+    assert raised.value.reason == (
+        "Redis did not answer, and this worker has spent 480 of its local share of 500 "
+        f"tokens of the budget of tenant 'acme' for {_window(raised.value.reason)}, so a call "
+        "of 120 more would pass it (policy 'acme-daily')."
+    )
+    assert (raised.value.observed, raised.value.limit) == (600, 500)
+
+
+def _window(reason: str) -> str:
+    return reason.split(" for ", 1)[1].split(",", 1)[0]

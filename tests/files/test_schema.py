@@ -56,10 +56,11 @@ SHARED_BUDGET: dict[str, tuple[str, object]] = {
     "time_zone": ("Europe/Paris", "Europe/Paris"),
     "estimate_tokens": ("100", 100),
     "fail_closed": ("true", True),
+    "local_share": ("0.25", 0.25),
 }
 APART = {
     "token_budget": [
-        ("window", "time_zone", "estimate_tokens", "fail_closed"),
+        ("window", "time_zone", "estimate_tokens", "fail_closed", "local_share"),
         tuple(SHARED_BUDGET),
     ]
 }

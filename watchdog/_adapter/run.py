@@ -369,9 +369,7 @@ class Run:
         for charge in self.shared:
             amount = max(charge.estimate, max_tokens)
             grant = self.host.shared.reserve(charge, f"{self.run_id}:{call}", amount)
-            if grant is None and not charge.fails_closed:
-                continue  # Redis away or slow: the call goes on (counted)
-            if grant is not None and grant.granted:
+            if grant.granted:
                 continue
             policy = charge.policy
             if policy.mode == "enforce":
@@ -386,8 +384,8 @@ class Run:
                 key="max_total_tokens",
                 mode=policy.mode,
                 reason=charge.reason(grant, amount),
-                observed=None if grant is None else float(grant.used + grant.reserved + amount),
-                limit=float(charge.budget.limit),
+                observed=float(grant.used + grant.reserved + amount),
+                limit=float(charge.local_share if grant.local else charge.budget.limit),
                 step=state.steps,
                 node=state.node,
             )

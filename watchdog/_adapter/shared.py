@@ -44,15 +44,26 @@ class Charge:
     reported: bool = False  # a run reports a refused budget once
 
     @property
-    def fails_closed(self) -> bool:
-        """Whether a call waits for Redis rather than goes on without the budget."""
-        return bool(getattr(self.policy.kind, "fail_closed", False))
+    def local_share(self) -> int:
+        """The tokens this worker may spend on its own while Redis does not answer: none
+        when the policy fails closed."""
+        kind = self.policy.kind
+        assert isinstance(kind, TokenBudget)
+        return 0 if kind.fail_closed else int(self.budget.limit * kind.local_share)
 
-    def reason(self, grant: Grant | None, amount: int) -> str:
-        if grant is None:
+    def reason(self, grant: Grant, amount: int) -> str:
+        if grant.local:
+            if self.local_share == 0:
+                return (
+                    f"The budget of {self.whose} for {self.window} could not be checked "
+                    f"(Redis did not answer), and policy {self.policy.name!r} stops calls "
+                    "until it can be."
+                )
             return (
-                f"The budget of {self.whose} for {self.window} could not be checked (Redis "
-                f"did not answer), and policy {self.policy.name!r} stops calls until it can be."
+                f"Redis did not answer, and this worker has spent {grant.used:,} of its local "
+                f"share of {self.local_share:,} tokens of the budget of {self.whose} for "
+                f"{self.window}, so a call of {amount:,} more would pass it (policy "
+                f"{self.policy.name!r})."
             )
         return (
             f"The budget of {self.whose} for {self.window} has {grant.used:,} tokens used and "
@@ -84,16 +95,28 @@ class SharedBudgets:
         self._lock = threading.Lock()
         self._owed: deque[tuple[Charge, str, int]] = deque(maxlen=MAX_OWED)
         self._down = False  # the last operation failed: the next success says it is back
+        # Tokens granted on local shares, by budget, since Redis stopped answering.
+        self._spent_locally: dict[str, int] = {}
 
-    def reserve(self, charge: Charge, call: str, amount: int) -> Grant | None:
-        """Reserve ``amount`` for ``call``; None when Redis did not answer."""
+    def reserve(self, charge: Charge, call: str, amount: int) -> Grant:
+        """Reserve ``amount`` for ``call``. While Redis does not answer, the call is granted
+        on this worker's local share of the limit (none when the policy fails closed)."""
         try:
             grant = charge.budget.reserve(call, amount)
         except Exception as error:
             self._failed(charge, error)
-            return None
+            return self._locally(charge, amount)
         self._answered()
         return grant
+
+    def _locally(self, charge: Charge, amount: int) -> Grant:
+        name = charge.budget.name
+        with self._lock:
+            spent = self._spent_locally.get(name, 0)
+            if spent + amount > charge.local_share:
+                return Grant(granted=False, used=spent, reserved=0, local=True)
+            self._spent_locally[name] = spent + amount
+        return Grant(granted=True, used=spent, reserved=amount, local=True)
 
     def settle(self, charge: Charge, call: str, used: int) -> None:
         """Count what ``call`` used; kept to send again when Redis does not answer."""
@@ -110,7 +133,10 @@ class SharedBudgets:
         self._down = True
 
     def _answered(self) -> None:
-        self._down = False
+        if self._down:
+            self._down = False
+            with self._lock:
+                self._spent_locally.clear()  # the shares start again at the next outage
         if self._owed:
             self._settle_owed()
 

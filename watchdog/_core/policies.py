@@ -56,6 +56,7 @@ Window = NewType("Window", str)
 TimeZoneName = NewType("TimeZoneName", str)
 LOCAL_SCOPES = ("run", "thread")
 DEFAULT_ESTIMATE_TOKENS = 4000
+DEFAULT_LOCAL_SHARE = 0.1
 RateOf = Literal["steps", "node_runs", "llm_calls", "tool_calls", "tokens"]
 RATE_OF: tuple[RateOf, ...] = get_args(RateOf)
 # The defaults of a policy, here and nowhere else: policy files and manual cancels use them.
@@ -165,6 +166,8 @@ class TokenBudget(Kind):
     time_zone: TimeZoneName | None = None  # where a shared window's days begin; UTC if unset
     estimate_tokens: int = DEFAULT_ESTIMATE_TOKENS  # what a model call reserves, shared
     fail_closed: bool = False  # a shared budget Redis cannot check stops calls
+    # The part of a shared limit one worker may spend while Redis does not answer.
+    local_share: float = DEFAULT_LOCAL_SHARE
     name = "token_budget"
 
     @property

@@ -497,6 +497,12 @@ class PolicyFileReader(NodeReader):
                     f"{path}.max_total_tokens",
                     f"a shared scope ({values['scope']}) needs max_total_tokens",
                 )
+            if values.get("local_share", 0) > 1:
+                self.invalid(
+                    fields["local_share"].value,
+                    f"{path}.local_share",
+                    f"expected a part of the limit between 0 and 1, got {values['local_share']:g}",
+                )
             if "window" not in values:
                 self.invalid(
                     fields["scope"].key,
@@ -505,7 +511,7 @@ class PolicyFileReader(NodeReader):
                     "for instance",
                 )
         else:
-            for key in ("window", "time_zone", "estimate_tokens", "fail_closed"):
+            for key in ("window", "time_zone", "estimate_tokens", "fail_closed", "local_share"):
                 if key in fields:
                     self.invalid(
                         fields[key].key,

@@ -78,6 +78,9 @@ class Grant:
     granted: bool
     used: int  # settled usage, before this call
     reserved: int  # held by calls in flight, this one included when granted
+    # Decided by this worker alone, on its local share, while Redis did not answer: ``used``
+    # is what it spent of that share, and the share's size is the limit.
+    local: bool = False
 
 
 class SharedBudget:
