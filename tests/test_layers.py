@@ -23,7 +23,7 @@ THIRD_PARTY = {
     "_core": {"pydantic", "xxhash"},
     "_files": {"yaml"},
     "_sinks": {"prometheus_client", "structlog"},
-    "_pod": {"fastapi", "prometheus_client", "pydantic", "starlette", "uvicorn"},
+    "_pod": {"fastapi", "prometheus_client", "pydantic", "redis", "starlette", "uvicorn"},
     "_shared": set(),  # the Redis client is handed in
     "_adapter": {"langchain_core", "langgraph", "prometheus_client", "redis"},
 }

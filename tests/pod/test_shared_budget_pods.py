@@ -3,6 +3,8 @@ through a real Redis."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,49 @@ def test_the_runs_of_two_pods_stop_at_one_shared_budget_and_redis_holds_their_su
         assert LIMIT - 120 * len(ended) < used <= LIMIT
         # What the four workers reported through their sidecars is exactly Redis's total.
         assert sum(pod_tokens(pod) for pod in pods) == used
+    finally:
+        for pod in pods:
+            pod.stop()
+
+
+def test_a_cancel_posted_to_one_pod_ends_a_run_of_a_worker_of_another(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    pods: list[Pod] = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            pod = Pod(tmp_path / name)
+            pod.env["WATCHDOG_REDIS_URL"] = redis_server.url
+            pod.start_sidecar()
+            pods.append(pod)
+        first, second = pods
+        run_id = str(uuid.uuid4())
+        worker = second.worker("b-1", {"hang": [run_id]})
+        second.wait_for("the hung run", lambda: len(second.get("/v1/runs")["runs"]) == 1)
+        assert first.get("/v1/runs")["runs"] == []  # pod A does not have it
+        posted = time.time()
+        status, answer = first.call("POST", f"/v1/runs/{run_id}/cancel", {"reason": "ops, pod A"})
+        ended = worker.expect("run_id")
+        latency = ended["at"] - posted
+        print(f"cancel posted to pod A, run ended in pod B's worker: {1000 * latency:.1f} ms")
+        assert (status, answer["worker"], answer["relayed"], answer["delivered"]) == (
+            202,
+            "b-1",
+            True,
+            True,
+        )
+        assert (ended["run_id"], ended["outcome"], ended["reason"]) == (
+            run_id,
+            "cancelled",
+            "ops, pod A",
+        )
+        missing = str(uuid.uuid4())
+        asked = time.monotonic()
+        status, answer = first.call("POST", f"/v1/runs/{missing}/cancel", {"reason": "x"})
+        assert (status, answer["detail"]) == (404, f"no live run {missing!r} in any pod")
+        assert time.monotonic() - asked < 5  # every pod said so: no waiting out the wait
+        worker.expect("done")
     finally:
         for pod in pods:
             pod.stop()

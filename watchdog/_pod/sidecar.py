@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .._sinks.metrics import Metrics
 from .link import EVENTS_BODY_LIMIT
 from .policy_source import PolicySource
+from .relay import CancelRelay
 from .run_api import MAX_REASON, BodyError, cancel_reason, refusal
 from .table import MAX_RUNS, Ack, LiveRun, SidecarState
 
@@ -299,11 +300,31 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
     worker_timeout: float = 15.0,
     read_timeout: float = READ_TIMEOUT,
     docs: bool = False,
+    redis_url: str | None = None,
 ) -> FastAPI:
     """The sidecar's ASGI app. ``token`` guards every path but ``/healthz``, ``/readyz``,
-    ``/metrics`` and the API's description; ``docs`` serves ``/docs`` and ``/redoc``."""
+    ``/metrics`` and the API's description; ``docs`` serves ``/docs`` and ``/redoc``;
+    with ``redis_url``, a cancel reaches runs of the other pods that share that Redis."""
     registry = registry if registry is not None else source.metrics.registry
     state = SidecarState(source, registry, worker_timeout=worker_timeout)
+    relay = CancelRelay(redis_url) if redis_url else None
+
+    async def cancel_here(run_id: str, reason: str, wait: float) -> dict[str, Any] | None:
+        """Cancel a run of this pod's workers and wait until its worker took the cancel;
+        None when no worker of this pod has the run."""
+        row = state.runs.get(run_id)
+        if row is None:
+            return None
+        command = state.cancel(row, reason)
+        await _any_done((command.taken.wait(), state.closing.wait()), wait)
+        return {
+            "run_id": run_id,
+            "worker": row.worker,
+            "incarnation": row.incarnation,
+            "reason": reason,
+            "delivered": command.taken.is_set() and command.live,
+            "applied": command.applied,
+        }
 
     def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
         given = None if authorization is None else authorization.encode("latin-1")
@@ -320,6 +341,8 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
             asyncio.create_task(state.loops["reaper"].run(state.reap, poll_interval)),
         ]
         loop = asyncio.get_running_loop()
+        if relay is not None:
+            relay.start(loop, cancel_here)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(
                 signal.SIGHUP, state.loops["policy_watch"].once, partial(source.check, force=True)
@@ -327,6 +350,8 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         try:
             yield
         finally:
+            if relay is not None:
+                relay.stop()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -439,6 +464,17 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         sidecar stopped first)."""
         reason = _cancel_reason(await request.body())
         row = state.runs.get(run_id)
+        if row is None and relay is not None:
+            # Not a run of this pod: the sidecar of the pod that has it answers.
+            answer = await relay.ask(run_id, reason, wait)
+            if answer is None:
+                raise HTTPException(status_code=404, detail=f"no live run {run_id!r} in any pod")
+            if not answer["delivered"]:
+                msg = (
+                    f"the pod that has run {run_id!r} did not deliver its cancel within {wait:g} s"
+                )
+                raise HTTPException(status_code=504, detail=msg)
+            return {**answer, "relayed": True}
         if row is None:
             raise HTTPException(status_code=404, detail=f"no live run {run_id!r}")
         command = state.cancel(row, reason)
@@ -568,6 +604,7 @@ def serve(
         worker_timeout=worker_timeout,
         read_timeout=read_timeout,
         docs=docs,
+        redis_url=os.environ.get("WATCHDOG_REDIS_URL") or None,
     )
     listener = _listen(host, port)
     address, bound_port = listener.getsockname()[:2]
