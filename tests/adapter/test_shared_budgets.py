@@ -4,7 +4,9 @@ exactly what their runs used."""
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -18,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from tests.graphs import Chat, policies, react_agent, scripted, tool_call
 from tests.processes import RedisServer
 from watchdog import PolicyError, RunCancelled, Supervisor
-from watchdog.testing import capture_events
+from watchdog.testing import FakeClock, capture_events
 
 # Each model call reports 100 input and 20 output tokens; a call reserves 120 before it runs.
 ACME_DAILY = """
@@ -164,7 +166,7 @@ def test_a_call_reserves_its_max_tokens_when_that_is_more_than_the_estimate(
 
 
 def test_redis_killed_mid_run_then_back_counts_each_call_once(
-    redis_server: RedisServer,
+    redis_server: RedisServer, clock: FakeClock
 ) -> None:
     @tool
     def look_up(query: str) -> str:
@@ -179,7 +181,10 @@ def test_redis_killed_mid_run_then_back_counts_each_call_once(
     )
     registry = CollectorRegistry()
     supervisor = Supervisor(
-        policies(with_keys(local_share=0.5)), redis_url=redis_server.url, registry=registry
+        policies(with_keys(local_share=0.5)),
+        redis_url=redis_server.url,
+        registry=registry,
+        clock=clock,
     )
     builder = StateGraph(Chat)
     builder.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
@@ -198,6 +203,7 @@ def test_redis_killed_mid_run_then_back_counts_each_call_once(
     assert errors == 2
     redis_server.start()  # back, with its data
     assert used_in_redis(redis_server, "acme") == 120
+    clock.advance(1)  # Redis is tried again a second after it failed
     # The next call Redis answers sends the kept settlement first: each call counted once.
     again = react_agent(scripted(AIMessage("hello")))
     supervisor.attach(again, name="agent").invoke({"messages": [("user", "hi")]}, tenant("acme"))
@@ -237,3 +243,31 @@ def test_with_redis_down_a_worker_stops_at_its_local_share(redis_server: RedisSe
 
 def _window(reason: str) -> str:
     return reason.split(" for ", 1)[1].split(",", 1)[0]
+
+
+def test_a_redis_that_hangs_costs_a_worker_one_timeout_not_one_a_call(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    registry = CollectorRegistry()
+    supervisor = Supervisor(
+        policies(with_keys(local_share=1.0)),
+        redis_url=redis_server.url,
+        registry=registry,
+        clock=clock,  # still: no second passes, so Redis is not tried again in the run
+    )
+    model = scripted(*(tool_call(f"q{i}", f"c{i}") for i in range(5)), AIMessage("done"))
+    app = supervisor.attach(react_agent(model), name="agent")
+    redis_server.popen.send_signal(signal.SIGSTOP)  # it takes connections, answers nothing
+    try:
+        started = time.monotonic()
+        final = app.invoke({"messages": [("user", "go")]}, tenant("acme"))
+        elapsed = time.monotonic() - started
+    finally:
+        redis_server.popen.send_signal(signal.SIGCONT)
+    assert final["messages"][-1].content == "done"
+    # Six calls, twelve operations without Redis; one of them waited for its timeout (0.25 s).
+    errors = registry.get_sample_value(
+        "watchdog_shared_budget_errors_total", {"policy": "acme-daily"}
+    )
+    assert errors == 12
+    assert elapsed < 3  # twelve timeouts would take 3 s

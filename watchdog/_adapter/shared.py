@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ __all__ = ["Charge", "SharedBudgets"]
 
 MAX_BUDGETS = 10_000  # budgets kept by name (one per scope value and window); then forgotten
 MAX_OWED = 100_000  # settlements kept while Redis is away; the oldest go first
+RETRY_AFTER = 1.0  # seconds after a failure before Redis is tried again
 PLAIN = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 
 
@@ -85,22 +87,29 @@ class SharedBudgets:
         url: str | None,
         *,
         on_error: Callable[[str, BaseException, bool], None],
+        clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] | None = None,
     ) -> None:
         self.url = url
         self._on_error = on_error
-        self._now = now or (lambda: datetime.now(UTC))
+        self._clock = clock  # for how long Redis rests after a failure
+        self._now = now or (lambda: datetime.now(UTC))  # which window a budget is in
         self._client: Any = None
         self._budgets: dict[str, SharedBudget] = {}
         self._lock = threading.Lock()
         self._owed: deque[tuple[Charge, str, int]] = deque(maxlen=MAX_OWED)
         self._down = False  # the last operation failed: the next success says it is back
+        self._retry_at = 0.0  # while down, Redis is tried again from this time on
+        self._last_error: BaseException = ConnectionError("Redis has not been tried")
         # Tokens granted on local shares, by budget, since Redis stopped answering.
         self._spent_locally: dict[str, int] = {}
 
     def reserve(self, charge: Charge, call: str, amount: int) -> Grant:
         """Reserve ``amount`` for ``call``. While Redis does not answer, the call is granted
         on this worker's local share of the limit (none when the policy fails closed)."""
+        if self._resting():
+            self._on_error(charge.policy.name, self._last_error, False)
+            return self._locally(charge, amount)
         try:
             grant = charge.budget.reserve(call, amount)
         except Exception as error:
@@ -108,6 +117,11 @@ class SharedBudgets:
             return self._locally(charge, amount)
         self._answered()
         return grant
+
+    def _resting(self) -> bool:
+        """Whether Redis failed so lately that a call does not wait on it again yet: a
+        Redis that hangs costs a worker one timeout a second, not one a call."""
+        return self._down and self._clock() < self._retry_at
 
     def _locally(self, charge: Charge, amount: int) -> Grant:
         name = charge.budget.name
@@ -120,6 +134,10 @@ class SharedBudgets:
 
     def settle(self, charge: Charge, call: str, used: int) -> None:
         """Count what ``call`` used; kept to send again when Redis does not answer."""
+        if self._resting():
+            self._owed.append((charge, call, used))
+            self._on_error(charge.policy.name, self._last_error, False)
+            return
         try:
             charge.budget.settle(call, used)
         except Exception as error:
@@ -130,7 +148,8 @@ class SharedBudgets:
 
     def _failed(self, charge: Charge, error: BaseException) -> None:
         self._on_error(charge.policy.name, error, not self._down)
-        self._down = True
+        self._down, self._last_error = True, error
+        self._retry_at = self._clock() + RETRY_AFTER
 
     def _answered(self) -> None:
         if self._down:

@@ -91,6 +91,7 @@ class Supervisor:
         self.shared = SharedBudgets(
             redis_url or os.environ.get("WATCHDOG_REDIS_URL") or None,
             on_error=self._shared_unavailable,
+            clock=self.clock,
         )
         # A server lends the graphs it runs a checkpointer of its own (LangGraph's Agent
         # Server does), so attach() need not find one on them for a cleanup_node.

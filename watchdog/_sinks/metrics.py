@@ -129,9 +129,9 @@ class Metrics:
         )
         self.shared_budget_errors = Counter(
             "watchdog_shared_budget_errors",
-            "Shared-budget operations Redis did not answer, by policy: a reservation (the "
-            "call went on without it, the run's local limits still holding) or a settlement "
-            "(the call's usage is missing from the shared total).",
+            "Shared-budget operations done without Redis, by policy (it did not answer, or "
+            "failed within the last second): a reservation (decided on the worker's local "
+            "share) or a settlement (kept, and sent once Redis answers).",
             ["policy"],
             registry=registry,
         )
