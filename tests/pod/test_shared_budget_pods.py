@@ -3,15 +3,17 @@ through a real Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import Pod, RedisServer
+from tests.processes import POLICIES, Pod, RedisServer
 
 LIMIT = 6000
 SHARED = f"""\
@@ -47,17 +49,27 @@ def used_in_redis(url: str) -> int:
         client.close()
 
 
-def test_the_runs_of_two_pods_stop_at_one_shared_budget_and_redis_holds_their_sum(
-    tmp_path: Path, redis_server: RedisServer
-) -> None:
+@contextlib.contextmanager
+def two_pods(tmp_path: Path, redis_server: RedisServer, policies: str) -> Iterator[list[Pod]]:
+    """Two pods, each a sidecar (its workers to start) sharing ``redis_server``."""
     pods: list[Pod] = []
     try:
         for name in ("a", "b"):
             (tmp_path / name).mkdir()
-            pod = Pod(tmp_path / name, SHARED)
+            pod = Pod(tmp_path / name, policies)
             pod.env["WATCHDOG_REDIS_URL"] = redis_server.url
             pod.start_sidecar()
             pods.append(pod)
+        yield pods
+    finally:
+        for pod in pods:
+            pod.stop()
+
+
+def test_the_runs_of_two_pods_stop_at_one_shared_budget_and_redis_holds_their_sum(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    with two_pods(tmp_path, redis_server, SHARED) as pods:
         plan: dict[str, Any] = {"spend": {"tenant": "acme", "runs": RUNS_PER_WORKER}}
         workers = [
             worker
@@ -74,23 +86,12 @@ def test_the_runs_of_two_pods_stop_at_one_shared_budget_and_redis_holds_their_su
         assert LIMIT - 120 * len(ended) < used <= LIMIT
         # What the four workers reported through their sidecars is exactly Redis's total.
         assert sum(pod_tokens(pod) for pod in pods) == used
-    finally:
-        for pod in pods:
-            pod.stop()
 
 
 def test_a_cancel_posted_to_one_pod_ends_a_run_of_a_worker_of_another(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    pods: list[Pod] = []
-    try:
-        for name in ("a", "b"):
-            (tmp_path / name).mkdir()
-            pod = Pod(tmp_path / name)
-            pod.env["WATCHDOG_REDIS_URL"] = redis_server.url
-            pod.start_sidecar()
-            pods.append(pod)
-        first, second = pods
+    with two_pods(tmp_path, redis_server, POLICIES) as (first, second):
         run_id = str(uuid.uuid4())
         worker = second.worker("b-1", {"hang": [run_id]})
         second.wait_for("the hung run", lambda: len(second.get("/v1/runs")["runs"]) == 1)
@@ -117,6 +118,3 @@ def test_a_cancel_posted_to_one_pod_ends_a_run_of_a_worker_of_another(
         assert (status, answer["detail"]) == (404, f"no live run {missing!r} in any pod")
         assert time.monotonic() - asked < 5  # every pod said so: no waiting out the wait
         worker.expect("done")
-    finally:
-        for pod in pods:
-            pod.stop()
