@@ -442,19 +442,17 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             return
         thread = _thread_config(self._seen(config))
         run.cleanup_started(node)
-        token = running.set(None)  # the cleanup node's run is not supervised
-        try:
-            resume = _cleanup_input(node, self.get_state(thread))
-            if resume is not None:
-                self.update_state(thread, None, as_node=END)  # drop pending tasks
-            for _ in super().stream(resume, thread):
-                pass
-        except Exception as error:
-            run.cleanup_finished(node, error)
-        else:
-            run.cleanup_finished(node, None)
-        finally:
-            running.reset(token)
+        with _outside_runs():
+            try:
+                resume = _cleanup_input(node, self.get_state(thread))
+                if resume is not None:
+                    self.update_state(thread, None, as_node=END)  # drop pending tasks
+                for _ in super().stream(resume, thread):
+                    pass
+            except Exception as error:
+                run.cleanup_finished(node, error)
+            else:
+                run.cleanup_finished(node, None)
 
     async def _acleanup(self, run: Run, config: RunnableConfig | None) -> None:
         node = run.cleanup_node()
@@ -462,20 +460,18 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
             return
         thread = _thread_config(self._seen(config))
         run.cleanup_started(node)
-        token = running.set(None)
-        try:
-            async with asyncio.timeout(run.cleanup_budget()):
-                resume = _cleanup_input(node, await self.aget_state(thread))
-                if resume is not None:
-                    await self.aupdate_state(thread, None, as_node=END)
-                async for _ in super().astream(resume, thread):
-                    pass
-        except Exception as error:
-            run.cleanup_finished(node, error)
-        else:
-            run.cleanup_finished(node, None)
-        finally:
-            running.reset(token)
+        with _outside_runs():
+            try:
+                async with asyncio.timeout(run.cleanup_budget()):
+                    resume = _cleanup_input(node, await self.aget_state(thread))
+                    if resume is not None:
+                        await self.aupdate_state(thread, None, as_node=END)
+                    async for _ in super().astream(resume, thread):
+                        pass
+            except Exception as error:
+                run.cleanup_finished(node, error)
+            else:
+                run.cleanup_finished(node, None)
 
     # -- asking a person: a run that resumes a thread the watchdog paused ---------------
 
@@ -491,14 +487,12 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         thread = self._resumed_thread(input, config)
         if thread is None:
             return
-        token = running.set(None)
-        try:
-            found = _question(self.get_state(thread), input.resume)
-        except Exception as error:
-            run.internal_error(error)
-            return
-        finally:
-            running.reset(token)
+        with _outside_runs():
+            try:
+                found = _question(self.get_state(thread), input.resume)
+            except Exception as error:
+                run.internal_error(error)
+                return
         if found is not None:
             run.answering(*found)
 
@@ -506,14 +500,12 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         thread = self._resumed_thread(input, config)
         if thread is None:
             return
-        token = running.set(None)
-        try:
-            found = _question(await self.aget_state(thread), input.resume)
-        except Exception as error:
-            run.internal_error(error)
-            return
-        finally:
-            running.reset(token)
+        with _outside_runs():
+            try:
+                found = _question(await self.aget_state(thread), input.resume)
+            except Exception as error:
+                run.internal_error(error)
+                return
         if found is not None:
             run.answering(*found)
 
@@ -545,19 +537,17 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         if landing is None:
             return None
         thread = _thread_config(self._seen(config))
-        token = running.set(None)  # reading and writing the thread is not part of the run
-        try:
-            snapshot = self.get_state(thread)
-            if not snapshot.next:
+        with _outside_runs():
+            try:
+                snapshot = self.get_state(thread)
+                if not snapshot.next:
+                    return None
+                update, resume = _landing_plan(landing, snapshot, self._watchdog.messages)
+                if update is not None:
+                    self.update_state(thread, *update)
+            except Exception as error:
+                run.landing_failed(error)
                 return None
-            update, resume = _landing_plan(landing, snapshot, self._watchdog.messages)
-            if update is not None:
-                self.update_state(thread, *update)
-        except Exception as error:
-            run.landing_failed(error)
-            return None
-        finally:
-            running.reset(token)
         return thread, resume
 
     async def _alanding(
@@ -567,19 +557,17 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         if landing is None:
             return None
         thread = _thread_config(self._seen(config))
-        token = running.set(None)
-        try:
-            snapshot = await self.aget_state(thread)
-            if not snapshot.next:
+        with _outside_runs():
+            try:
+                snapshot = await self.aget_state(thread)
+                if not snapshot.next:
+                    return None
+                update, resume = _landing_plan(landing, snapshot, self._watchdog.messages)
+                if update is not None:
+                    await self.aupdate_state(thread, *update)
+            except Exception as error:
+                run.landing_failed(error)
                 return None
-            update, resume = _landing_plan(landing, snapshot, self._watchdog.messages)
-            if update is not None:
-                await self.aupdate_state(thread, *update)
-        except Exception as error:
-            run.landing_failed(error)
-            return None
-        finally:
-            running.reset(token)
         return thread, resume
 
     # -- thread repair: a cancelled run leaves every tool call answered -------------------
@@ -595,37 +583,33 @@ class SupervisedGraph(Pregel[Any, Any, Any, Any]):
         if thread is None:
             return
         channel, reason = cast(str, self._watchdog.messages), cast(str, run.repair_reason())
-        token = running.set(None)  # the repair is not part of the run
-        try:
-            found = repair(self.get_state(thread), channel, reason)
-            if found is not None:
-                self.update_state(thread, {channel: found.messages}, as_node=found.as_node)
-                run.thread_repaired(found)
-        except Exception as error:
-            run.thread_repair_failed(error)
-        finally:
-            running.reset(token)
+        with _outside_runs():
+            try:
+                found = repair(self.get_state(thread), channel, reason)
+                if found is not None:
+                    self.update_state(thread, {channel: found.messages}, as_node=found.as_node)
+                    run.thread_repaired(found)
+            except Exception as error:
+                run.thread_repair_failed(error)
 
     async def _arepair(self, run: Run, config: RunnableConfig | None) -> None:
         thread = self._repair_target(run, config)
         if thread is None:
             return
         channel, reason = cast(str, self._watchdog.messages), cast(str, run.repair_reason())
-        token = running.set(None)
-        try:
-            # A read and a write of one checkpoint: bounded, in a task that was cancelled.
-            async with asyncio.timeout(REPAIR_TIMEOUT):
-                found = repair(await self.aget_state(thread), channel, reason)
+        with _outside_runs():
+            try:
+                # A read and a write of one checkpoint: bounded, in a task that was cancelled.
+                async with asyncio.timeout(REPAIR_TIMEOUT):
+                    found = repair(await self.aget_state(thread), channel, reason)
+                    if found is not None:
+                        await self.aupdate_state(
+                            thread, {channel: found.messages}, as_node=found.as_node
+                        )
                 if found is not None:
-                    await self.aupdate_state(
-                        thread, {channel: found.messages}, as_node=found.as_node
-                    )
-            if found is not None:
-                run.thread_repaired(found)
-        except Exception as error:
-            run.thread_repair_failed(error)
-        finally:
-            running.reset(token)
+                    run.thread_repaired(found)
+            except Exception as error:
+                run.thread_repair_failed(error)
 
 
 async def _read(
@@ -693,6 +677,17 @@ def _question(snapshot: StateSnapshot, resume: Any) -> tuple[Mapping[str, Any], 
             by_id = isinstance(resume, Mapping) and pending.id in resume
             return value, resume[pending.id] if by_id else resume
     return None
+
+
+@contextlib.contextmanager
+def _outside_runs() -> Iterator[None]:
+    """The watchdog's own use of the graph's machinery (its checkpointer, a cleanup node's
+    run): no run sees it, and no probe counts it."""
+    token = running.set(None)
+    try:
+        yield
+    finally:
+        running.reset(token)
 
 
 def _thread_config(seen: RunnableConfig) -> RunnableConfig:
