@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.graphs import Chat, policies, react_agent, scripted, tool_call
 from tests.processes import RedisServer
-from watchdog import PolicyError, RunCancelled, Supervisor
+from watchdog import PolicyError, RunCancelled, Supervisor, load_policy_text
 from watchdog.testing import FakeClock, capture_events
 
 # Each model call reports 100 input and 20 output tokens; a call reserves 120 before it runs.
@@ -151,6 +151,25 @@ def test_attach_needs_redis_for_a_shared_budget(monkeypatch: pytest.MonkeyPatch)
         Supervisor(policies(ACME_DAILY)).attach(searching_forever(), name="agent")
 
 
+def test_the_policy_files_defaults_can_say_where_redis_is(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WATCHDOG_REDIS_URL", raising=False)
+    text = f"version: 1\ndefaults:\n  redis_url: {redis_server.url}\npolicies:{ACME_DAILY}"
+    supervisor = Supervisor(load_policy_text(text, "policies.yaml"))
+    app = supervisor.attach(searching_forever(), name="agent")
+    with pytest.raises(RunCancelled):
+        app.invoke({"messages": [("user", "go")]}, tenant("acme"))
+    assert used_in_redis(redis_server, "acme") == 960
+    # A reload that drops the URL leaves the shared limit without Redis: said, not fatal.
+    with capture_events() as events:
+        supervisor.reload(policies(ACME_DAILY))
+    assert supervisor.shared.url is None
+    assert [e["error"] for e in events if e["event"] == "watchdog.shared_budget_unavailable"] == [
+        "no Redis to keep it in: set WATCHDOG_REDIS_URL or defaults.redis_url"
+    ]
+
+
 def test_a_call_reserves_its_max_tokens_when_that_is_more_than_the_estimate(
     redis_server: RedisServer,
 ) -> None:
@@ -161,7 +180,7 @@ def test_a_call_reserves_its_max_tokens_when_that_is_more_than_the_estimate(
     with pytest.raises(RunCancelled) as raised:
         app.invoke({"messages": [("user", "go")]}, tenant("acme"))
     # The first call held 900 and used 120; the second, 120 + 900 held, would pass 1,000.
-    assert "a call of 900 more would pass the 1,000" in raised.value.reason
+    assert "a call of 900 tokens more would pass the 1,000 tokens" in raised.value.reason
     assert used_in_redis(redis_server, "acme") == 120
 
 
@@ -234,15 +253,15 @@ def test_with_redis_down_a_worker_stops_at_its_local_share(redis_server: RedisSe
         app.invoke({"messages": [("user", "go")]}, tenant("acme"))
     # Four calls of 120 fit in the worker's share of 500; the fifth does not.
     assert raised.value.reason == (
-        "Redis did not answer, and this worker has spent 480 of its local share of 500 "
-        f"tokens of the budget of tenant 'acme' for {_window(raised.value.reason)}, so a call "
-        "of 120 more would pass it (policy 'acme-daily')."
+        "Redis did not answer, and this worker has spent 480 tokens of its local share of "
+        f"500 tokens of the budget of tenant 'acme' for {_window(raised.value.reason)}, so a "
+        "call of 120 tokens more would pass it (policy 'acme-daily')."
     )
     assert (raised.value.observed, raised.value.limit) == (600, 500)
 
 
 def _window(reason: str) -> str:
-    return reason.split(" for ", 1)[1].split(",", 1)[0]
+    return reason.split(" for ", 1)[1].split(" ", 1)[0].rstrip(",")
 
 
 def test_a_redis_that_hangs_costs_a_worker_one_timeout_not_one_a_call(
@@ -271,3 +290,88 @@ def test_a_redis_that_hangs_costs_a_worker_one_timeout_not_one_a_call(
     )
     assert errors == 12
     assert elapsed < 3  # twelve timeouts would take 3 s
+
+
+# -- dollars, and rates shared across pods ------------------------------------------------
+
+# Each call costs 100 x $10 + 20 x $50 per million tokens: $0.002; it reserves its estimate
+# of 120 tokens at the dearer price: $0.006.
+ACME_DOLLARS = """
+- name: acme-dollars
+  token_budget:
+    max_cost_usd: 0.02
+    prices: {default: {input_per_mtok: 10, output_per_mtok: 50}}
+    scope: metadata.tenant
+    window: 1d
+    estimate_tokens: 120
+"""
+
+
+def test_a_budget_in_dollars_is_shared_in_millionths_of_a_dollar(
+    redis_server: RedisServer,
+) -> None:
+    first, second = (worker(redis_server, text=ACME_DOLLARS) for _ in range(2))
+    with pytest.raises(RunCancelled) as spent:
+        first.invoke({"messages": [("user", "go")]}, tenant("acme"))
+    with pytest.raises(RunCancelled) as refused:
+        second.invoke({"messages": [("user", "go")]}, tenant("acme"))
+    # Eight calls spend $0.016; a ninth, held at $0.006, would pass $0.02.
+    assert spent.value.reason == (
+        f"The budget of tenant 'acme' for {_window(spent.value.reason)} has $0.0160 used and "
+        "$0.0000 held by calls in flight, so a call of $0.0060 more would pass the $0.0200 "
+        "that policy 'acme-dollars' allows."
+    )
+    assert (spent.value.observed, spent.value.limit) == (0.022, 0.02)
+    assert refused.value.step == 1  # the other worker's first call does not start
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        (key,) = client.scan_iter("watchdog:{acme-dollars|metadata.tenant=acme|*|usd}:budget")
+        assert client.hgetall(key) == {b"used": b"16000", b"reserved": b"0"}
+    finally:
+        client.close()
+
+
+def rate_of(of: str, most: int, scope: str = "global") -> str:
+    return f"""
+- name: fleet-{of}
+  rate: {{max_events: {most}, per_seconds: 60, of: {of}, scope: {scope}}}
+"""
+
+
+def test_a_rate_of_model_calls_holds_across_workers(redis_server: RedisServer) -> None:
+    first, second = (worker(redis_server, text=rate_of("llm_calls", 3)) for _ in range(2))
+    with pytest.raises(RunCancelled) as fourth:
+        first.invoke({"messages": [("user", "go")]}, tenant("acme"))
+    with pytest.raises(RunCancelled) as refused:
+        second.invoke({"messages": [("user", "go")]}, tenant("globex"))
+    # Three model calls (steps 1, 3 and 5); the fourth, at step 7, does not start.
+    assert (fourth.value.kind, fourth.value.step) == ("rate", 7)
+    assert fourth.value.reason == (
+        "Within any 60 s, all runs may make at most 3 model calls (policy 'fleet-llm_calls'), "
+        "and 3 model calls were made: one more would pass it."
+    )
+    assert (refused.value.kind, refused.value.step) == ("rate", 1)
+
+
+def test_a_rate_of_tool_calls_per_tenant_stops_the_call_before_it_runs(
+    redis_server: RedisServer,
+) -> None:
+    app = worker(redis_server, text=rate_of("tool_calls", 2, "metadata.tenant"))
+    with capture_events() as events, pytest.raises(RunCancelled) as raised:
+        app.invoke({"messages": [("user", "go")]}, tenant("acme"))
+    assert (raised.value.kind, raised.value.observed, raised.value.limit) == ("rate", 3, 2)
+    assert raised.value.reason.startswith("Within any 60 s, tenant 'acme' may make at most 2")
+    (finished,) = [e for e in events if e["event"] == "watchdog.run_finished"]
+    assert finished["steps"] == 6  # the third tool step started; its tool call did not run
+
+
+def test_a_rate_of_tokens_reserves_and_settles_like_a_budget(redis_server: RedisServer) -> None:
+    text = rate_of("tokens", 500).replace("of: tokens", "of: tokens, estimate_tokens: 120")
+    app = worker(redis_server, text=text)
+    with pytest.raises(RunCancelled) as raised:
+        app.invoke({"messages": [("user", "go")]}, tenant("acme"))
+    assert raised.value.reason == (
+        "The rate of all runs within any 60 s has 480 tokens used and 0 tokens held by calls "
+        "in flight, so a call of 120 tokens more would pass the 500 tokens that policy "
+        "'fleet-tokens' allows."
+    )

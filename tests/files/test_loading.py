@@ -825,6 +825,64 @@ def test_invalid_file_names_the_first_problem(
     assert str(exc).splitlines()[0] == str(first).splitlines()[0]
 
 
+SHARED_SCOPE_PROBLEMS = [
+    pytest.param(
+        "token_budget: {max_input_tokens: 9, scope: global, window: 1d}",
+        "token_budget.max_input_tokens",
+        "a shared scope (global) keeps max_total_tokens and max_cost_usd across pods, not "
+        "this limit; expected one of those, or scope: run or thread",
+        id="budget-shared-input-limit",
+    ),
+    pytest.param(
+        "token_budget: {max_total_tokens: 9, scope: metadata.tenant}",
+        "token_budget.window",
+        "a shared scope (metadata.tenant) needs a window; expected window: 1d, for instance",
+        id="budget-shared-without-window",
+    ),
+    pytest.param(
+        "token_budget: {max_total_tokens: 9, scope: graph, window: 1d, local_share: 2}",
+        "token_budget.local_share",
+        "expected a part of the limit between 0 and 1, got 2",
+        id="budget-local-share-above-one",
+    ),
+    pytest.param(
+        "token_budget: {max_total_tokens: 9, window: 1d}",
+        "token_budget.window",
+        "window is read only with a shared scope; expected scope: graph, global or "
+        "metadata.<key> beside it",
+        id="budget-window-without-shared-scope",
+    ),
+    pytest.param(
+        "rate: {max_events: 9, per_seconds: 60, of: llm_calls, scope: thread}",
+        "rate.scope",
+        "a rate counts one run, or runs across pods; expected run, graph, global or "
+        "metadata.<key>, got 'thread'",
+        id="rate-per-thread",
+    ),
+    pytest.param(
+        "rate: {max_events: 9, per_seconds: 60, of: steps, scope: global}",
+        "rate.of",
+        "a shared scope (global) counts calls as they start, in Redis, off the per-step "
+        "path; expected of: llm_calls, tool_calls, tokens, got 'steps'",
+        id="rate-shared-steps",
+    ),
+    pytest.param(
+        "rate: {max_events: 9, per_seconds: 60, of: tool_calls, fail_closed: true}",
+        "rate.fail_closed",
+        "fail_closed is read only with a shared scope",
+        id="rate-fail-closed-without-shared-scope",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "path", "message"), SHARED_SCOPE_PROBLEMS)
+def test_a_shared_scope_and_its_settings_are_checked_together(
+    kind: str, path: str, message: str
+) -> None:
+    exc = load_error(f"version: 1\npolicies:\n  - name: a\n    {kind}\n")
+    assert [(p.path, message in p.message) for p in exc.problems] == [(f"policies[0].{path}", True)]
+
+
 def test_the_invalid_table_is_large() -> None:
     assert len(INVALID) >= 35
     assert len({p.id for p in INVALID}) == len(INVALID)
@@ -1844,3 +1902,41 @@ def test_matching_defaults_to_no_tags_and_no_metadata() -> None:
     assert loaded.policies[1].match == Match(graphs=("support-*", "billing"))
     assert loaded.policies[3].match == Match(metadata={"tenant": "acme", "tier": 2})
     assert loaded.policies[4].match == Match(graphs=("support-*",), tags=frozenset({"prod"}))
+
+
+def with_redis(url: str, *policy_names: str) -> str:
+    return policy_text(*policy_names).replace(
+        "version: 1\n", f"version: 1\ndefaults:\n  redis_url: {url}\n"
+    )
+
+
+def test_a_redis_url_in_the_defaults_is_where_shared_limits_live(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(with_redis("redis://redis:6379/0", "a"), encoding="utf-8")
+    (tmp_path / "b.yaml").write_text(with_redis("redis://redis:6379/0", "b"), encoding="utf-8")
+    (tmp_path / "c.yaml").write_text(policy_text("c"), encoding="utf-8")
+    assert load_policies(tmp_path).redis_url == "redis://redis:6379/0"
+    assert load_policies(tmp_path / "c.yaml").redis_url is None
+
+
+def test_two_files_that_name_two_redis_servers_are_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(with_redis("redis://one:6379", "a"), encoding="utf-8")
+    (tmp_path / "b.yaml").write_text(with_redis("redis://two:6379", "b"), encoding="utf-8")
+    (problem,) = load_errors_from(tmp_path).problems
+    assert (problem.file, problem.line, problem.path) == (
+        str(tmp_path / "b.yaml"),
+        3,
+        "defaults.redis_url",
+    )
+    assert problem.message == (
+        f"'redis://two:6379' is not the Redis URL set at {tmp_path / 'a.yaml'}:3:14 "
+        "('redis://one:6379'); expected one Redis for every policy file"
+    )
+
+
+def test_a_redis_url_must_say_it_is_one() -> None:
+    (problem,) = load_error(with_redis("http://redis:6379", "a")).problems
+    assert (problem.line, problem.column, problem.path) == (3, 14, "defaults.redis_url")
+    assert problem.message == (
+        "expected a Redis URL such as redis://redis:6379/0 (or rediss://, unix://), got "
+        "'http://redis:6379'"
+    )

@@ -47,8 +47,8 @@ VALUES: dict[str, tuple[str, object]] = {
 }
 
 
-# Keys that cannot stand together are written in policies of their own: a token budget's
-# shared scope keeps max_total_tokens only, and its window and estimate are for it alone.
+# Keys that cannot stand together are written in policies of their own: a shared scope keeps
+# fewer limits, and its settings are for it alone.
 SHARED_BUDGET: dict[str, tuple[str, object]] = {
     "max_total_tokens": ("9", 9),
     "scope": ("metadata.tenant", "metadata.tenant"),
@@ -58,11 +58,21 @@ SHARED_BUDGET: dict[str, tuple[str, object]] = {
     "fail_closed": ("true", True),
     "local_share": ("0.25", 0.25),
 }
-APART = {
-    "token_budget": [
+SHARED_RATE: dict[str, tuple[str, object]] = {
+    "max_events": ("12", 12),
+    "per_seconds": ("13.5", 13.5),
+    "of": ("tokens", "tokens"),
+    "scope": ("global", "global"),
+    "estimate_tokens": ("100", 100),
+    "fail_closed": ("true", True),
+    "local_share": ("0.25", 0.25),
+}
+APART: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, object]]]] = {
+    "token_budget": (
         ("window", "time_zone", "estimate_tokens", "fail_closed", "local_share"),
-        tuple(SHARED_BUDGET),
-    ]
+        SHARED_BUDGET,
+    ),
+    "rate": (("scope", "estimate_tokens", "fail_closed", "local_share"), SHARED_RATE),
 }
 
 
@@ -73,7 +83,7 @@ def test_every_field_of_a_kind_is_a_key_of_its_file_and_read_as_its_type(kind: s
     assert list(KIND_FIELDS[kind]) == fields
     groups = APART.get(kind)
     writings = (
-        [({k: VALUES[k] for k in fields if k not in groups[0]}), SHARED_BUDGET]
+        [({k: VALUES[k] for k in fields if k not in groups[0]}), groups[1]]
         if groups
         else [{k: VALUES[k] for k in fields}]
     )

@@ -95,3 +95,26 @@ def test_workers_at_once_never_pass_the_limit_and_the_total_is_exact(
     used, reserved = SharedBudget(connection, "shared", limit).totals()
     connection.close()
     assert (sum(granted), used, reserved) == (100, 1000, 0)
+
+
+def test_a_rate_counts_calls_at_once_and_forgets_them_as_they_leave_its_span(
+    client: redis.Redis,
+) -> None:
+    rate = SharedBudget(client, "llm_calls:global", 2, rolling=0.1)
+    assert rate.reserve("c1", 1, count=True) == Grant(granted=True, used=0, reserved=0)
+    assert rate.reserve("c2", 1, count=True) == Grant(granted=True, used=1, reserved=0)
+    assert rate.reserve("c1", 1, count=True).granted  # a retry: counted once
+    assert rate.totals() == (2, 0)
+    assert not rate.reserve("c3", 1, count=True).granted
+    # The span runs on Redis's clock: wait until the first two calls have left it.
+    wait_for("the calls to leave the span", lambda: rate.reserve("c3", 1, count=True).granted)
+    assert rate.totals() == (1, 0)
+
+
+def test_a_rate_of_tokens_forgets_settled_usage_after_its_span(client: redis.Redis) -> None:
+    rate = SharedBudget(client, "tokens:global", 1000, rolling=0.1)
+    assert rate.reserve("c1", 500).granted
+    assert rate.settle("c1", 700)
+    assert not rate.reserve("c2", 500).granted
+    wait_for("the usage to leave the span", lambda: rate.reserve("c2", 500).granted)
+    assert rate.totals() == (0, 500)

@@ -167,8 +167,10 @@ class WatchdogHandler(BaseCallbackHandler):
             found = run.monitor.llm_started(model)
             if found and run.report(found):
                 raise Stop
-        if run.shared and run.reserve_shared(str(run_id), _max_tokens(params)):
-            raise Stop  # a shared budget has no room for the call: it does not start
+        if run.shared and run.reserve_shared(
+            str(run_id), model=model, max_tokens=_max_tokens(params)
+        ):
+            raise Stop  # a shared limit has no room for the call: it does not start
 
     @_guarded
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
@@ -176,8 +178,7 @@ class WatchdogHandler(BaseCallbackHandler):
         model = self._models.pop(run_id, "?")
         input_tokens, output_tokens, total = _usage(response)
         if run.shared:
-            used = input_tokens + output_tokens if total is None else total
-            run.settle_shared(str(run_id), used)
+            run.settle_shared(str(run_id), model, input_tokens, output_tokens, total)
         with run.lock:
             found = run.monitor.llm_ended(model, input_tokens, output_tokens, total)
             stop = bool(found) and run.report(found)
@@ -186,9 +187,9 @@ class WatchdogHandler(BaseCallbackHandler):
 
     @_guarded
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._models.pop(run_id, None)
+        model = self._models.pop(run_id, "?")
         if self.run.shared:
-            self.run.settle_shared(str(run_id), 0)  # releases its reservation
+            self.run.settle_shared(str(run_id), model, 0, 0, None)  # releases reservations
 
     # -- tools ---------------------------------------------------------------------------
 
@@ -217,6 +218,10 @@ class WatchdogHandler(BaseCallbackHandler):
             # A node may run its tools in a pool of its own (ToolNode does, for a sync
             # graph): a hard cancel must reach the tool's thread, not only the node's.
             run.entered_thread(run_id)
+        if run.shared and run.reserve_shared(str(run_id), tool=True):
+            with run.lock:
+                run.left_thread(run_id)
+            raise Stop  # a shared rate of tool calls has no room for this one
 
     @_guarded
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:

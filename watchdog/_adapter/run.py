@@ -361,13 +361,18 @@ class Run:
 
     # -- shared budgets (kept in Redis) --------------------------------------------------
 
-    def reserve_shared(self, call: str, max_tokens: int = 0) -> bool:
-        """Before a model call: reserve in each shared budget of the run its estimate, or
-        the call's ``max_tokens`` when larger. Returns whether the run must stop (a budget
+    def reserve_shared(
+        self, call: str, *, model: str = "?", max_tokens: int = 0, tool: bool = False
+    ) -> bool:
+        """Before a model call (or a tool call, with ``tool``): reserve in each shared limit
+        of the run what the call may count. Returns whether the run must stop (a limit
         refused it, under an enforced policy)."""
         stop = False
         for charge in self.shared:
-            amount = max(charge.estimate, max_tokens)
+            meter = charge.meter
+            if (meter.unit == "tool_calls") != tool:
+                continue
+            amount = meter.reserved(model, max_tokens)
             grant = self.host.shared.reserve(charge, f"{self.run_id}:{call}", amount)
             if grant.granted:
                 continue
@@ -380,12 +385,12 @@ class Run:
             state = self.monitor.state
             finding = Finding(
                 policy=policy.name,
-                kind="token_budget",
-                key="max_total_tokens",
+                kind=policy.kind.name,
+                key=meter.key,
                 mode=policy.mode,
                 reason=charge.reason(grant, amount),
-                observed=float(grant.used + grant.reserved + amount),
-                limit=float(charge.local_share if grant.local else charge.budget.limit),
+                observed=meter.value(grant.used + grant.reserved + amount),
+                limit=meter.value(charge.local_share if grant.local else charge.budget.limit),
                 step=state.steps,
                 node=state.node,
             )
@@ -393,10 +398,15 @@ class Run:
                 self.report([finding])
         return stop
 
-    def settle_shared(self, call: str, used: int) -> None:
-        """After a model call: count what it used in each shared budget of the run."""
+    def settle_shared(
+        self, call: str, model: str, input_tokens: int, output_tokens: int, total: int | None
+    ) -> None:
+        """After a model call: count what it used in each shared limit of the run that holds
+        a reservation for it (all zeros: it failed, and only releases them)."""
         for charge in self.shared:
-            self.host.shared.settle(charge, f"{self.run_id}:{call}", used)
+            if not charge.meter.per_call:
+                used = charge.meter.used(model, input_tokens, output_tokens, total)
+                self.host.shared.settle(charge, f"{self.run_id}:{call}", used)
 
     # -- findings and the pipeline -------------------------------------------------------
 

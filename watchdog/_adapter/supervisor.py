@@ -87,9 +87,11 @@ class Supervisor:
         redis_url: str | None = None,
     ) -> None:
         self.clock = clock or time.monotonic
-        # Budgets shared across pods, in Redis (WATCHDOG_REDIS_URL unless given).
+        # Limits shared across pods, in Redis: the URL given, else WATCHDOG_REDIS_URL, else
+        # the policy file's defaults.redis_url (which a reload may change).
+        self._redis_url = redis_url or os.environ.get("WATCHDOG_REDIS_URL") or None
         self.shared = SharedBudgets(
-            redis_url or os.environ.get("WATCHDOG_REDIS_URL") or None,
+            self._redis_url or policies.redis_url,
             on_error=self._shared_unavailable,
             clock=self.clock,
         )
@@ -213,13 +215,14 @@ class Supervisor:
             files=list(policies.files),
             policies=[p.name for p in policies.policies],
         )
+        self.shared.point_at(self._redis_url or policies.redis_url)
         if self.shared.url is None:
             # attach() refuses them; a reload cannot: said, and left to the local limits.
             for policy in shared_policies(policies.policies):
                 self.emit(
                     "shared_budget_unavailable",
                     policy=policy.name,
-                    error="no Redis to keep it in: set WATCHDOG_REDIS_URL",
+                    error="no Redis to keep it in: set WATCHDOG_REDIS_URL or defaults.redis_url",
                 )
 
     # -- attaching -----------------------------------------------------------------------
@@ -248,9 +251,10 @@ class Supervisor:
                     policy.file,
                     policy.line,
                     1,
-                    f"policies.{policy.name}.token_budget.scope",
-                    f"a budget shared across pods ({policy.kind.scope}) is kept in Redis; "  # type: ignore[attr-defined]
-                    "expected WATCHDOG_REDIS_URL set, or Supervisor(redis_url=...)",
+                    f"policies.{policy.name}.{policy.kind.name}.scope",
+                    f"a limit shared across pods ({policy.kind.scope}) is kept in Redis; "  # type: ignore[attr-defined]
+                    "expected WATCHDOG_REDIS_URL set, defaults.redis_url in the policy file, "
+                    "or Supervisor(redis_url=...)",
                 )
                 for policy in shared_policies(self.policies.policies)
                 if _may_apply(policy, name)

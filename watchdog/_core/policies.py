@@ -47,8 +47,9 @@ __all__ = [
 Mode = Literal["enforce", "audit"]
 OnViolation = Literal["cancel", "wrap_up", "ask"]
 Scope = Literal["run", "thread"]
-# A token budget's scope: "run" or "thread", or shared across pods: "graph", "global", or
-# "metadata.<key>" (one budget per value of that run metadata key, such as a tenant).
+# The scope of a token budget or rate: "run" or "thread" (budgets), or shared across pods:
+# "graph", "global", or "metadata.<key>" (one limit per value of that run metadata key, such
+# as a tenant).
 BudgetScope = NewType("BudgetScope", str)
 # How long a shared budget lasts: "<n>h", "<n>d" (aligned to midnight in its time zone), or
 # "month" (the calendar month).
@@ -154,26 +155,34 @@ class Loop(Kind):
         object.__setattr__(self, "limits", limits)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shareable(Kind):
+    """A kind whose limit may span pods: with a scope other than ``run`` or ``thread`` it is
+    kept in Redis, reserved before each call it counts and settled after it. (Its settings
+    are keywords only: a kind's own limits keep their places as arguments.)"""
+
+    scope: BudgetScope = BudgetScope("run")
+    estimate_tokens: int = DEFAULT_ESTIMATE_TOKENS  # what a model call reserves, shared
+    fail_closed: bool = False  # a shared limit Redis cannot check stops calls
+    # The part of a shared limit one worker may spend while Redis does not answer.
+    local_share: float = DEFAULT_LOCAL_SHARE
+
+    @property
+    def shared(self) -> bool:
+        """Whether the limit spans pods (kept in Redis) rather than one run or thread."""
+        return self.scope not in LOCAL_SCOPES
+
+
 @dataclass(frozen=True, slots=True)
-class TokenBudget(Kind):
+class TokenBudget(Shareable):
     max_total_tokens: int | None = None
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
     max_cost_usd: float | None = None
     prices: Mapping[str, Price] = field(default_factory=dict, hash=False)
-    scope: BudgetScope = BudgetScope("run")
     window: Window | None = None  # a shared scope's
     time_zone: TimeZoneName | None = None  # where a shared window's days begin; UTC if unset
-    estimate_tokens: int = DEFAULT_ESTIMATE_TOKENS  # what a model call reserves, shared
-    fail_closed: bool = False  # a shared budget Redis cannot check stops calls
-    # The part of a shared limit one worker may spend while Redis does not answer.
-    local_share: float = DEFAULT_LOCAL_SHARE
     name = "token_budget"
-
-    @property
-    def shared(self) -> bool:
-        """Whether the budget spans pods (kept in Redis) rather than one run or thread."""
-        return self.scope not in LOCAL_SCOPES
 
     def __post_init__(self) -> None:
         if self.shared:
@@ -200,13 +209,17 @@ class TokenBudget(Kind):
 
 
 @dataclass(frozen=True, slots=True)
-class Rate(Kind):
+class Rate(Shareable):
     max_events: int = 0
     per_seconds: float = 0.0
     of: RateOf = "steps"
     name = "rate"
 
     def __post_init__(self) -> None:
+        if self.shared:
+            # Counted in Redis as each model or tool call starts: no limit on the run's state.
+            object.__setattr__(self, "limits", ())
+            return
         object.__setattr__(self, "limits", (MaxEvents(self.max_events, self.per_seconds, self.of),))
 
 
@@ -266,6 +279,7 @@ class PolicySet:
 
     policies: tuple[Policy, ...] = ()
     files: tuple[str, ...] = ()
+    redis_url: str | None = None  # defaults.redis_url: where limits shared across pods live
 
     def matching(
         self,

@@ -125,6 +125,7 @@ def _merge(files: Mapping[str, str | PolicyProblem]) -> tuple[PolicySet, list[Po
     policies: list[Policy] = []
     read_files: list[str] = []
     first_use: dict[str, str] = {}
+    redis_url: tuple[str, str] | None = None  # the first file's, and where it stands
     for file, text in files.items():
         if isinstance(text, PolicyProblem):
             problems.append(text)
@@ -144,5 +145,18 @@ def _merge(files: Mapping[str, str | PolicyProblem]) -> tuple[PolicySet, list[Po
                 f"policy name {name.name!r} is already used at {first_use[name.name]}; "
                 "expected a unique name",
             )
+        if reader.redis_url is not None:
+            url, node = reader.redis_url
+            line, column = position(node)
+            if redis_url is None:
+                redis_url = url, f"{reader.file}:{line}:{column}"
+            elif url != redis_url[0]:
+                reader.problem(
+                    node,
+                    "defaults.redis_url",
+                    f"{url!r} is not the Redis URL set at {redis_url[1]} ({redis_url[0]!r}); "
+                    "expected one Redis for every policy file",
+                )
         problems.extend(sorted(reader.problems, key=lambda p: (p.line, p.column)))
-    return PolicySet(tuple(policies), tuple(read_files)), problems
+    shared_at = None if redis_url is None else redis_url[0]
+    return PolicySet(tuple(policies), tuple(read_files), redis_url=shared_at), problems

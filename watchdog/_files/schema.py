@@ -45,6 +45,7 @@ SUPPORTED_VERSIONS = (1,)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 TOP_KEYS = ("version", "defaults", "policies")
 DEFAULT_KEYS = ("mode", "grace_seconds", "warn_at")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 POLICY_KEYS = (
     "name",
     "description",
@@ -131,6 +132,7 @@ class PolicyFileReader(NodeReader):
     def __init__(self, file: str, text: str) -> None:
         super().__init__(file, text)
         self.names: list[_Name] = []  # every valid name, in file order, valid policy or not
+        self.redis_url: tuple[str, Node] | None = None  # defaults.redis_url, and where
 
     def read(self) -> list[Policy]:
         read: list[Policy] = []
@@ -200,9 +202,31 @@ class PolicyFileReader(NodeReader):
         if entry is None:
             return {}
         fields = self.field(
-            self.mapping, entry.value, "defaults", DEFAULT_KEYS, "a mapping of defaults"
+            self.mapping,
+            entry.value,
+            "defaults",
+            (*DEFAULT_KEYS, "redis_url"),
+            "a mapping of defaults",
         )
-        return {} if fields is None else self._options(fields, "defaults")
+        if fields is None:
+            return {}
+        if "redis_url" in fields:
+            node = fields["redis_url"].value
+            url = self.field(self._redis_url, node, "defaults.redis_url")
+            if url is not None:
+                self.redis_url = url, node
+        return self._options(fields, "defaults")
+
+    def _redis_url(self, node: Node, path: str) -> str:
+        value = self.text(node, path, "a Redis URL")
+        if not value.startswith(REDIS_SCHEMES):
+            self.invalid(
+                node,
+                path,
+                f"expected a Redis URL such as redis://redis:6379/0 (or rediss://, unix://), "
+                f"got {value!r}",
+            )
+        return value
 
     def _options(self, fields: dict[str, Entry], path: str) -> dict[str, Any]:
         """mode, grace_seconds and warn_at, where set and valid."""
@@ -480,28 +504,21 @@ class PolicyFileReader(NodeReader):
     def _check_token_budget(
         self, node: Node, path: str, fields: dict[str, Entry], values: dict[str, Any]
     ) -> None:
-        shared = values.get("scope", "run") not in LOCAL_SCOPES
-        if shared:
-            for key in ("max_input_tokens", "max_output_tokens", "max_cost_usd"):
+        if self._check_scope(node, path, fields, values, ("window", "time_zone")):
+            for key in ("max_input_tokens", "max_output_tokens"):
                 if key in values:
                     self.invalid(
                         fields[key].key,
                         f"{path}.{key}",
-                        f"a shared scope ({values['scope']}) keeps max_total_tokens across pods, "
-                        "not this limit yet; expected max_total_tokens alone, or scope: run or "
-                        "thread",
+                        f"a shared scope ({values['scope']}) keeps max_total_tokens and "
+                        "max_cost_usd across pods, not this limit; expected one of those, or "
+                        "scope: run or thread",
                     )
-            if "max_total_tokens" not in values:
+            if "max_total_tokens" not in values and "max_cost_usd" not in values:
                 self.invalid(
                     node,
                     f"{path}.max_total_tokens",
-                    f"a shared scope ({values['scope']}) needs max_total_tokens",
-                )
-            if values.get("local_share", 0) > 1:
-                self.invalid(
-                    fields["local_share"].value,
-                    f"{path}.local_share",
-                    f"expected a part of the limit between 0 and 1, got {values['local_share']:g}",
+                    f"a shared scope ({values['scope']}) needs max_total_tokens or max_cost_usd",
                 )
             if "window" not in values:
                 self.invalid(
@@ -510,15 +527,6 @@ class PolicyFileReader(NodeReader):
                     f"a shared scope ({values['scope']}) needs a window; expected window: 1d, "
                     "for instance",
                 )
-        else:
-            for key in ("window", "time_zone", "estimate_tokens", "fail_closed", "local_share"):
-                if key in fields:
-                    self.invalid(
-                        fields[key].key,
-                        f"{path}.{key}",
-                        f"{key} is read only with a shared scope; expected scope: graph, "
-                        "global or metadata.<key> beside it",
-                    )
         if "max_cost_usd" in values and "default" not in values.get("prices", {}):
             where = fields["prices"] if "prices" in fields else fields["max_cost_usd"]
             self.invalid(
@@ -532,7 +540,7 @@ class PolicyFileReader(NodeReader):
     def _check_rate(
         self, node: Node, path: str, fields: dict[str, Entry], values: dict[str, Any]
     ) -> None:
-        missing = [k for k in KIND_FIELDS["rate"] if k not in values]
+        missing = [k for k in ("max_events", "per_seconds", "of") if k not in values]
         if missing:
             self.invalid(
                 node,
@@ -540,8 +548,52 @@ class PolicyFileReader(NodeReader):
                 f"missing required key {missing[0]!r}; rate needs max_events, per_seconds and "
                 f"of ({', '.join(RATE_OF)})",
             )
+        if values.get("scope") == "thread":
+            self.invalid(
+                fields["scope"].value,
+                f"{path}.scope",
+                "a rate counts one run, or runs across pods; expected run, graph, global or "
+                "metadata.<key>, got 'thread'",
+            )
+        if self._check_scope(node, path, fields, values, ()) and values["of"] not in SHARED_OF:
+            self.invalid(
+                fields["of"].value,
+                f"{path}.of",
+                f"a shared scope ({values['scope']}) counts calls as they start, in Redis, "
+                f"off the per-step path; expected of: {', '.join(SHARED_OF)}, got "
+                f"{values['of']!r}",
+            )
+
+    def _check_scope(
+        self,
+        node: Node,
+        path: str,
+        fields: dict[str, Entry],
+        values: dict[str, Any],
+        settings: tuple[str, ...],
+    ) -> bool:
+        """Whether the policy is shared across pods; the settings of a shared scope (those
+        of every shareable kind, and ``settings`` of this one) are an error without it."""
+        if values.get("scope", "run") not in LOCAL_SCOPES:
+            if values.get("local_share", 0) > 1:
+                self.invalid(
+                    fields["local_share"].value,
+                    f"{path}.local_share",
+                    f"expected a part of the limit between 0 and 1, got {values['local_share']:g}",
+                )
+            return True
+        for key in (*settings, "estimate_tokens", "fail_closed", "local_share"):
+            if key in fields:
+                self.invalid(
+                    fields[key].key,
+                    f"{path}.{key}",
+                    f"{key} is read only with a shared scope; expected scope: graph, "
+                    "global or metadata.<key> beside it",
+                )
+        return False
 
 
+SHARED_OF = ("llm_calls", "tool_calls", "tokens")  # what a shared rate can count
 KIND_FIELDS = {name: _kind_fields(kind) for name, kind in KINDS.items()}
 _CHECKS: dict[str, Callable[[PolicyFileReader, Node, str, dict[str, Entry], dict[str, Any]], None]]
 _CHECKS = {

@@ -604,7 +604,7 @@ def serve(
         worker_timeout=worker_timeout,
         read_timeout=read_timeout,
         docs=docs,
-        redis_url=os.environ.get("WATCHDOG_REDIS_URL") or None,
+        redis_url=os.environ.get("WATCHDOG_REDIS_URL") or source.policies.redis_url,
     )
     listener = _listen(host, port)
     address, bound_port = listener.getsockname()[:2]
