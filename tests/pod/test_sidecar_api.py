@@ -17,7 +17,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import RFC_3339, wait_for
@@ -32,7 +32,8 @@ from watchdog._pod.table import (
     MAX_SERIES,
     MAX_TABLE_TEXT,
 )
-from watchdog._sinks.metrics import Metrics
+from watchdog._sinks import schema as event_schema
+from watchdog._sinks.metrics import Metrics, record_metrics
 from watchdog.testing import capture_events
 
 TOKEN = "s3cret-token"
@@ -166,6 +167,82 @@ def test_events_build_the_live_run_table_and_the_pods_metrics(
     assert values[("watchdog_tokens_total", (("graph", "agent"), ("type", "input")))] == 100
     assert values[("watchdog_active_runs", (("graph", "agent"),))] == 0
     assert values[("watchdog_sidecar_events_total", ())] == 5
+
+
+# One event of each kind of the schema, as a worker sends it.
+EVERY_KIND = [
+    started("r-1"),
+    {**finished("r-1", "cancelled"), "tokens": 120},
+    {
+        "event": "watchdog.violation",
+        "run_id": "r-1",
+        "thread_id": "t",
+        "graph": "agent",
+        "policy": "steps",
+        "kind": "step_count",
+        "mode": "enforce",
+        "key": "max_steps",
+        "reason": "r",
+    },
+    {
+        "event": "watchdog.near_limit",
+        "run_id": "r-1",
+        "thread_id": "t",
+        "graph": "agent",
+        "policy": "steps",
+        "kind": "step_count",
+        "mode": "enforce",
+        "key": "max_steps",
+        "reason": "r",
+    },
+    {
+        "event": "watchdog.run_cancelled",
+        "run_id": "r-1",
+        "thread_id": "t",
+        "graph": "agent",
+        "policy": "steps",
+        "kind": "step_count",
+        "phase": "drained",
+        "latency_s": 0.002,
+    },
+    {"event": "watchdog.drain_requested", "run_id": "r-1", "graph": "agent", "reason": "r"},
+    {"event": "watchdog.hard_cancel", "run_id": "r-1", "graph": "agent", "reason": "r"},
+    {
+        "event": "watchdog.activity_after_cancel",
+        "run_id": "r-1",
+        "thread_id": "t",
+        "graph": "agent",
+        "activity": "tool_call",
+        "activity_name": "search",
+    },
+    {
+        "event": "watchdog.shared_budget_unavailable",
+        "policy": "acme-daily",
+        "error": "ConnectionError",
+        "failures": 7,
+    },
+    {"event": "watchdog.internal_error", "error": "boom", "traceback": ""},
+]
+
+
+def test_every_kind_of_event_moves_the_pods_metrics_as_it_moves_a_workers(
+    client: TestClient,
+) -> None:
+    kinds = {record["event"].removeprefix("watchdog.") for record in EVERY_KIND}
+    assert kinds == {cls.name for cls in event_schema._EVENTS}
+    answer = client.post("/v1/events", json={"worker": "w", "events": EVERY_KIND}, headers=AUTH)
+    assert answer.status_code == 202, answer.text
+    in_process = Metrics(CollectorRegistry())
+    for record in EVERY_KIND:
+        event = event_schema.read_event(record)
+        assert event is not None
+        record_metrics(in_process, event)
+    expected = samples(generate_latest(in_process.registry).decode())
+    pod = samples(client.get("/metrics").text)
+    assert {k: v for k, v in pod.items() if k in expected and "created" not in k[0]} == {
+        k: v for k, v in expected.items() if "created" not in k[0]
+    }
+    assert pod[("watchdog_shared_budget_errors_total", (("policy", "acme-daily"),))] == 7
 
 
 def poll(

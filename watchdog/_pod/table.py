@@ -339,6 +339,7 @@ class SidecarState:
             ["loop"],
             registry=registry,
         )
+        self._loop_errors = loop_errors
         self.loops = {
             name: BackgroundLoop(name, loop_errors) for name in ("policy_watch", "reaper")
         }
@@ -347,21 +348,14 @@ class SidecarState:
             f"Runs left out of the run table, which holds at most {MAX_RUNS} runs.",
             registry=registry,
         )
-        m, bounds = self.metrics, LabelBounds(registry)
+        bounds = LabelBounds(registry)
+        # Every labelled metric an event may move: a batch must never meet one it lacks.
         self._children: dict[MetricWrapperBase, _Children] = {
             metric: _Children(metric, bounds)
-            for metric in (
-                m.runs_started,
-                m.runs_finished,
-                m.run_duration,
-                m.run_steps,
-                m.tokens,
-                m.cancellations,
-                m.cancel_latency,
-                m.violations,
-            )
+            for metric in vars(self.metrics).values()
+            if isinstance(metric, MetricWrapperBase) and metric._labelnames
         }
-        self._active_runs = _Children(m.active_runs, bounds)
+        self._active_runs = self._children[self.metrics.active_runs]
         self._runs_lost = _Children(self.runs_lost, bounds)
         self._policy_lists: dict[tuple[str, ...], list[str]] = {}
 
@@ -575,6 +569,11 @@ class SidecarState:
         self.closing.set()
         for worker in self.workers.values():
             worker.wake.set()
+
+    def add_loop(self, name: str) -> BackgroundLoop:
+        """One more background loop, reported with the others."""
+        loop = self.loops[name] = BackgroundLoop(name, self._loop_errors)
+        return loop
 
     def reap(self) -> None:
         """Forget workers not heard from in ``worker_timeout``; their runs are lost."""
