@@ -9,7 +9,8 @@ Plan keys: ``worker`` (the worker's name, when it is not NAME: two workers may s
 loops for the step policy to stop), ``slow`` (run ids of slow endless loops), ``chat`` (how
 many ReAct runs that complete, using tokens), ``spend`` (``{"tenant": ..., "runs": n}``:
 runs of a ReAct agent that searches for ever, under that tenant's metadata), ``steady``
-(seconds of short runs that complete, one after another; null: until stdin ends),
+(seconds of short runs that complete, one after another; null: until stdin ends; with
+``tenant``, ReAct runs that spend tokens under that tenant's metadata),
 ``flood`` (events to push through the
 link per round, no graphs: see ``flood``).
 """
@@ -89,8 +90,9 @@ async def one(
     )
 
 
-async def steady(supervisor: Supervisor, seconds: float | None) -> None:
-    """Short runs one after another, for ``seconds``, or (None) until stdin ends."""
+async def steady(supervisor: Supervisor, seconds: float | None, tenant: str | None = None) -> None:
+    """Short runs one after another, for ``seconds``, or (None) until stdin ends; with a
+    ``tenant``, each a ReAct run of two model calls (240 tokens) under its metadata."""
     end = None if seconds is None else time.monotonic() + seconds
     ended = threading.Event()
 
@@ -102,7 +104,14 @@ async def steady(supervisor: Supervisor, seconds: float | None) -> None:
         threading.Thread(target=read_to_the_end, daemon=True).start()
     graph = stepping(0.005, steps=2)
     while not ended.is_set() and (end is None or time.monotonic() < end):
-        await one(supervisor, graph, "steady", uuid.uuid4())
+        if tenant is None:
+            await one(supervisor, graph, "steady", uuid.uuid4())
+            continue
+        answering = react_agent(scripted(tool_call("q", "c1"), AIMessage("done")))
+        messages = {"messages": [("user", "go")]}
+        await one(
+            supervisor, answering, "spend", uuid.uuid4(), messages, metadata={"tenant": tenant}
+        )
 
 
 POLICY_NAMES = ["wall", "steps", "loops", "tokens", "rate"]
@@ -248,7 +257,7 @@ async def main(name: str, plan: dict[str, Any]) -> None:
         for _ in range(spend.get("runs", 0))
     ]
     if "steady" in plan:
-        runs.append(steady(supervisor, plan["steady"]))
+        runs.append(steady(supervisor, plan["steady"], plan.get("tenant")))
     say(ready=name)
     if "flood" in plan:
         flood(supervisor, name, plan["flood"])

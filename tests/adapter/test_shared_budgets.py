@@ -375,3 +375,36 @@ def test_a_rate_of_tokens_reserves_and_settles_like_a_budget(redis_server: Redis
         "in flight, so a call of 120 tokens more would pass the 500 tokens that policy "
         "'fleet-tokens' allows."
     )
+
+
+def test_an_outage_is_logged_as_it_starts_then_every_ten_seconds_and_all_of_it_when_over(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    registry = CollectorRegistry()
+    supervisor = Supervisor(
+        policies(with_keys(local_share=1.0)),
+        redis_url=redis_server.url,
+        registry=registry,
+        clock=clock,
+    )
+
+    def answer() -> None:
+        app = supervisor.attach(react_agent(scripted(AIMessage("hello"))), name="agent")
+        app.invoke({"messages": [("user", "hi")]}, tenant("acme"))
+
+    redis_server.kill()
+    with capture_events() as events:
+        answer()  # a reservation and a settlement without Redis
+        clock.advance(4)
+        answer()
+        clock.advance(7)  # ten seconds since the first log
+        answer()
+        redis_server.start()
+        clock.advance(1)
+        answer()  # Redis answers: the failures not logged yet are
+    logged = [e["failures"] for e in events if e["event"] == "watchdog.shared_budget_unavailable"]
+    assert logged == [1, 4, 1]
+    counted = registry.get_sample_value(
+        "watchdog_shared_budget_errors_total", {"policy": "acme-daily"}
+    )
+    assert counted == sum(logged) == 6  # what a sidecar counts from the events is exact

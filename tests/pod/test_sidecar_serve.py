@@ -69,6 +69,7 @@ def taken_port() -> Iterator[int]:
         ("port taken", "cannot listen on 127.0.0.1:{port}: Address already in use"),
         ("poll interval 0", "--poll-interval must be a number of seconds above 0, got 0.0"),
         ("read timeout nan", "--read-timeout must be a number of seconds above 0, got nan"),
+        ("heartbeat -1", "--heartbeat must be a number of seconds above 0, got -1.0"),
     ],
 )
 def test_a_sidecar_that_cannot_start_says_why_in_one_line_and_exits_2(
@@ -91,6 +92,7 @@ def test_a_sidecar_that_cannot_start_says_why_in_one_line_and_exits_2(
     options = {
         "poll interval 0": ["--poll-interval", "0"],
         "read timeout nan": ["--read-timeout", "nan"],
+        "heartbeat -1": ["--heartbeat", "-1"],
     }.get(case, [])
     result = serve("--policies", str(policy_file), "--port", port, *token, *options)
     assert result.returncode == 2, result.stderr
@@ -168,6 +170,10 @@ def test_every_option_says_what_it_does_and_its_default() -> None:
         ),
         "--read-timeout": (
             "seconds a client has to send a request's headers, and again its body (default: 10)"
+        ),
+        "--heartbeat": (
+            "with Redis (WATCHDOG_REDIS_URL): seconds between listings of the pod's runs in the "
+            "fleet's registry; a pod silent for five is dropped (default: 2)"
         ),
         "--docs": "serve the API's pages at /docs and /redoc (default: off)",
     }

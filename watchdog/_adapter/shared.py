@@ -31,6 +31,7 @@ __all__ = ["Charge", "Meter", "SharedBudgets"]
 MAX_BUDGETS = 10_000  # budgets kept by name (one per scope value and window); then forgotten
 MAX_OWED = 100_000  # settlements kept while Redis is away; the oldest go first
 RETRY_AFTER = 1.0  # seconds after a failure before Redis is tried again
+REPORT_EVERY = 10.0  # seconds between logs of failures that go on
 PLAIN = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 
 
@@ -152,11 +153,13 @@ class SharedBudgets:
         url: str | None,
         *,
         on_error: Callable[[str, BaseException, bool], None],
+        on_back: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] | None = None,
     ) -> None:
         self.url = url
         self._on_error = on_error
+        self._on_back = on_back
         self._clock = clock  # for how long Redis rests after a failure
         self._now = now or (lambda: datetime.now(UTC))  # which window a budget is in
         self._client: Any = None
@@ -234,6 +237,13 @@ class SharedBudgets:
             self._down = False
             with self._lock:
                 self._spent_locally.clear()  # the shares start again at the next outage
+            self._on_back()
+        if self._owed:
+            self._settle_owed()
+
+    def close(self) -> None:
+        """Send the settlements still owed, once more: a worker that stops after an outage
+        leaves its usage counted if Redis answers now."""
         if self._owed:
             self._settle_owed()
 

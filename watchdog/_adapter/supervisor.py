@@ -36,7 +36,7 @@ from .graph import SupervisedGraph, supervise
 from .hooks import DEFAULT_HOOK_TIMEOUT, Hook
 from .repair import messages_channel
 from .run import Run
-from .shared import SharedBudgets, shared_policies
+from .shared import REPORT_EVERY, SharedBudgets, shared_policies
 
 __all__ = ["RunHandle", "Supervisor"]
 
@@ -93,6 +93,7 @@ class Supervisor:
         self.shared = SharedBudgets(
             self._redis_url or policies.redis_url,
             on_error=self._shared_unavailable,
+            on_back=self._shared_back,
             clock=self.clock,
         )
         # A server lends the graphs it runs a checkpointer of its own (LangGraph's Agent
@@ -107,6 +108,10 @@ class Supervisor:
         self.cancel_hooks: list[tuple[Hook, float]] = []
         self.link: SidecarLink | None = None  # set by connect()
         self.ledgers = totals.Ledgers()
+        # Failures of shared limits not logged yet, by policy: (how many, when the last
+        # were logged, the last error).
+        self._outages: dict[str, tuple[int, float, str]] = {}
+        self._outages_lock = threading.Lock()
         # Listeners of this supervisor's events alone; replaced, never mutated, on change.
         self._listeners: list[_events.Listener] = []
 
@@ -219,11 +224,8 @@ class Supervisor:
         if self.shared.url is None:
             # attach() refuses them; a reload cannot: said, and left to the local limits.
             for policy in shared_policies(policies.policies):
-                self.emit(
-                    "shared_budget_unavailable",
-                    policy=policy.name,
-                    error="no Redis to keep it in: set WATCHDOG_REDIS_URL or defaults.redis_url",
-                )
+                error = "no Redis to keep it in: set WATCHDOG_REDIS_URL or defaults.redis_url"
+                self._report_outage(policy.name, error, 0)
 
     # -- attaching -----------------------------------------------------------------------
 
@@ -329,6 +331,7 @@ class Supervisor:
         return server
 
     def close(self, timeout: float = 5.0) -> None:
+        self.shared.close()
         if self.link is not None:
             self.link.close(timeout)
         self.scheduler.close()
@@ -374,15 +377,33 @@ class Supervisor:
         _events.emit_to(self._listeners, name, **fields)
 
     def _shared_unavailable(self, policy: str, error: BaseException, first: bool) -> None:
-        """Redis did not answer for a shared budget. Counted each time; logged when the
-        failures start (``first``)."""
+        """Redis did not answer for a shared limit. Counted at once, here; logged (and so
+        sent to a sidecar, which counts the failures the event carries) as the failures
+        start, then at most every ``REPORT_EVERY`` seconds while they last."""
         self.metrics.direct.count(self.metrics.shared_budget_errors, policy)
-        if first:
-            self.emit(
-                "shared_budget_unavailable",
-                policy=policy,
-                error=f"{type(error).__name__}: {error}",
-            )
+        described = f"{type(error).__name__}: {error}"
+        now = self.clock()
+        with self._outages_lock:
+            failures, reported_at, _ = self._outages.get(policy, (0, now, described))
+            failures += 1
+            if not (first or now - reported_at >= REPORT_EVERY):
+                self._outages[policy] = (failures, reported_at, described)
+                return
+            self._outages[policy] = (0, now, described)
+        self._report_outage(policy, described, failures)
+
+    def _shared_back(self) -> None:
+        """Redis answers again: the failures not logged yet are, so a sidecar counts them."""
+        with self._outages_lock:
+            outages, self._outages = self._outages, {}
+        for policy, (failures, _, described) in outages.items():
+            if failures:
+                self._report_outage(policy, described, failures)
+
+    def _report_outage(self, policy: str, error: str, failures: int) -> None:
+        # Logged, not recorded: the failures were counted here one by one already.
+        event = schema.SharedBudgetUnavailable(policy=policy, error=error, failures=failures)
+        _events.emit_to(self._listeners, event.name, **event.fields())
 
     def record(self, event: schema.Event) -> None:
         """Log an event of the schema, and move the metrics it moves."""

@@ -183,6 +183,14 @@ def _parser() -> argparse.ArgumentParser:
         "(default: %(default)g)",
     )
     serve_parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="with Redis (WATCHDOG_REDIS_URL): seconds between listings of the pod's runs in "
+        "the fleet's registry; a pod silent for five is dropped (default: %(default)g)",
+    )
+    serve_parser.add_argument(
         "--docs",
         action="store_true",
         help="serve the API's pages at /docs and /redoc (default: off)",
@@ -216,7 +224,7 @@ def _serve_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the serve options, in one line; None when nothing is."""
     if not 0 <= args.port <= 65535:
         return f"--port must be from 0 to 65535, got {args.port}"
-    for option in ("poll_interval", "worker_timeout", "read_timeout"):
+    for option in ("poll_interval", "worker_timeout", "read_timeout", "heartbeat"):
         value = getattr(args, option)
         if not (math.isfinite(value) and value > 0):
             return f"--{option.replace('_', '-')} must be a number of seconds above 0, got {value}"
@@ -245,6 +253,7 @@ def _serve_command(args: argparse.Namespace) -> int:
             poll_interval=args.poll_interval,
             worker_timeout=args.worker_timeout,
             read_timeout=args.read_timeout,
+            heartbeat=args.heartbeat,
             docs=args.docs,
         )
     except StartError as error:

@@ -63,21 +63,25 @@ class CancelRelay:
     def start(self, loop: asyncio.AbstractEventLoop, handler: Handler) -> None:
         """Listen for other sidecars' requests; ``handler(run_id, reason, wait)`` runs on
         ``loop`` and answers for a run of this pod, or returns None."""
+        # Subscribed by the listener, which tries again while Redis is away: a sidecar
+        # starts, and serves its own pod, whether Redis is up or not.
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(CHANNEL)
         self._listener = threading.Thread(
             target=self._listen, args=(loop, handler), name="watchdog-cancel-relay", daemon=True
         )
         self._listener.start()
 
     def _listen(self, loop: asyncio.AbstractEventLoop, handler: Handler) -> None:
+        subscribed = False
         while not self._stopped.is_set():
             try:
+                if not subscribed:
+                    self._pubsub.subscribe(CHANNEL)
+                    subscribed = True
                 message = self._pubsub.get_message(timeout=0.5)
             except Exception:  # Redis away: listen again once it is back
+                subscribed = False
                 self._stopped.wait(0.5)
-                with contextlib.suppress(Exception):
-                    self._pubsub.subscribe(CHANNEL)
                 continue
             if message is None or message.get("type") != "message":
                 continue

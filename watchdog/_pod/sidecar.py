@@ -30,10 +30,11 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .._sinks.metrics import Metrics
+from .fleet import FleetRegistry
 from .link import EVENTS_BODY_LIMIT
 from .policy_source import PolicySource
 from .relay import CancelRelay
-from .run_api import MAX_REASON, BodyError, cancel_reason, refusal
+from .run_api import MAX_REASON, BodyError, cancel_reason, refusal, timestamp
 from .table import MAX_RUNS, Ack, LiveRun, SidecarState
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ CANCEL_WAIT = 5.0  # seconds a cancel waits for its worker to take it, by defaul
 BODY_LIMIT = 64 * 1024
 READ_TIMEOUT = 10.0  # seconds for a request's headers, and again for its body
 KEEP_ALIVE_TIMEOUT = 5.0
+HEARTBEAT = 2.0  # seconds between a pod's listings of its runs in the fleet's registry
+HEARTBEATS_TO_EXPIRE = 5  # a pod whose listing is this many heartbeats old has gone
 OPEN_PATHS = frozenset(("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"))
 
 Scope = MutableMapping[str, Any]
@@ -185,10 +188,20 @@ class RunState(BaseModel):
     tokens: int = Field(description="tokens used so far, as its worker last said")
     policies: list[str]
     cancel: CancelState | None = Field(description="the last cancel asked for through the sidecar")
+    pod: str | None = Field(None, description="with fleet=true: the pod whose worker has it")
+
+
+class PodState(BaseModel):
+    """A pod of the fleet, as the registry in Redis has it."""
+
+    pod: str
+    heartbeat_at: Time = Field(description="when its sidecar last listed its runs")
+    runs: int
 
 
 class RunList(BaseModel):
     runs: list[RunState]
+    pods: list[PodState] | None = Field(None, description="with fleet=true: every live pod")
 
 
 class BodyTooLarge(HTTPException):
@@ -301,13 +314,23 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
     read_timeout: float = READ_TIMEOUT,
     docs: bool = False,
     redis_url: str | None = None,
+    pod: str | None = None,
+    heartbeat: float = HEARTBEAT,
 ) -> FastAPI:
     """The sidecar's ASGI app. ``token`` guards every path but ``/healthz``, ``/readyz``,
     ``/metrics`` and the API's description; ``docs`` serves ``/docs`` and ``/redoc``;
-    with ``redis_url``, a cancel reaches runs of the other pods that share that Redis."""
+    with ``redis_url``, a cancel reaches runs of the other pods that share that Redis, and
+    every ``heartbeat`` seconds this pod (``pod``, the host's name unless given) lists its
+    live runs there for ``GET /v1/runs?fleet=true``."""
     registry = registry if registry is not None else source.metrics.registry
     state = SidecarState(source, registry, worker_timeout=worker_timeout)
     relay = CancelRelay(redis_url) if redis_url else None
+    pod = pod or socket.gethostname()
+    fleet: list[FleetRegistry] = []  # the pod's entry in the fleet's registry, once started
+
+    def beat() -> None:
+        now = time.time()
+        fleet[0].beat([row.as_dict(now) for row in state.runs.values()])
 
     async def cancel_here(run_id: str, reason: str, wait: float) -> dict[str, Any] | None:
         """Cancel a run of this pod's workers and wait until its worker took the cancel;
@@ -342,7 +365,12 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         ]
         loop = asyncio.get_running_loop()
         if relay is not None:
+            assert redis_url is not None
             relay.start(loop, cancel_here)
+            fleet.append(FleetRegistry(redis_url, pod, ttl=heartbeat * HEARTBEATS_TO_EXPIRE))
+            beating = state.add_loop("fleet_heartbeat")
+            beating.once(beat)
+            tasks.append(asyncio.create_task(beating.run(beat, heartbeat)))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(
                 signal.SIGHUP, state.loops["policy_watch"].once, partial(source.check, force=True)
@@ -352,6 +380,8 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         finally:
             if relay is not None:
                 relay.stop()
+            for entry in fleet:
+                await asyncio.to_thread(entry.stop)
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -433,10 +463,42 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
                 row.last_seen = state.clock()
         return {"commands": state.take_commands(row)}
 
-    @app.get("/v1/runs", dependencies=guarded, response_model=RunList)
-    async def runs() -> dict[str, list[dict[str, Any]]]:
+    @app.get(
+        "/v1/runs", dependencies=guarded, response_model=RunList, response_model_exclude_unset=True
+    )
+    async def runs(
+        fleet_wide: Annotated[bool, Query(alias="fleet")] = False,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The live runs of this pod's workers; with ``fleet=true``, of every pod that shares
+        this sidecar's Redis (``pod`` says whose; another pod's runs are as of its last
+        heartbeat, ``pods`` says when that was)."""
         now = time.time()
-        return {"runs": [row.as_dict(now) for row in state.runs.values()]}
+        here = [row.as_dict(now) for row in state.runs.values()]
+        if not fleet_wide:
+            return {"runs": here}
+        if not fleet:
+            msg = (
+                "this sidecar has no Redis (WATCHDOG_REDIS_URL) to list the fleet's runs from; "
+                "without fleet=true it lists its own pod's"
+            )
+            raise HTTPException(status_code=409, detail=msg)
+        try:
+            entries = await asyncio.to_thread(fleet[0].read)
+        except Exception as error:
+            msg = (
+                f"the fleet's registry in Redis did not answer ({type(error).__name__}: "
+                f"{error}); without fleet=true this sidecar lists its own pod's runs"
+            )
+            raise HTTPException(status_code=503, detail=msg) from None
+        others = [entry for entry in entries if entry["pod"] != pod]
+        pods = [{"pod": pod, "heartbeat_at": timestamp(now), "runs": len(here)}]
+        pods += [
+            {"pod": e["pod"], "heartbeat_at": timestamp(e["heartbeat_at"]), "runs": len(e["runs"])}
+            for e in others
+        ]
+        listed = [{**run, "pod": pod} for run in here]
+        listed += [{**run, "pod": entry["pod"]} for entry in others for run in entry["runs"]]
+        return {"runs": listed, "pods": pods}
 
     @app.get("/v1/runs/{run_id}", dependencies=guarded, response_model=RunState)
     async def run(run_id: str) -> dict[str, Any]:
@@ -466,7 +528,14 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         row = state.runs.get(run_id)
         if row is None and relay is not None:
             # Not a run of this pod: the sidecar of the pod that has it answers.
-            answer = await relay.ask(run_id, reason, wait)
+            try:
+                answer = await relay.ask(run_id, reason, wait)
+            except Exception as error:
+                msg = (
+                    f"no live run {run_id!r} in this pod, and Redis, which reaches the other "
+                    f"pods, did not answer ({type(error).__name__}: {error})"
+                )
+                raise HTTPException(status_code=503, detail=msg) from None
             if answer is None:
                 raise HTTPException(status_code=404, detail=f"no live run {run_id!r} in any pod")
             if not answer["delivered"]:
@@ -584,6 +653,7 @@ def serve(
     poll_interval: float = 1.0,
     worker_timeout: float = 15.0,
     read_timeout: float = READ_TIMEOUT,
+    heartbeat: float = HEARTBEAT,
     docs: bool = False,
 ) -> int:
     """Run the sidecar until interrupted.
@@ -605,6 +675,8 @@ def serve(
         read_timeout=read_timeout,
         docs=docs,
         redis_url=os.environ.get("WATCHDOG_REDIS_URL") or source.policies.redis_url,
+        pod=os.environ.get("WATCHDOG_POD_NAME") or None,
+        heartbeat=heartbeat,
     )
     listener = _listen(host, port)
     address, bound_port = listener.getsockname()[:2]

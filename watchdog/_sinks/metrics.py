@@ -202,5 +202,7 @@ def record_metrics(metrics: Metrics, event: schema.Event, tally: Tally | None = 
                 tally.count(metrics.tokens, graph, "output", amount=event.output_tokens)
         case schema.ActivityAfterCancel():
             tally.count(metrics.activity_after_cancel, event.graph, event.activity)
+        case schema.SharedBudgetUnavailable():
+            tally.count(metrics.shared_budget_errors, event.policy, amount=event.failures or 0)
         case schema.InternalError():
             tally.count(metrics.internal_errors)

@@ -31,6 +31,7 @@ __all__ = [
     "RunEvent",
     "RunFinished",
     "RunStarted",
+    "SharedBudgetUnavailable",
     "Violation",
     "finite",
     "read_event",
@@ -143,6 +144,18 @@ class ActivityAfterCancel(RunEvent):
 
 
 @dataclass(slots=True, kw_only=True)
+class SharedBudgetUnavailable(Event):
+    """Redis did not answer for a limit shared across pods: ``failures`` operations failed
+    since the last such event (logged as the failures start, then at most every 10 s while
+    they last, and once more for the rest when Redis is back)."""
+
+    name = "shared_budget_unavailable"
+    policy: str
+    error: str
+    failures: int | None
+
+
+@dataclass(slots=True, kw_only=True)
 class InternalError(Event):
     """A bug of the watchdog's own, in a run (its fields are set) or outside any."""
 
@@ -214,6 +227,7 @@ _EVENTS: tuple[type[Event], ...] = (
     RunCancelled,
     RunFinished,
     ActivityAfterCancel,
+    SharedBudgetUnavailable,
     InternalError,
 )
 
