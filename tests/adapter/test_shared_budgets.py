@@ -11,13 +11,15 @@ from typing import Any
 
 import pytest
 import redis
+from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from prometheus_client import CollectorRegistry
 
-from tests.graphs import Chat, policies, react_agent, scripted, tool_call
+from tests.graphs import Chat, policies, react_agent, scripted, search, tool_call
 from tests.processes import RedisServer
 from watchdog import PolicyError, RunCancelled, Supervisor, load_policy_text
 from watchdog.testing import FakeClock, capture_events
@@ -408,3 +410,25 @@ def test_an_outage_is_logged_as_it_starts_then_every_ten_seconds_and_all_of_it_w
         "watchdog_shared_budget_errors_total", {"policy": "acme-daily"}
     )
     assert counted == sum(logged) == 6  # what a sidecar counts from the events is exact
+
+
+def test_a_spent_shared_budget_lets_the_run_land_softly_and_counts_the_landing_call(
+    redis_server: RedisServer,
+) -> None:
+    text = ACME_DAILY.replace("max_total_tokens: 1000", "max_total_tokens: 300").replace(
+        "- name: acme-daily\n", "- name: acme-daily\n  on_violation: wrap_up\n"
+    )
+    model = scripted(tool_call("a", "c1"), tool_call("b", "c2"), AIMessage("What I found."))
+    supervisor = Supervisor(policies(text), redis_url=redis_server.url)
+    graph = create_agent(model, [search], checkpointer=InMemorySaver())
+    app = supervisor.attach(graph, name="agent")
+    config = {**tenant("acme"), "configurable": {"thread_id": "t"}}
+    with capture_events() as events:
+        final = app.invoke({"messages": [("user", "go")]}, config)
+    # Two calls of 120 fit in 300; the third is refused, and the run lands with one more.
+    assert final["messages"][-1].content == "What I found."
+    assert [e["event"] for e in events if "wrap_up" in e["event"] or "landed" in e["event"]] == [
+        "watchdog.wrap_up_started",
+        "watchdog.landed_softly",
+    ]
+    assert used_in_redis(redis_server, "acme") == 360  # the landing call counted, unrefused

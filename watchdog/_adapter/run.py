@@ -367,6 +367,10 @@ class Run:
         """Before a model call (or a tool call, with ``tool``): reserve in each shared limit
         of the run what the call may count. Returns whether the run must stop (a limit
         refused it, under an enforced policy)."""
+        if self.landing is not None:
+            # A soft landing's calls are bounded by its allowance, not refused by the limit
+            # that began it; what they use is still settled.
+            return False
         stop = False
         for charge in self.shared:
             meter = charge.meter
@@ -374,13 +378,9 @@ class Run:
                 continue
             amount = meter.reserved(model, max_tokens)
             grant = self.host.shared.reserve(charge, f"{self.run_id}:{call}", amount)
-            if grant.granted:
+            if grant.granted or charge.reported:
                 continue
             policy = charge.policy
-            if policy.mode == "enforce":
-                stop = True
-            if charge.reported:
-                continue
             charge.reported = True
             state = self.monitor.state
             finding = Finding(
@@ -395,7 +395,9 @@ class Run:
                 node=state.node,
             )
             with self.lock:
-                self.report([finding])
+                # As for a limit the run's own state passes: cancelled, asked, or landing
+                # softly (this call then goes on, the first of the landing's allowance).
+                stop = self.report([finding]) or stop
         return stop
 
     def settle_shared(
