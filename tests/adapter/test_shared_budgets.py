@@ -262,6 +262,18 @@ def test_with_redis_down_a_worker_stops_at_its_local_share(redis_server: RedisSe
     assert (raised.value.observed, raised.value.limit) == (600, 500)
 
 
+def with_whole_share(
+    redis_server: RedisServer, registry: CollectorRegistry, clock: FakeClock
+) -> Supervisor:
+    """A supervisor whose worker may spend the whole budget alone while Redis is away."""
+    return Supervisor(
+        policies(with_keys(local_share=1.0)),
+        redis_url=redis_server.url,
+        registry=registry,
+        clock=clock,
+    )
+
+
 def _window(reason: str) -> str:
     return reason.split(" for ", 1)[1].split(" ", 1)[0].rstrip(",")
 
@@ -270,12 +282,8 @@ def test_a_redis_that_hangs_costs_a_worker_one_timeout_not_one_a_call(
     redis_server: RedisServer, clock: FakeClock
 ) -> None:
     registry = CollectorRegistry()
-    supervisor = Supervisor(
-        policies(with_keys(local_share=1.0)),
-        redis_url=redis_server.url,
-        registry=registry,
-        clock=clock,  # still: no second passes, so Redis is not tried again in the run
-    )
+    # The clock stands still: no second passes, so Redis is not tried again in the run.
+    supervisor = with_whole_share(redis_server, registry, clock)
     model = scripted(*(tool_call(f"q{i}", f"c{i}") for i in range(5)), AIMessage("done"))
     app = supervisor.attach(react_agent(model), name="agent")
     redis_server.popen.send_signal(signal.SIGSTOP)  # it takes connections, answers nothing
@@ -383,12 +391,7 @@ def test_an_outage_is_logged_as_it_starts_then_every_ten_seconds_and_all_of_it_w
     redis_server: RedisServer, clock: FakeClock
 ) -> None:
     registry = CollectorRegistry()
-    supervisor = Supervisor(
-        policies(with_keys(local_share=1.0)),
-        redis_url=redis_server.url,
-        registry=registry,
-        clock=clock,
-    )
+    supervisor = with_whole_share(redis_server, registry, clock)
 
     def answer() -> None:
         app = supervisor.attach(react_agent(scripted(AIMessage("hello"))), name="agent")

@@ -170,48 +170,19 @@ def test_events_build_the_live_run_table_and_the_pods_metrics(
 
 
 # One event of each kind of the schema, as a worker sends it.
+RUN = {"run_id": "r-1", "thread_id": "t", "graph": "agent"}
+FINDING = {**RUN, "policy": "steps", "kind": "step_count", "mode": "enforce", "reason": "r"}
 EVERY_KIND = [
     started("r-1"),
     {**finished("r-1", "cancelled"), "tokens": 120},
-    {
-        "event": "watchdog.violation",
-        "run_id": "r-1",
-        "thread_id": "t",
-        "graph": "agent",
-        "policy": "steps",
-        "kind": "step_count",
-        "mode": "enforce",
-        "key": "max_steps",
-        "reason": "r",
-    },
-    {
-        "event": "watchdog.near_limit",
-        "run_id": "r-1",
-        "thread_id": "t",
-        "graph": "agent",
-        "policy": "steps",
-        "kind": "step_count",
-        "mode": "enforce",
-        "key": "max_steps",
-        "reason": "r",
-    },
-    {
-        "event": "watchdog.run_cancelled",
-        "run_id": "r-1",
-        "thread_id": "t",
-        "graph": "agent",
-        "policy": "steps",
-        "kind": "step_count",
-        "phase": "drained",
-        "latency_s": 0.002,
-    },
-    {"event": "watchdog.drain_requested", "run_id": "r-1", "graph": "agent", "reason": "r"},
-    {"event": "watchdog.hard_cancel", "run_id": "r-1", "graph": "agent", "reason": "r"},
+    {"event": "watchdog.violation", **FINDING, "key": "max_steps"},
+    {"event": "watchdog.near_limit", **FINDING, "key": "max_steps"},
+    {"event": "watchdog.run_cancelled", **FINDING, "phase": "drained", "latency_s": 0.002},
+    {"event": "watchdog.drain_requested", **RUN, "reason": "r"},
+    {"event": "watchdog.hard_cancel", **RUN, "reason": "r"},
     {
         "event": "watchdog.activity_after_cancel",
-        "run_id": "r-1",
-        "thread_id": "t",
-        "graph": "agent",
+        **RUN,
         "activity": "tool_call",
         "activity_name": "search",
     },
