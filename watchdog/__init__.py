@@ -25,8 +25,10 @@ if TYPE_CHECKING:
         TokenBudget,
         WallTime,
     )
+    from ._core.replay import Verdict, replay
     from ._core.runs import RunInfo
     from ._core.state import Price
+    from ._core.trace import Trace, read_traces
     from ._files.loading import load_policies, load_policy_text
 
 _MODULES = {
@@ -35,8 +37,10 @@ _MODULES = {
     "._core.policies": [
         "Loop", "Match", "Policy", "PolicySet", "Rate", "StepCount", "TokenBudget", "WallTime",
     ],
+    "._core.replay": ["Verdict", "replay"],
     "._core.runs": ["RunInfo"],
     "._core.state": ["Price"],
+    "._core.trace": ["Trace", "read_traces"],
     "._files.loading": ["load_policies", "load_policy_text"],
     "._adapter.cleanup": ["cleanup"],
     "._adapter.graph": ["SupervisedGraph"],
@@ -61,10 +65,14 @@ __all__ = [
     "SupervisedGraph",
     "Supervisor",
     "TokenBudget",
+    "Trace",
+    "Verdict",
     "WallTime",
     "cleanup",
     "load_policies",
     "load_policy_text",
+    "read_traces",
+    "replay",
 ]
 
 

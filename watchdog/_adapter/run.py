@@ -29,6 +29,7 @@ from .._core.fingerprint import fingerprint
 from .._core.policies import DEFAULT_GRACE_SECONDS, Policy, WrapUp
 from .._core.runs import RunInfo, Status
 from .._core.scheduler import Scheduler, Timer
+from .._core.trace import RecordingMonitor, Trace
 from .._sinks import schema
 from .hooks import Hook, run_hook_sync, spawn
 from .repair import ThreadRepair
@@ -58,6 +59,8 @@ class RunHost(Protocol):
     def record(self, event: schema.Event) -> None: ...
 
     def forget(self, run: Run) -> None: ...
+
+    def save_trace(self, trace: Trace) -> None: ...
 
     def internal_error(self, error: BaseException, run: Run | None = None) -> None: ...
 
@@ -814,6 +817,8 @@ class Run:
         state = self.monitor.state
         elapsed = round(now - state.started_at, 6)
         cause = self.cause if outcome == "cancelled" else None
+        if isinstance(self.monitor, RecordingMonitor):
+            self._save_trace(elapsed, outcome, cause)
         if cause is not None:
             latency = round(max(0.0, now - cause.found_at), 6)
             self.host.record(
@@ -872,6 +877,17 @@ class Run:
         if isinstance(error, GeneratorExit):
             return error
         return cancelled
+
+    def _save_trace(self, elapsed: float, outcome: Status, cause: Cause | None) -> None:
+        end: dict[str, Any] = {"outcome": outcome}
+        if cause is not None:
+            finding = cause.finding
+            end |= {"policy": finding.policy, "kind": finding.kind, "key": finding.key}
+            end["step"] = finding.step
+        try:
+            self.host.save_trace(self.monitor.trace(elapsed, end))  # type: ignore[attr-defined]
+        except Exception as error:  # a full disk must not fail the run it recorded
+            self.internal_error(error)
 
     def _run_cancel_hooks(self, cancelled: RunCancelled) -> None:
         """The supervisor's on_cancel hooks: in tasks of their own for async runs."""

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from fnmatch import fnmatchcase
 from http.server import HTTPServer
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -21,16 +21,18 @@ from langgraph.pregel import Pregel
 from langgraph.runtime import RunControl
 from prometheus_client import CollectorRegistry, start_http_server
 
-from .._core.engine import Engine
+from .._core.engine import Engine, RunMonitor
 from .._core.errors import PolicyError, PolicyProblem
 from .._core.policies import Policy, PolicySet
 from .._core.runs import RunInfo
 from .._core.scheduler import Scheduler
+from .._core.trace import RecordingMonitor, Trace
 from .._files.loading import load_policies
 from .._pod.link import SidecarError, SidecarLink, fetch_policies
 from .._sinks import events as _events
 from .._sinks import schema
 from .._sinks.metrics import Metrics, record_metrics
+from .._sinks.traces import TraceFile
 from . import thread_totals as totals
 from .graph import SupervisedGraph, supervise
 from .hooks import DEFAULT_HOOK_TIMEOUT, Hook
@@ -85,6 +87,7 @@ class Supervisor:
         clock: Callable[[], float] | None = None,
         lends_checkpointer: bool = False,
         redis_url: str | None = None,
+        record: str | os.PathLike[str] | Callable[[Trace], None] | None = None,
     ) -> None:
         self.clock = clock or time.monotonic
         # Limits shared across pods, in Redis: the URL given, else WATCHDOG_REDIS_URL, else
@@ -100,6 +103,12 @@ class Supervisor:
         # Server does), so attach() need not find one on them for a cleanup_node.
         self.lends_checkpointer = lends_checkpointer
         self.engine = Engine(policies, clock=self.clock)
+        # Where each run's trace goes as it ends (for replay): a JSON-lines file, or a
+        # callable; WATCHDOG_RECORD names a file. None: nothing is recorded, at no cost.
+        record = record or os.environ.get("WATCHDOG_RECORD") or None
+        self.record_trace: Callable[[Trace], None] | None = (
+            record if callable(record) or record is None else TraceFile(record)
+        )
         self.metrics = Metrics.on(registry)
         # An injected clock moves only when told: its timers run by check_timers().
         self.scheduler = Scheduler(self.clock, on_error=self.internal_error, threaded=clock is None)
@@ -344,6 +353,9 @@ class Supervisor:
         monitor = self.engine.start_run(
             graph, config.get("tags") or (), config.get("metadata") or {}
         )
+        if self.record_trace is not None:
+            # It passes on everything a run reads of its monitor.
+            monitor = cast(RunMonitor, RecordingMonitor(monitor, str(run_id), time.time()))
         run = Run(
             self,
             graph,
@@ -371,6 +383,10 @@ class Supervisor:
         return run
 
     # -- what runs use of their supervisor (RunHost) ------------------------------------
+
+    def save_trace(self, trace: Trace) -> None:
+        if self.record_trace is not None:
+            self.record_trace(trace)
 
     def emit(self, name: str, **fields: Any) -> None:
         """Log an event, and hand it to this supervisor's listeners (its sidecar link)."""

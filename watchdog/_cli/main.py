@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .._core.errors import PolicyError, PolicyProblem
 from .._core.policies import Policy
 from .._files.loading import check_policies
+from . import policy_tests, replay
 
 __all__ = ["main"]
 
@@ -112,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     check_parser.add_argument("paths", nargs="+", metavar="PATH", help="a policy file or directory")
     check_parser.add_argument("--json", action="store_true", help="print one JSON report")
     check_parser.set_defaults(run=_check_command)
+
+    replay.add_parser(commands)
+    policy_tests.add_parser(commands)
 
     demo_parser = commands.add_parser(
         "demo",
