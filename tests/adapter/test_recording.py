@@ -76,7 +76,7 @@ def test_replayed_under_the_same_policies_each_kind_stops_where_it_stopped_live(
     ]
     assert [t.end for t in traces] == [
         {
-            "at": t.end["at"],
+            "elapsed_s": t.end["elapsed_s"],
             "outcome": "cancelled",
             "policy": c.policy,
             "kind": c.kind,
@@ -125,7 +125,7 @@ def test_a_trace_holds_no_state_value_message_or_argument(tmp_path: Path) -> Non
         "node", "llm", "usage", "node_end", "node", "tool", "tool_end", "node_end",
         "node", "llm", "usage", "node_end",
     ]  # fmt: skip
-    assert trace.end == {"at": trace.end["at"], "outcome": "completed"}
+    assert trace.end == {"elapsed_s": trace.end["elapsed_s"], "outcome": "completed"}
     assert Trace.from_json(text) == trace
 
 

@@ -13,7 +13,16 @@ import sys
 
 from .common import render_events_then_drop_them
 
-BENCHMARKS = ("overhead", "latency", "scale", "sidecar", "shared", "fingerprint", "instructions")
+BENCHMARKS = (
+    "overhead",
+    "latency",
+    "scale",
+    "sidecar",
+    "shared",
+    "recording",
+    "fingerprint",
+    "instructions",
+)
 NAME, VALUE, SPREAD = 64, 36, 24  # column widths
 
 

@@ -8,9 +8,10 @@ steps is the cost of one step, start-up and warm-up cancelled out. The child dis
 garbage collector after its warm-up, so that when a collection happens does not count.
 
 The rows split the watchdog's cost per step: the floor (probes that find no run), the run's
-plumbing with no policies, the loop kind alone, all five kinds; and the same for an async
-graph. Needs ``valgrind`` (Debian: ``apt-get install valgrind``); without it the rows say so.
-Takes a few minutes: each child runs about fifty times slower than natively.
+plumbing with no policies, the loop kind alone, all five kinds, all five with each run
+recorded for replay; and the same for an async graph. Needs ``valgrind`` (Debian:
+``apt-get install valgrind``); without it the rows say so. Takes a few minutes: each child
+runs about fifty times slower than natively.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .common import ALL_KINDS, Row, render_events_then_drop_them, trivial
 from .overhead import LOOP_ONLY, NO_POLICIES, floor
 
 SHORT, LONG = 100, 600  # steps of the two runs whose difference is counted
-VARIANTS = ("bare", "floor", "none", "loop", "all")
+VARIANTS = ("bare", "floor", "none", "loop", "all", "recorded")
 ASYNC_VARIANTS = ("bare", "floor", "all")
 COLLECTED = re.compile(r"Collected : (\d+)")
 
@@ -58,6 +59,7 @@ LABELS = {
     "none": "supervised, no policies",
     "loop": "the loop kind alone",
     "all": "all five kinds",
+    "recorded": "all five kinds, each run recorded (its trace written to /dev/null)",
 }
 
 
@@ -96,8 +98,11 @@ def child(variant: str, is_async: bool, steps: int) -> None:
     if variant == "floor":
         target = floor(graph)
     elif variant != "bare":
-        policies = {"none": NO_POLICIES, "loop": LOOP_ONLY, "all": ALL_KINDS}[variant]
-        supervisor = Supervisor(load_policy_text(policies), registry=CollectorRegistry())
+        policies = {"none": NO_POLICIES, "loop": LOOP_ONLY}.get(variant, ALL_KINDS)
+        record = os.devnull if variant == "recorded" else None
+        supervisor = Supervisor(
+            load_policy_text(policies), registry=CollectorRegistry(), record=record
+        )
         target = supervisor.attach(graph, name="bench")
     config = {"recursion_limit": steps + 10}
     for _ in range(2):  # a warm-up run, then the counted one; both count in both processes

@@ -72,7 +72,7 @@ class _Counting(BaseCallbackHandler):
         self.run = self
         self.nodes = 0
 
-    def node_starting(self, name: str, metadata: Any, inputs: Any) -> str:
+    def node_starting(self, name: str, metadata: Any, inputs: Any, config: Any = None) -> str:
         self.nodes += 1
         return name
 

@@ -306,6 +306,13 @@ def test_check_imports_no_langgraph() -> None:
     assert langgraph_modules(imported) == set()
 
 
+def test_test_and_replay_import_no_langgraph() -> None:
+    result, imported = imported_by("test", "policies/tests/default_test.yaml")
+    assert result.returncode == 0, result.stderr
+    assert {"watchdog._core.replay", "watchdog._files.policy_tests"} <= imported
+    assert langgraph_modules(imported) == set()
+
+
 def test_the_lazy_package_root_gives_every_name_it_lists() -> None:
     assert all(getattr(watchdog, name) is not None for name in watchdog.__all__)
     assert set(watchdog.__all__) <= set(dir(watchdog))

@@ -15,18 +15,21 @@ from watchdog._core.trace import TraceError, read_traces
 
 def trace(*events: tuple[Any, ...], end: dict[str, Any] | None = None) -> Trace:
     return Trace(
-        run_id="r", graph="agent", events=events, end=end or {"at": 0, "outcome": "completed"}
+        run_id="r",
+        graph="agent",
+        events=events,
+        end=end or {"elapsed_s": 0, "outcome": "completed"},
     )
 
 
 def test_a_time_limit_fires_at_its_deadline_between_events_with_the_step_then() -> None:
     run = trace(
-        (0.0, "node", "agent", 1, 1, 1),
-        (0.5, "node_end", 1),
-        (0.5, "node", "tools", 2, 2, 1),
-        (3.0, "node_end", 2),
-        (3.0, "node", "agent", 3, 3, 1),
-        end={"at": 3.0, "outcome": "completed"},
+        (0, "node", "agent", 1, 1, 1),
+        (500_000, "node_end", 1),
+        (500_000, "node", "tools", 2, 2, 1),
+        (3_000_000, "node_end", 2),
+        (3_000_000, "node", "agent", 3, 3, 1),
+        end={"elapsed_s": 3.0, "outcome": "completed"},
     )
     text = "- {name: wall, warn_at: 0.8, wall_time: {max_seconds: 2}}"
     (verdict,) = replay(policies(text), [run])
@@ -39,22 +42,22 @@ def test_a_time_limit_fires_at_its_deadline_between_events_with_the_step_then() 
 
 
 def test_a_deadline_after_the_run_ended_does_not_fire() -> None:
-    run = trace((0.0, "node", "agent", 1, 1, 1), end={"at": 1.0, "outcome": "completed"})
+    run = trace((0, "node", "agent", 1, 1, 1), end={"elapsed_s": 1.0, "outcome": "completed"})
     (verdict,) = replay(policies("- {name: wall, wall_time: {max_seconds: 2}}"), [run])
     assert (verdict.outcome, verdict.finding, verdict.near) == ("completed", None, ())
 
 
 def test_a_recorded_cancel_that_no_policy_repeats_is_cut_short() -> None:
     run = trace(
-        *((float(i), "node", "agent", i, i, 1) for i in range(1, 7)),
-        end={"at": 6.0, "outcome": "cancelled", "policy": "steps", "step": 6},
+        *((i * 1_000_000, "node", "agent", i, i, 1) for i in range(1, 7)),
+        end={"elapsed_s": 6.0, "outcome": "cancelled", "policy": "steps", "step": 6},
     )
     (verdict,) = replay(policies("- {name: steps, step_count: {max_steps: 100}}"), [run])
     assert (verdict.outcome, verdict.describe()) == ("cut_short", "cut short")
 
 
 def test_audit_findings_are_kept_and_the_run_goes_on() -> None:
-    run = trace(*((float(i), "node", "agent", i, i, 1) for i in range(1, 5)))
+    run = trace(*((i * 1_000_000, "node", "agent", i, i, 1) for i in range(1, 5)))
     text = "- {name: steps, mode: audit, warn_at: null, step_count: {max_steps: 2}}"
     (verdict,) = replay(policies(text), [run])
     assert (verdict.outcome, [(f.policy, f.step) for f in verdict.audit]) == (
@@ -65,14 +68,14 @@ def test_audit_findings_are_kept_and_the_run_goes_on() -> None:
 
 
 def test_equal_input_numbers_are_equal_inputs_to_a_loop_limit() -> None:
-    same = [(float(i), "node", "agent", i, 7, 1) for i in range(1, 5)]
+    same = [(i * 1_000_000, "node", "agent", i, 7, 1) for i in range(1, 5)]
     text = "- {name: loops, loop: {max_repeats: 3}}"
     (verdict,) = replay(policies(text), [trace(*same)])
     assert verdict.stop == ("loops", "loop", "max_repeats", 4)
 
 
 def test_a_limit_shared_across_pods_is_not_replayed() -> None:
-    run = trace((0.0, "llm", "m"), (0.1, "usage", "m", 10**6, 0, None))
+    run = trace((0, "llm", "m"), (100_000, "usage", "m", 10**6, 0, None))
     text = "- {name: t, token_budget: {max_total_tokens: 1, scope: global, window: 1d}}"
     (verdict,) = replay(policies(text), [run])
     assert verdict.outcome == "completed"
@@ -88,9 +91,9 @@ NOT_JSON = (
     [
         ("[]", "t:1: expected a trace (a JSON object with \"trace\": 1)"),
         ('{"trace": 1, "run_id": "r", "graph": "g", "events": [[0, "node", "a"]]}',
-         "t:1: events[0]: expected [seconds, 'node', 4 fields], got [0, 'node', 'a']"),
+         "t:1: events[0]: expected [microseconds, 'node', 4 fields], got [0, 'node', 'a']"),
         ('{"trace": 1, "run_id": "r", "graph": "g", "events": [[-1, "tool_end"]]}',
-         "t:1: events[0]: expected [seconds, 'tool_end', 0 fields], got [-1, 'tool_end']"),
+         "t:1: events[0]: expected [microseconds, 'tool_end', 0 fields], got [-1, 'tool_end']"),
         ('{"trace": 1, "run_id": "r", "graph": "g", "events": [[0, "llm", 3]]}',
          "t:1: events[0]: a 'llm' event holds 3 where it expects <class 'str'>"),
         ("{", NOT_JSON),

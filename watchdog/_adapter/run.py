@@ -29,7 +29,7 @@ from .._core.fingerprint import fingerprint
 from .._core.policies import DEFAULT_GRACE_SECONDS, Policy, WrapUp
 from .._core.runs import RunInfo, Status
 from .._core.scheduler import Scheduler, Timer
-from .._core.trace import RecordingMonitor, Trace
+from .._core.trace import Trace, trace_of
 from .._sinks import schema
 from .hooks import Hook, run_hook_sync, spawn
 from .repair import ThreadRepair
@@ -817,7 +817,7 @@ class Run:
         state = self.monitor.state
         elapsed = round(now - state.started_at, 6)
         cause = self.cause if outcome == "cancelled" else None
-        if isinstance(self.monitor, RecordingMonitor):
+        if self.monitor.recording is not None:
             self._save_trace(elapsed, outcome, cause)
         if cause is not None:
             latency = round(max(0.0, now - cause.found_at), 6)
@@ -885,7 +885,8 @@ class Run:
             end |= {"policy": finding.policy, "kind": finding.kind, "key": finding.key}
             end["step"] = finding.step
         try:
-            self.host.save_trace(self.monitor.trace(elapsed, end))  # type: ignore[attr-defined]
+            trace = trace_of(self.monitor, str(self.run_id), self._started_at, elapsed, end)
+            self.host.save_trace(trace)
         except Exception as error:  # a full disk must not fail the run it recorded
             self.internal_error(error)
 

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from fnmatch import fnmatchcase
 from http.server import HTTPServer
-from typing import Any, TypeVar, cast, overload
+from typing import Any, TypeVar, overload
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -21,12 +21,12 @@ from langgraph.pregel import Pregel
 from langgraph.runtime import RunControl
 from prometheus_client import CollectorRegistry, start_http_server
 
-from .._core.engine import Engine, RunMonitor
+from .._core.engine import Engine
 from .._core.errors import PolicyError, PolicyProblem
 from .._core.policies import Policy, PolicySet
 from .._core.runs import RunInfo
 from .._core.scheduler import Scheduler
-from .._core.trace import RecordingMonitor, Trace
+from .._core.trace import Trace
 from .._files.loading import load_policies
 from .._pod.link import SidecarError, SidecarLink, fetch_policies
 from .._sinks import events as _events
@@ -52,6 +52,7 @@ HookT = TypeVar("HookT", bound=Hook)
 # ``os.urandom`` (a system call a run). Seeded from the system, and again in a forked child,
 # so no two processes draw the same ids.
 _ids = random.Random()  # ids, not secrets
+_sampling = random.Random()  # which runs are recorded, when only a share of them is
 os.register_at_fork(after_in_child=_ids.seed)
 
 
@@ -76,7 +77,10 @@ class Supervisor:
 
     ``registry`` is the prometheus_client registry for the metrics (default: the global
     one). ``clock`` replaces ``time.monotonic`` for tests; with an injected clock no timer
-    thread runs, and ``check_timers()`` runs what is due.
+    thread runs, and ``check_timers()`` runs what is due. ``redis_url``: where limits shared
+    across pods are kept. ``record``: where the trace of each run goes as it ends, for
+    ``watchdog replay`` (a JSON-lines file, a callable, or True: only to the linked
+    sidecar); ``record_share``: the part of runs recorded (default all).
     """
 
     def __init__(
@@ -87,7 +91,8 @@ class Supervisor:
         clock: Callable[[], float] | None = None,
         lends_checkpointer: bool = False,
         redis_url: str | None = None,
-        record: str | os.PathLike[str] | Callable[[Trace], None] | None = None,
+        record: str | os.PathLike[str] | Callable[[Trace], None] | bool | None = None,
+        record_share: float | None = None,
     ) -> None:
         self.clock = clock or time.monotonic
         # Limits shared across pods, in Redis: the URL given, else WATCHDOG_REDIS_URL, else
@@ -103,12 +108,14 @@ class Supervisor:
         # Server does), so attach() need not find one on them for a cleanup_node.
         self.lends_checkpointer = lends_checkpointer
         self.engine = Engine(policies, clock=self.clock)
-        # Where each run's trace goes as it ends (for replay): a JSON-lines file, or a
-        # callable; WATCHDOG_RECORD names a file. None: nothing is recorded, at no cost.
-        record = record or os.environ.get("WATCHDOG_RECORD") or None
-        self.record_trace: Callable[[Trace], None] | None = (
-            record if callable(record) or record is None else TraceFile(record)
-        )
+        self.record_trace = _recorder(record)
+        # The part of runs recorded (WATCHDOG_RECORD_SHARE): a trace costs a recorded run a
+        # few microseconds a step, so a busy service may record a sample.
+        share = os.environ.get("WATCHDOG_RECORD_SHARE") if record_share is None else record_share
+        self.record_share = 1.0 if share in (None, "") else float(share)
+        if not 0 <= self.record_share <= 1:
+            msg = f"record_share must be from 0 to 1, got {self.record_share!r}"
+            raise ValueError(msg)
         self.metrics = Metrics.on(registry)
         # An injected clock moves only when told: its timers run by check_timers().
         self.scheduler = Scheduler(self.clock, on_error=self.internal_error, threaded=clock is None)
@@ -178,8 +185,11 @@ class Supervisor:
         worker: str | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] | None = None,
+        record: str | os.PathLike[str] | Callable[[Trace], None] | bool | None = None,
+        record_share: float | None = None,
     ) -> Supervisor:
-        """A supervisor that takes its policies from a sidecar and reports to it.
+        """A supervisor that takes its policies from a sidecar and reports to it (with
+        ``record``, the traces of its runs too).
 
         ``url`` defaults to ``WATCHDOG_SIDECAR_URL``, ``token`` to ``WATCHDOG_SIDECAR_TOKEN``.
         When the sidecar cannot be reached at start, the supervisor starts on the local
@@ -207,7 +217,9 @@ class Supervisor:
                 raise ConnectionError(msg) from error
             policies, source = load_policies(fallback), str(fallback)
             _events.emit("sidecar_unreachable", url=url, error=str(error), fallback=source)
-        supervisor = cls(policies, registry=registry, clock=clock)
+        supervisor = cls(
+            policies, registry=registry, clock=clock, record=record, record_share=record_share
+        )
         supervisor._loaded(policies, source)
         supervisor.link = SidecarLink(supervisor, url, token, etag=etag, worker=worker)
         return supervisor
@@ -353,9 +365,10 @@ class Supervisor:
         monitor = self.engine.start_run(
             graph, config.get("tags") or (), config.get("metadata") or {}
         )
-        if self.record_trace is not None:
-            # It passes on everything a run reads of its monitor.
-            monitor = cast(RunMonitor, RecordingMonitor(monitor, str(run_id), time.time()))
+        if self.record_trace is not None and (
+            self.record_share >= 1 or _sampling.random() < self.record_share
+        ):
+            monitor.record()
         run = Run(
             self,
             graph,
@@ -387,6 +400,8 @@ class Supervisor:
     def save_trace(self, trace: Trace) -> None:
         if self.record_trace is not None:
             self.record_trace(trace)
+        if self.link is not None:
+            self.link.send_trace(trace)
 
     def emit(self, name: str, **fields: Any) -> None:
         """Log an event, and hand it to this supervisor's listeners (its sidecar link)."""
@@ -557,3 +572,19 @@ class RunHandle:
 
     def done(self) -> bool:
         return self._task.done()
+
+
+def _recorder(
+    record: str | os.PathLike[str] | Callable[[Trace], None] | bool | None,
+) -> Callable[[Trace], None] | None:
+    """Where each run's trace goes as it ends, for replay: a JSON-lines file, a callable, or
+    (True) only to the sidecar the supervisor is linked to. ``WATCHDOG_RECORD`` says the
+    same (a file, or 1). None: nothing is recorded, at no cost."""
+    if record is None:
+        found = os.environ.get("WATCHDOG_RECORD", "").strip()
+        record = True if found.lower() in ("1", "true", "yes") else (found or None)
+    if record is None or record is False:
+        return None
+    if record is True:
+        return lambda trace: None  # kept by the linked sidecar only
+    return record if callable(record) else TraceFile(record)

@@ -29,6 +29,7 @@ from .limits import (
     Trigger,
 )
 from .policies import RATE_OF, Policy, PolicySet
+from .recorder import Recorder
 from .state import (
     AmountWindow,
     CostMeter,
@@ -272,6 +273,7 @@ class RunMonitor:
         "metadata",
         "node_timer",
         "policies",
+        "recording",
         "state",
         "tags",
         "wants_fingerprints",
@@ -304,6 +306,9 @@ class RunMonitor:
         self._violated = NOT_YET
         self._warned = NOT_YET
         self._extended: Mapping[str, Policy] | None = None  # policies with a limit raised
+        # The events shown to the run as they came, for its trace (``trace.trace_of``);
+        # None when it is not recorded, which costs each event one test.
+        self.recording: Recorder | None = None
         self._bind()
 
     # -- binding policies to this run --------------------------------------------------------
@@ -332,7 +337,8 @@ class RunMonitor:
             default=math.inf,
         )
         # What the caller need not compute when no policy looks at it:
-        self.wants_fingerprints = binding.wants_fingerprints
+        # A recorded run's trace must serve policies that look for loops, if these do not.
+        self.wants_fingerprints = binding.wants_fingerprints or self.recording is not None
         self.has_timers = bool(binding.timed)
         self.node_timer = binding.node_timer
 
@@ -459,6 +465,8 @@ class RunMonitor:
         """A superstep began, with ``node`` (if given) the first node of it to start: a
         verdict now names it as the node it stops."""
         now = self._now()
+        if (recording := self.recording) is not None:
+            recording.add(now, "step", node)
         state = self.state
         if node is not None:
             state.node = node
@@ -482,6 +490,8 @@ class RunMonitor:
             self._bind()
         state = self.state
         now = state.now = self.engine.clock()
+        if (recording := self.recording) is not None:
+            recording.node(now, name, key, fingerprint, new_step)
         state.node = name
         found = NOTHING
         if new_step:
@@ -510,10 +520,14 @@ class RunMonitor:
         # No limit is checked here: a reload's binding waits for the run's next event.
         state = self.state
         state.open_nodes.pop(key, None)
-        state.now = state.last_progress = self.engine.clock()
+        state.now = state.last_progress = now = self.engine.clock()
+        if (recording := self.recording) is not None:
+            recording.node_end(now, key)
 
     def llm_started(self, model: str) -> tuple[Finding, ...]:
         now = self._now()
+        if (recording := self.recording) is not None:
+            recording.add(now, "llm", model)
         state = self.state
         state.llm_calls += 1
         for window in self._llm_rates:
@@ -531,6 +545,8 @@ class RunMonitor:
     ) -> tuple[Finding, ...]:
         """An LLM call ended and reported its usage (``usage_metadata``)."""
         now = self._now()
+        if (recording := self.recording) is not None:
+            recording.add(now, "usage", model, input_tokens, output_tokens, total_tokens)
         state = self.state
         total = input_tokens + output_tokens if total_tokens is None else total_tokens
         state.input_tokens += input_tokens
@@ -547,6 +563,8 @@ class RunMonitor:
     def tool_started(self, name: str, arguments: Hashable) -> tuple[Finding, ...]:
         """A tool call began; ``arguments`` is a hashable fingerprint of its arguments."""
         now = self._now()
+        if (recording := self.recording) is not None:
+            recording.tool(now, name, arguments)
         state = self.state
         state.tool_calls += 1
         state.tool = name
@@ -561,7 +579,14 @@ class RunMonitor:
         return found
 
     def tool_ended(self) -> None:
-        self.state.last_progress = self._now()
+        self.state.last_progress = now = self._now()
+        if (recording := self.recording) is not None:
+            recording.add(now, "tool_end")
+
+    def record(self) -> None:
+        """Keep the events shown to this run from now on, for its trace."""
+        self.recording = Recorder(self.state.started_at)
+        self.wants_fingerprints = True
 
     def check_timers(self) -> tuple[Finding, ...]:
         """Check the time limits now; the scheduler calls this at ``next_deadline()``."""

@@ -107,14 +107,15 @@ class Replayer:
         clock.now = 0.0
         monitor = self._engine.start_run(trace.graph, trace.tags, trace.metadata)
         run = _Run(monitor)
-        for at, kind, *fields in trace.events:
+        for microseconds, kind, *fields in trace.events:
+            at = microseconds / 1e6
             if run.timers(clock, at):
                 break
             clock.now = at
             if run.take(_show(monitor, kind, fields)):
                 break
         else:
-            run.timers(clock, float(trace.end.get("at") or clock.now))
+            run.timers(clock, float(trace.end.get("elapsed_s") or clock.now))
         recorded = trace.end.get("outcome")
         stop = run.stop
         policy = next((p for p in monitor.policies if stop and p.name == stop.policy), None)

@@ -303,12 +303,14 @@ def _written(
         tags=tags,
         metadata=metadata,
         events=tuple(trace_events),
-        end={"at": end[0], "outcome": "completed"},
+        end={"elapsed_s": end[0] / 1e6, "outcome": "completed"},
     )
 
 
 def _trace_events(events: list[tuple[str, dict[str, Any], int]]) -> Iterator[tuple[Any, ...]]:
-    now = 0.0
+    """The written events as a trace's, in whole microseconds from the run's start; the
+    last is ``(now, "end")``."""
+    now = 0
     inputs: dict[str, int] = {}
     fresh = itertools.count(1_000_000_000)  # an input no other equals
     keys = itertools.count(1)
@@ -316,6 +318,10 @@ def _trace_events(events: list[tuple[str, dict[str, Any], int]]) -> Iterator[tup
 
     def input_of(text: str | None) -> int:
         return next(fresh) if text is None else inputs.setdefault(text, len(inputs) + 1)
+
+    def later(spec: dict[str, Any]) -> int:
+        seconds: float = spec.get("seconds", 0.0)
+        return now + round(seconds * 1e6)
 
     for kind, spec, repeat in events:
         for _ in range(repeat):
@@ -327,16 +333,16 @@ def _trace_events(events: list[tuple[str, dict[str, Any], int]]) -> Iterator[tup
                 yield (now, "node", spec["name"], open_node, entry, int(not spec.get("same_step")))
             elif kind == "llm":
                 yield (now, "llm", spec["model"])
-                now += spec.get("seconds", 0.0)
+                now = later(spec)
                 tokens = (spec.get("input_tokens", 0), spec.get("output_tokens", 0))
                 yield (now, "usage", spec["model"], *tokens, None)
                 continue
             elif kind == "tool":
                 yield (now, "tool", spec["name"], input_of(spec.get("arguments")))
-                now += spec.get("seconds", 0.0)
+                now = later(spec)
                 yield (now, "tool_end")
                 continue
-            now += spec.get("seconds", 0.0)
+            now = later(spec)
     if open_node is not None:
         yield (now, "node_end", open_node)
     yield (now, "end")

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from .._core.policies import PolicySet
 from .._core.runs import RunInfo
+from .._core.trace import Trace
 from .._files.loading import load_policy_texts
 from .._sinks import events as _events
 from .._sinks.metrics import Metrics
@@ -37,6 +38,8 @@ MAX_BACKOFF = 5.0
 # The most the sidecar takes in one event batch; a batch larger than this is sent with its
 # long texts cut, and in halves if it is still too large.
 EVENTS_BODY_LIMIT = 4 * 1024 * 1024
+TRACE_EVENT = "watchdog.run_trace"  # a run's trace, sent among the events; never logged
+MAX_LINKED_TRACE_EVENTS = 20_000  # about 1 MB of JSON: a trace a batch can carry
 MAX_EVENT_TEXT = 4096  # characters of one text of an event; the worker's own log has it whole
 MAX_SYNC_RUNS = 20_000  # the most runs the sidecar's table holds
 MAX_LISTED_TEXT = 256  # characters of a graph name or thread id the sidecar's table keeps
@@ -250,6 +253,13 @@ class SidecarLink:
             self._enqueued += 1
             if len(self._buffer) >= BATCH and not self._batch_waiting.is_set():
                 self._batch_waiting.set()
+
+    def send_trace(self, trace: Trace) -> None:
+        """Send a run's trace with the events, for the sidecar to keep; one too large for a
+        batch is left out (the file, if one is written, still has it)."""
+        record = trace.as_record()
+        if len(trace.events) <= MAX_LINKED_TRACE_EVENTS:
+            self.enqueue({"event": TRACE_EVENT, "trace": record})
 
     @property
     def buffered(self) -> int:

@@ -35,7 +35,7 @@ from .link import EVENTS_BODY_LIMIT
 from .policy_source import PolicySource
 from .relay import CancelRelay
 from .run_api import MAX_REASON, BodyError, cancel_reason, refusal, timestamp
-from .table import MAX_RUNS, Ack, LiveRun, SidecarState
+from .table import MAX_RUNS, MAX_TRACES, Ack, LiveRun, SidecarState
 
 if TYPE_CHECKING:
     import uvicorn
@@ -499,6 +499,16 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         listed = [{**run, "pod": pod} for run in here]
         listed += [{**run, "pod": entry["pod"]} for entry in others for run in entry["runs"]]
         return {"runs": listed, "pods": pods}
+
+    @app.get("/v1/traces", dependencies=guarded, response_class=Response)
+    async def traces(
+        graph: str | None = None, limit: Annotated[int, Query(ge=1, le=MAX_TRACES)] = MAX_TRACES
+    ) -> Response:
+        """The traces of the pod's last runs (of workers that record them), oldest first, as
+        JSON lines for ``watchdog replay``; ``graph`` keeps one graph's."""
+        kept = [t for t in state.traces if graph is None or t.graph == graph][-limit:]
+        body = "".join(trace.to_json() + "\n" for trace in kept)
+        return Response(body, media_type="application/x-ndjson")
 
     @app.get("/v1/runs/{run_id}", dependencies=guarded, response_model=RunState)
     async def run(run_id: str) -> dict[str, Any]:

@@ -17,9 +17,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel, Field
 
+from .._core.trace import Trace, TraceError
 from .._sinks import events as _events
 from .._sinks import schema
 from .._sinks.metrics import record_metrics
+from .link import TRACE_EVENT
 from .policy_source import PolicySource
 from .run_api import timestamp
 
@@ -35,6 +37,7 @@ MAX_RUN_POLICIES = 50
 MAX_RUNS = 20_000
 MAX_ENDED_RUNS = 1000  # ended runs kept for GET /v1/runs/{run_id}
 MAX_WORKERS = 1000
+MAX_TRACES = 1000  # the traces of the pod's last runs, kept for GET /v1/traces
 # What the run table takes of a worker's numbers: counts up to the largest integer every JSON
 # reader keeps exact, times up to the last second RFC 3339 (and datetime) can write.
 MAX_COUNT = 2**53
@@ -343,6 +346,12 @@ class SidecarState:
         self.loops = {
             name: BackgroundLoop(name, loop_errors) for name in ("policy_watch", "reaper")
         }
+        self.traces: collections.deque[Trace] = collections.deque(maxlen=MAX_TRACES)
+        self.traces_refused = Counter(
+            "watchdog_sidecar_traces_refused",
+            "Run traces from workers that could not be read, and were left out.",
+            registry=registry,
+        )
         self.runs_untracked = Counter(
             "watchdog_sidecar_runs_untracked",
             f"Runs left out of the run table, which holds at most {MAX_RUNS} runs.",
@@ -424,6 +433,9 @@ class SidecarState:
         worker.ended_since_sync.clear()
 
     def _apply(self, worker: WorkerRow, record: Mapping[str, Any], batch: _Batch) -> None:
+        if record.get("event") == TRACE_EVENT:
+            self._keep_trace(record.get("trace"))
+            return
         event = schema.read_event(record)
         if event is None:
             return
@@ -454,6 +466,16 @@ class SidecarState:
                         ended.duration = event.elapsed_s
             case schema.DrainRequested() if event.run_id in self.runs:
                 self.runs[event.run_id].status = "cancelling"
+
+    def _keep_trace(self, record: object) -> None:
+        """Keep a run's trace, among the pod's last ``MAX_TRACES``; one that is not a trace
+        is left out (and its batch still taken)."""
+        try:
+            trace = Trace.from_record(record)
+        except (TraceError, TypeError, ValueError):
+            self.traces_refused.inc()
+            return
+        self.traces.append(trace)
 
     # -- the run table: every row comes in and leaves through these --------------------------
 
