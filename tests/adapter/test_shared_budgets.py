@@ -17,6 +17,7 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.types import Command
 from prometheus_client import CollectorRegistry
 
 from tests.graphs import Chat, policies, react_agent, scripted, search, tool_call
@@ -435,3 +436,25 @@ def test_a_spent_shared_budget_lets_the_run_land_softly_and_counts_the_landing_c
         "watchdog.landed_softly",
     ]
     assert used_in_redis(redis_server, "acme") == 360  # the landing call counted, unrefused
+
+
+def test_a_person_can_let_a_run_past_a_spent_shared_budget_by_so_much(
+    redis_server: RedisServer,
+) -> None:
+    text = ACME_DAILY.replace("max_total_tokens: 1000", "max_total_tokens: 300").replace(
+        "- name: acme-daily\n", "- name: acme-daily\n  on_violation: ask\n"
+    )
+    answers = [*(tool_call(f"q{i}", f"c{i}") for i in range(6)), AIMessage("What I found.")]
+    supervisor = Supervisor(policies(text), redis_url=redis_server.url)
+    app = supervisor.attach(
+        create_agent(scripted(*answers), [search], checkpointer=InMemorySaver()), name="agent"
+    )
+    config = {**tenant("acme"), "configurable": {"thread_id": "t"}}
+    paused = app.invoke({"messages": [("user", "go")]}, config)
+    (asked,) = paused["__interrupt__"]
+    assert (asked.value["policy"], asked.value["limit"]) == ("acme-daily", 300)
+    # 240 more tokens for this run: two more calls fit, the next asks again.
+    again = app.invoke(Command(resume={"extend": 240}), config)
+    (asked_again,) = again["__interrupt__"]
+    assert asked_again.value["limit"] == 540
+    assert used_in_redis(redis_server, "acme") == 600

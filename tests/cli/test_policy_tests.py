@@ -39,7 +39,7 @@ def test_every_shipped_policy_file_has_tests_and_they_pass() -> None:
     assert tested == shipped
     result = watchdog_test(*(path.relative_to(ROOT) for path in SHIPPED))
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout.splitlines()[-1] == "30 tests: 30 passed, 0 failed"
+    assert result.stdout.splitlines()[-1] == "31 tests: 31 passed, 0 failed"
 
 
 def write(folder: Path, name: str, text: str) -> Path:
@@ -107,8 +107,9 @@ def test_a_test_file_that_cannot_be_read_is_located_and_exits_2(tmp_path: Path) 
     assert result.returncode == 2
     assert [line for line in result.stderr.splitlines() if line.startswith("broken")] == [
         (
-            "broken_test.yaml:6:9: tests[0].run[0].repeats: unknown key 'repeats' (did you mean "
-            "repeat?); expected one of node, input, same_step, seconds, repeat, llm, tool, wait"
+            "broken_test.yaml:6:9: tests[0].run[0].repeats: unknown key 'repeats' (did you "
+            "mean repeat?); expected one of node, input, same_step, seconds, repeat, llm, tool, "
+            "wait, each"
         ),
         (
             "broken_test.yaml:7:23: tests[0].expect.outcome: expected one of completed, "

@@ -393,7 +393,7 @@ class Run:
                 mode=policy.mode,
                 reason=charge.reason(grant, amount),
                 observed=meter.value(grant.used + grant.reserved + amount),
-                limit=meter.value(charge.local_share if grant.local else charge.budget.limit),
+                limit=meter.value(charge.local_share if grant.local else charge.limit),
                 step=state.steps,
                 node=state.node,
             )
@@ -518,6 +518,10 @@ class Run:
                 and isinstance(limit_key, str)
                 and self.monitor.extend(policy, limit_key, extend)
             )
+            if extended:
+                for charge in self.shared:  # a limit shared across pods: this run's share
+                    if (charge.policy.name, charge.meter.key) == (policy, limit_key):
+                        charge.extend(extend)  # type: ignore[arg-type]
         self.host.emit(
             "ask_answered",
             **self.fields,

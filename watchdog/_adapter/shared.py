@@ -102,7 +102,19 @@ class Charge:
     meter: Meter
     whose: str  # what the limit is of, for reasons: "tenant 'acme'", "graph 'x'", "all runs"
     window: str  # for reasons: "for 2026-12-05", "within any 60 s"
-    reported: bool = False  # a run reports a refused limit once
+    reported: bool = False  # a run reports a refused limit once, until it is extended
+    extra: int = 0  # what a person let this run use past the limit (on_violation: ask)
+
+    @property
+    def limit(self) -> int:
+        """This run's limit: the shared one, and what a person added to it."""
+        return self.budget.limit + self.extra
+
+    def extend(self, amount: float) -> None:
+        """Let this run go ``amount`` further (tokens, dollars or calls, as the policy
+        states its limit), and report the limit again when it is reached."""
+        self.extra += int(amount * 1e6) if self.meter.unit == "usd" else int(amount)
+        self.reported = False
 
     @property
     def local_share(self) -> int:
@@ -130,13 +142,13 @@ class Charge:
         if meter.per_call:
             return (
                 f"{self.window.capitalize()}, {self.whose} may make at most "
-                f"{show(self.budget.limit)} (policy {policy!r}), and {show(grant.used)} were "
+                f"{show(self.limit)} (policy {policy!r}), and {show(grant.used)} were "
                 "made: one more would pass it."
             )
         return (
             f"The {what} of {self.whose} {self.window} has {show(grant.used)} used and "
             f"{show(grant.reserved)} held by calls in flight, so {more} would pass the "
-            f"{show(self.budget.limit)} that policy {policy!r} allows."
+            f"{show(self.limit)} that policy {policy!r} allows."
         )
 
 
@@ -188,7 +200,9 @@ class SharedBudgets:
             self._on_error(charge.policy.name, self._last_error, False)
             return self._locally(charge, amount)
         try:
-            grant = charge.budget.reserve(call, amount, count=charge.meter.per_call)
+            grant = charge.budget.reserve(
+                call, amount, count=charge.meter.per_call, limit=charge.limit
+            )
         except Exception as error:
             self._failed(charge, error)
             return self._locally(charge, amount)

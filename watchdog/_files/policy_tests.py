@@ -23,9 +23,10 @@ A run's events: ``node: NAME`` (``input``: runs with equal input look alike to a
 limit, others never do; ``same_step: true``: it runs in the step of the node before it;
 ``seconds``: how long it runs before what follows), ``llm: MODEL`` or ``llm: {model,
 input_tokens, output_tokens, seconds}``, ``tool: NAME`` or ``tool: {name, arguments,
-seconds}`` (equal arguments look alike), ``wait: SECONDS``; any of them takes ``repeat``.
-A node stays open until the next node starts. Instead of ``run``, ``trace: FILE`` takes a
-recorded run (the file's first, or ``trace: {file: ..., run_id: ...}``).
+seconds}`` (equal arguments look alike), ``wait: SECONDS``, ``each: [EVENT, ...]`` (a
+group of events); any of them takes ``repeat``. A node stays open until the next node
+starts. Instead of ``run``, ``trace: FILE`` takes a recorded run (the file's first, or
+``trace: {file: ..., run_id: ...}``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ EVENT_KEYS = {
     "llm": ("llm", "repeat"),
     "tool": ("tool", "repeat"),
     "wait": ("wait", "repeat"),
+    "each": ("each", "repeat"),
 }
 LLM_KEYS = ("model", "input_tokens", "output_tokens", "seconds")
 TOOL_KEYS = ("name", "arguments", "seconds")
@@ -225,7 +227,7 @@ class _TestReader(NodeReader):
         ]
         if any(event is None for event in events):
             raise Invalid
-        total = sum(event[2] for event in events if event is not None)
+        total = sum(_count(event) for event in events if event is not None)
         if total > MAX_EVENTS:
             self.invalid(
                 node, path, f"{total} events with their repeats; expected at most {MAX_EVENTS}"
@@ -234,10 +236,12 @@ class _TestReader(NodeReader):
 
     def _event(self, node: Node, path: str) -> tuple[str, dict[str, Any], int]:
         all_keys = tuple(dict.fromkeys(k for keys in EVENT_KEYS.values() for k in keys))
-        fields = self.mapping(node, path, all_keys, "an event: node, llm, tool or wait")
+        fields = self.mapping(node, path, all_keys, "an event: node, llm, tool, wait or each")
         kinds = [k for k in EVENT_KEYS if k in fields]
         if len(kinds) != 1:
-            self.invalid(node, path, "expected exactly one of node, llm, tool, wait in an event")
+            self.invalid(
+                node, path, "expected exactly one of node, llm, tool, wait, each in an event"
+            )
         (kind,) = kinds
         for key in fields:
             if key not in EVENT_KEYS[kind]:
@@ -251,7 +255,9 @@ class _TestReader(NodeReader):
         value = fields[kind].value
         where = f"{path}.{kind}"
         spec: dict[str, Any]
-        if kind == "node":
+        if kind == "each":  # a group of events, repeated as one
+            spec = {"events": self._run(value, where)}
+        elif kind == "node":
             spec = {"name": self.text(value, where, "a node name")}
             if "input" in fields:
                 spec["input"] = str(self.scalar(fields["input"].value, f"{path}.input"))
@@ -323,26 +329,44 @@ def _trace_events(events: list[tuple[str, dict[str, Any], int]]) -> Iterator[tup
         seconds: float = spec.get("seconds", 0.0)
         return now + round(seconds * 1e6)
 
-    for kind, spec, repeat in events:
-        for _ in range(repeat):
-            if kind == "node":
-                if open_node is not None:
-                    yield (now, "node_end", open_node)
-                open_node = next(keys)
-                entry = input_of(spec.get("input"))
-                yield (now, "node", spec["name"], open_node, entry, int(not spec.get("same_step")))
-            elif kind == "llm":
-                yield (now, "llm", spec["model"])
-                now = later(spec)
-                tokens = (spec.get("input_tokens", 0), spec.get("output_tokens", 0))
-                yield (now, "usage", spec["model"], *tokens, None)
-                continue
-            elif kind == "tool":
-                yield (now, "tool", spec["name"], input_of(spec.get("arguments")))
-                now = later(spec)
-                yield (now, "tool_end")
-                continue
+    for kind, spec in _expanded(events):
+        if kind == "node":
+            if open_node is not None:
+                yield (now, "node_end", open_node)
+            open_node = next(keys)
+            entry = input_of(spec.get("input"))
+            yield (now, "node", spec["name"], open_node, entry, int(not spec.get("same_step")))
+        elif kind == "llm":
+            yield (now, "llm", spec["model"])
             now = later(spec)
+            tokens = (spec.get("input_tokens", 0), spec.get("output_tokens", 0))
+            yield (now, "usage", spec["model"], *tokens, None)
+            continue
+        elif kind == "tool":
+            yield (now, "tool", spec["name"], input_of(spec.get("arguments")))
+            now = later(spec)
+            yield (now, "tool_end")
+            continue
+        now = later(spec)
     if open_node is not None:
         yield (now, "node_end", open_node)
     yield (now, "end")
+
+
+def _expanded(
+    events: list[tuple[str, dict[str, Any], int]],
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each event as often as it repeats, the events of a group in order."""
+    for kind, spec, repeat in events:
+        for _ in range(repeat):
+            if kind == "each":
+                yield from _expanded(spec["events"])
+            else:
+                yield kind, spec
+
+
+def _count(event: tuple[str, dict[str, Any], int]) -> int:
+    """How many events one written event stands for, its repeats and groups included."""
+    kind, spec, repeat = event
+    inner = sum(map(_count, spec["events"])) if kind == "each" else 1
+    return repeat * inner

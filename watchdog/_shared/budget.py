@@ -136,12 +136,16 @@ class SharedBudget:
         self._settle = redis.register_script(_SETTLE)
         self._redis = redis
 
-    def reserve(self, call_id: str, amount: int, *, count: bool = False) -> Grant:
+    def reserve(
+        self, call_id: str, amount: int, *, count: bool = False, limit: int | None = None
+    ) -> Grant:
         """Hold ``amount`` for the call ``call_id`` until it is settled, if the budget has
         room; a call reserved (or settled) before is granted again and holds nothing more.
         With ``count``, the amount is counted at once (a call of a rate of calls), and the
-        call needs no settling."""
-        args = [self.limit, amount, call_id, self._reservation_ms, self._key_seconds]
+        call needs no settling. ``limit``: this call's, when not the budget's (a person let
+        its run go further)."""
+        args = [self.limit if limit is None else limit, amount, call_id]
+        args += [self._reservation_ms, self._key_seconds]
         args += [self._rolling_ms, int(count)]
         granted, used, reserved = self._reserve(keys=self._keys, args=args)
         return Grant(bool(granted), int(used), int(reserved))
