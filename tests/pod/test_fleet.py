@@ -39,13 +39,23 @@ def pods(registry: FleetRegistry) -> list[tuple[str, list[dict[str, Any]]]]:
     return [(entry["pod"], entry["runs"]) for entry in registry.read()]
 
 
+def test_a_pod_counts_all_its_runs_and_lists_what_it_is_given(
+    redis_server: RedisServer, registries: list[FleetRegistry]
+) -> None:
+    busy = registry(registries, redis_server.url, "busy")
+    busy.beat([RUN], 5000)
+    wait_for("the pod to be listed", lambda: bool(busy.read()))
+    (entry,) = busy.read()
+    assert (entry["runs"], entry["total"]) == ([RUN], 5000)
+
+
 def test_each_pod_lists_its_runs_and_every_pod_reads_them_all(
     redis_server: RedisServer, registries: list[FleetRegistry]
 ) -> None:
     first = registry(registries, redis_server.url, "pod-a")
     second = registry(registries, redis_server.url, "pod-b")
-    first.beat([RUN])
-    second.beat([])
+    first.beat([RUN], 1)
+    second.beat([], 0)
     expected = [("pod-a", [RUN]), ("pod-b", [])]
     wait_for("both pods to be listed", lambda: pods(second) == expected)
     assert pods(first) == expected
@@ -60,7 +70,7 @@ def test_a_pod_whose_heartbeats_stop_drops_out_when_its_entry_expires(
     reader = registry(registries, redis_server.url, "reader")
 
     def beating_and_listed() -> bool:
-        dying.beat([RUN])
+        dying.beat([RUN], 1)
         return pods(reader) == [("dying", [RUN])]
 
     wait_for("the pod to be listed", beating_and_listed)
@@ -73,11 +83,11 @@ def test_a_heartbeat_redis_did_not_take_is_raised_by_the_next(
 ) -> None:
     beating = registry(registries, redis_server.url, "pod-a")
     redis_server.kill()
-    beating.beat([RUN])
+    beating.beat([RUN], 1)
 
     def raises() -> bool:
         try:
-            beating.beat([RUN])
+            beating.beat([RUN], 1)
         except Exception as error:
             return "Connection" in type(error).__name__
         return False

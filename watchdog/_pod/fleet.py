@@ -35,18 +35,19 @@ class FleetRegistry:
         self._redis = redis.Redis.from_url(
             url, socket_timeout=1, socket_connect_timeout=1, decode_responses=True
         )
-        self._pending: list[dict[str, Any]] | None = None
+        self._pending: tuple[list[dict[str, Any]], int] | None = None
         self._error: Exception | None = None
         self._wake = threading.Condition()
         self._stopped = False
         self._writer = threading.Thread(target=self._write, name="watchdog-fleet", daemon=True)
         self._writer.start()
 
-    def beat(self, runs: list[dict[str, Any]]) -> None:
-        """Have this pod's live runs written; raises the error of the last write that failed
-        (since the last beat), so the loop that beats reports it."""
+    def beat(self, runs: list[dict[str, Any]], total: int) -> None:
+        """Have this pod's live runs written (``total``: how many it has, when ``runs`` lists
+        only some); raises the error of the last write that failed (since the last beat), so
+        the loop that beats reports it."""
         with self._wake:
-            self._pending = runs
+            self._pending = runs, total
             self._wake.notify()
             error, self._error = self._error, None
         if error is not None:
@@ -57,10 +58,12 @@ class FleetRegistry:
             with self._wake:
                 while self._pending is None and not self._stopped:
                     self._wake.wait()
-                if self._stopped:
+                pending, self._pending = self._pending, None
+                if self._stopped or pending is None:
                     return
-                runs, self._pending = self._pending, None
-            entry = json.dumps({"pod": self.pod, "heartbeat_at": time.time(), "runs": runs})
+            runs, total = pending
+            listed = {"pod": self.pod, "heartbeat_at": time.time(), "runs": runs, "total": total}
+            entry = json.dumps(listed)
             try:
                 with self._redis.pipeline(transaction=False) as pipe:
                     pipe.set(RUNS + self.pod, entry, px=int(self.ttl * 1000))
@@ -71,7 +74,7 @@ class FleetRegistry:
                     self._error = error
 
     def read(self) -> list[dict[str, Any]]:
-        """Every live pod's entry, ``{"pod", "heartbeat_at", "runs"}``, by pod name."""
+        """Every live pod's entry, ``{"pod", "heartbeat_at", "runs", "total"}``, by pod name."""
         now = time.time()
         with self._redis.pipeline(transaction=False) as pipe:
             pipe.zremrangebyscore(PODS, "-inf", now)

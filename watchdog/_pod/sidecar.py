@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -52,6 +53,7 @@ READ_TIMEOUT = 10.0  # seconds for a request's headers, and again for its body
 KEEP_ALIVE_TIMEOUT = 5.0
 HEARTBEAT = 2.0  # seconds between a pod's listings of its runs in the fleet's registry
 HEARTBEATS_TO_EXPIRE = 5  # a pod whose listing is this many heartbeats old has gone
+MAX_FLEET_RUNS = 2000  # of one pod's runs, listed in the fleet's registry (all are counted)
 OPEN_PATHS = frozenset(("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"))
 
 Scope = MutableMapping[str, Any]
@@ -196,7 +198,7 @@ class PodState(BaseModel):
 
     pod: str
     heartbeat_at: Time = Field(description="when its sidecar last listed its runs")
-    runs: int
+    runs: int = Field(description="its live runs; the fleet lists at most 2,000 of a pod's")
 
 
 class RunList(BaseModel):
@@ -330,7 +332,8 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
 
     def beat() -> None:
         now = time.time()
-        fleet[0].beat([row.as_dict(now) for row in state.runs.values()])
+        listed = itertools.islice(state.runs.values(), MAX_FLEET_RUNS)
+        fleet[0].beat([row.as_dict(now) for row in listed], len(state.runs))
 
     async def cancel_here(run_id: str, reason: str, wait: float) -> dict[str, Any] | None:
         """Cancel a run of this pod's workers and wait until its worker took the cancel;
@@ -493,7 +496,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the state
         others = [entry for entry in entries if entry["pod"] != pod]
         pods = [{"pod": pod, "heartbeat_at": timestamp(now), "runs": len(here)}]
         pods += [
-            {"pod": e["pod"], "heartbeat_at": timestamp(e["heartbeat_at"]), "runs": len(e["runs"])}
+            {"pod": e["pod"], "heartbeat_at": timestamp(e["heartbeat_at"]), "runs": e["total"]}
             for e in others
         ]
         listed = [{**run, "pod": pod} for run in here]
