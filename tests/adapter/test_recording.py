@@ -129,6 +129,25 @@ def test_a_trace_holds_no_state_value_message_or_argument(tmp_path: Path) -> Non
     assert Trace.from_json(text) == trace
 
 
-def test_recording_off_wraps_nothing() -> None:
-    supervisor = Supervisor(policies(FIVE_KINDS))
-    assert supervisor.record_trace is None
+def test_the_environment_turns_recording_on_and_takes_a_share_of_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def one_run(supervisor: Supervisor) -> None:
+        app = supervisor.attach(react_agent(scripted(AIMessage("hello"))), name="chat")
+        app.invoke({"messages": [("user", "hi")]})
+
+    monkeypatch.delenv("WATCHDOG_RECORD", raising=False)
+    monkeypatch.delenv("WATCHDOG_RECORD_SHARE", raising=False)
+    assert Supervisor(policies(FIVE_KINDS)).record_trace is None
+    traces = tmp_path / "traces.jsonl"
+    monkeypatch.setenv("WATCHDOG_RECORD", str(traces))
+    monkeypatch.setenv("WATCHDOG_RECORD_SHARE", "0")
+    one_run(Supervisor(policies(FIVE_KINDS)))
+    assert not traces.exists()  # recording on, but for no run
+    monkeypatch.setenv("WATCHDOG_RECORD_SHARE", "1")
+    one_run(Supervisor(policies(FIVE_KINDS)))
+    (trace,) = read_traces(traces.read_text(), str(traces))
+    assert (trace.graph, trace.end["outcome"]) == ("chat", "completed")
+    monkeypatch.setenv("WATCHDOG_RECORD_SHARE", "lots")
+    with pytest.raises(ValueError, match="WATCHDOG_RECORD_SHARE must be a part of the runs"):
+        Supervisor(policies(FIVE_KINDS))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import threading
@@ -111,11 +112,7 @@ class Supervisor:
         self.record_trace = _recorder(record)
         # The part of runs recorded (WATCHDOG_RECORD_SHARE): a trace costs a recorded run a
         # few microseconds a step, so a busy service may record a sample.
-        share = os.environ.get("WATCHDOG_RECORD_SHARE") if record_share is None else record_share
-        self.record_share = 1.0 if share in (None, "") else float(share)
-        if not 0 <= self.record_share <= 1:
-            msg = f"record_share must be from 0 to 1, got {self.record_share!r}"
-            raise ValueError(msg)
+        self.record_share = _share(record_share)
         self.metrics = Metrics.on(registry)
         # An injected clock moves only when told: its timers run by check_timers().
         self.scheduler = Scheduler(self.clock, on_error=self.internal_error, threaded=clock is None)
@@ -588,3 +585,19 @@ def _recorder(
     if record is True:
         return lambda trace: None  # kept by the linked sidecar only
     return record if callable(record) else TraceFile(record)
+
+
+def _share(given: float | None) -> float:
+    """The part of runs recorded: ``given``, else ``WATCHDOG_RECORD_SHARE``, else all."""
+    found: object = os.environ.get("WATCHDOG_RECORD_SHARE") if given is None else given
+    if found in (None, ""):
+        return 1.0
+    try:
+        share = float(found)  # type: ignore[arg-type]
+    except ValueError:
+        share = math.nan
+    if not 0 <= share <= 1:
+        where = "record_share" if given is not None else "WATCHDOG_RECORD_SHARE"
+        msg = f"{where} must be a part of the runs from 0 to 1, got {found!r}"
+        raise ValueError(msg)
+    return share

@@ -42,49 +42,34 @@ class Result:
 
 def run_test(replayer: Replayer, test: PolicyTest) -> Result:
     """The test's outcome, and what it expected, each said in the words of the other."""
-    verdict = replayer.replay(test.trace)
     expect = test.expect
-    return Result(test, _say(_expected(expect), expect), _say(_actual(verdict), expect))
+    return Result(test, _say(expect, expect), _say(_actual(replayer.replay(test.trace)), expect))
 
 
-def _expected(expect: Expectation) -> dict[str, Any]:
-    return {
-        "outcome": expect.outcome,
-        "policy": expect.policy,
-        "kind": expect.kind,
-        "key": expect.key,
-        "step": expect.step,
-        "near": expect.near,
-        "audit": expect.audit,
-    }
-
-
-def _actual(verdict: Verdict) -> dict[str, Any]:
+def _actual(verdict: Verdict) -> Expectation:
+    """What replay found, in the shape of what a test expects."""
     found = verdict.finding
-    return {
-        "outcome": verdict.outcome,
-        "policy": found and found.policy,
-        "kind": found and found.kind,
-        "key": found and found.key,
-        "step": found.step if found else None,
-        "near": tuple(dict.fromkeys(f.policy or "" for f in verdict.near)),
-        "audit": tuple(dict.fromkeys(f.policy or "" for f in verdict.audit)),
-    }
+    near = tuple(dict.fromkeys(f.policy or "" for f in verdict.near))
+    audit = tuple(dict.fromkeys(f.policy or "" for f in verdict.audit))
+    if found is None:
+        return Expectation(verdict.outcome, near=near, audit=audit)
+    stop = (found.policy, found.kind, found.key, found.step)
+    return Expectation(verdict.outcome, *stop, near=near, audit=audit)
 
 
-def _say(outcome: dict[str, Any], expect: Expectation) -> str:
+def _say(outcome: Expectation, expect: Expectation) -> str:
     """An outcome in one line, saying only what the test checks."""
-    words = [str(outcome["outcome"])]
-    if outcome["policy"] is not None:
-        words.append(f"by {outcome['policy']}")
-    limit = [outcome[k] for k in ("kind", "key") if getattr(expect, k) is not None]
+    words = [outcome.outcome]
+    if outcome.policy is not None:
+        words.append(f"by {outcome.policy}")
+    limit = [str(getattr(outcome, k)) for k in ("kind", "key") if getattr(expect, k) is not None]
     if limit:
-        words.append(f"({', '.join(str(v) for v in limit)})")
-    if expect.step is not None and outcome["step"] is not None:
-        words.append(f"at step {outcome['step']}")
+        words.append(f"({', '.join(limit)})")
+    if expect.step is not None and outcome.step is not None:
+        words.append(f"at step {outcome.step}")
     for key in ("near", "audit"):
         if getattr(expect, key) is not None:
-            names = sorted(outcome[key])
+            names = sorted(getattr(outcome, key) or ())
             words.append(f"; {key}: {', '.join(names) or 'none'}")
     return " ".join(words).replace(" ;", ";")
 

@@ -39,7 +39,6 @@ class Verdict:
     graph: str
     outcome: Outcome
     finding: Finding | None = None  # the enforced violation that stops it
-    action: str | None = None  # its policy's on_violation: cancel, wrap_up or ask
     near: tuple[Finding, ...] = ()  # warnings before it stopped (or ended)
     audit: tuple[Finding, ...] = ()  # audit-mode violations before it stopped (or ended)
     steps: int = 0  # steps it ran until it stopped or ended
@@ -64,7 +63,6 @@ class Verdict:
             "run_id": self.run_id,
             "graph": self.graph,
             "outcome": self.outcome,
-            "action": self.action,
             "policy": found and found.policy,
             "kind": found and found.kind,
             "key": found and found.key,
@@ -98,7 +96,6 @@ class Replayer:
     """Replays traces through one policy set (its bindings made once, for every run)."""
 
     def __init__(self, policies: PolicySet) -> None:
-        self.policies = policies
         self._clock = _Clock()
         self._engine = Engine(policies, clock=self._clock)
 
@@ -119,7 +116,7 @@ class Replayer:
         recorded = trace.end.get("outcome")
         stop = run.stop
         policy = next((p for p in monitor.policies if stop and p.name == stop.policy), None)
-        if policy is not None:
+        if policy is not None:  # what its on_violation does
             outcome: Outcome = STOPPED[policy.on_violation]
         elif recorded in ("completed", "failed"):
             outcome = recorded
@@ -130,7 +127,6 @@ class Replayer:
             graph=trace.graph,
             outcome=outcome,
             finding=run.stop,
-            action=None if policy is None else policy.on_violation,
             near=tuple(run.near),
             audit=tuple(run.audit),
             steps=monitor.state.steps,
@@ -237,7 +233,7 @@ def changed(old: Sequence[Verdict], new: Sequence[Verdict]) -> list[tuple[Verdic
     return [
         (before, after)
         for before, after in zip(old, new, strict=True)
-        if (before.outcome, before.stop, before.action) != (after.outcome, after.stop, after.action)
+        if (before.outcome, before.stop) != (after.outcome, after.stop)
     ]
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
-from .._core.errors import PolicyError
+from .._core.errors import PolicyError, PolicyProblem
 from .._core.trace import Trace, TraceError, read_traces
 from .reader import Entry, Invalid, NodeReader, describe, position
 
@@ -95,8 +95,6 @@ def read_test_file(path: str | Path) -> TestFile:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        from .._core.errors import PolicyProblem  # noqa: PLC0415
-
         raise PolicyError(
             [PolicyProblem(str(path), 0, 0, "", f"cannot read it: {error}")]
         ) from None
